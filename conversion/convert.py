@@ -1,0 +1,54 @@
+"""``tempo-jax convert SRC OUT``: a Hugging Face folder or GGUF file -> converted tempo-jax folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from conversion.common import CheckpointError
+from conversion.hf import PICKLE_SUFFIXES
+from conversion.store import save_converted
+
+
+def read_checkpoint(src, dtype=np.float32, progress: bool = False):
+    """Read ``src`` (HF folder or ``.gguf`` file) -> ``(cfg, params, tokenizer or None)``."""
+    from tqdm.auto import tqdm
+
+    src = Path(src)
+    if src.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{src} is a pickled checkpoint; loading pickle can run arbitrary code, so it is refused. "
+            "Convert it to safetensors first (with torch and transformers: "
+            "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(out, safe_serialization=True)) "
+            "and pass that folder.")
+    bar = tqdm(total=None, desc=f"converting {src.name}", unit="tensor", disable=not progress)
+    try:
+        if src.is_dir():
+            from conversion.hf import load_hf_folder
+
+            cfg, params = load_hf_folder(src, dtype, bar)
+            tokenizer = None
+            if (src / "tokenizer.json").exists():
+                from transformers import PreTrainedTokenizerFast
+
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(str(src))
+        elif src.suffix == ".gguf":
+            from conversion.gguf_file import _open, load_gguf
+            from conversion.tokenizer import tokenizer_from_gguf
+
+            cfg, params = load_gguf(src, dtype, bar)
+            tokenizer = tokenizer_from_gguf(_open(src))
+        elif not src.exists():
+            raise CheckpointError(f"{src} does not exist")
+        else:
+            raise CheckpointError(f"{src}: expected a Hugging Face model folder or a .gguf file")
+    finally:
+        bar.close()
+    return cfg, params, tokenizer
+
+
+def convert(src, out, dtype=np.float32, progress: bool = False) -> Path:
+    """Convert ``src`` and save it to ``out`` (orbax params + config + tokenizer)."""
+    cfg, params, tokenizer = read_checkpoint(src, dtype, progress)
+    return save_converted(out, cfg, params, tokenizer)

@@ -1,0 +1,127 @@
+"""GGUF (llama.cpp) file -> config + parameter pytree, dequantised to float.
+
+llama.cpp's converter permutes the rows of q and k for its interleaved RoPE; we undo that so the
+weights are in the Hugging Face (rotate-half) layout. Read with the ``gguf`` package (NumPy only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from conversion.common import CheckpointError, assemble
+from tempo_jax.config import ModelConfig, RopeScaling, UnsupportedConfigError
+
+GGUF_LAYER_NAMES = {
+    "attn_norm": "attn_norm", "mlp_norm": "ffn_norm", "wq": "attn_q", "wk": "attn_k",
+    "wv": "attn_v", "wo": "attn_output", "w_gate": "ffn_gate", "w_up": "ffn_up", "w_down": "ffn_down",
+    "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias",
+}
+
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp's q/k row permutation on ``w[n_head*D, ...]``."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _open(path: Path):
+    import gguf
+
+    if not path.exists():
+        raise CheckpointError(f"GGUF file {path} does not exist")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the reader raises ValueError/IndexError/... on damaged files
+        raise CheckpointError(f"GGUF file {path} is truncated or corrupted: {type(e).__name__}: {e}") from e
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def config_from_gguf(reader, name: str) -> ModelConfig:
+    """Config from GGUF metadata; refuses architectures and RoPE scalings we do not implement."""
+    arch = _field(reader, "general.architecture")
+    if arch not in ("llama", "mistral"):
+        raise UnsupportedConfigError(
+            f"GGUF general.architecture={arch!r} is not supported (supported: llama, mistral)")
+    g = lambda k, d=None: _field(reader, f"{arch}.{k}", d)
+    scaling_type = g("rope.scaling.type", "none")
+    scaling = None
+    if scaling_type == "linear":
+        scaling = RopeScaling("linear", float(g("rope.scaling.factor")))
+    elif scaling_type not in ("none", None):
+        raise UnsupportedConfigError(f"GGUF {arch}.rope.scaling.type={scaling_type!r} is not implemented")
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        raise UnsupportedConfigError("GGUF tensor rope_freqs.weight (llama3 RoPE scaling baked into the "
+                                     "file) is not implemented for GGUF; convert from safetensors instead")
+    if g("attention.sliding_window") is not None:
+        raise UnsupportedConfigError(f"GGUF {arch}.attention.sliding_window is not implemented")
+    heads, width = int(g("attention.head_count")), int(g("embedding_length"))
+    head_dim = int(g("rope.dimension_count", width // heads))
+    names = {t.name for t in reader.tensors}
+    vocab = g("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    return ModelConfig(
+        vocab_size=int(vocab), hidden_size=width, intermediate_size=int(g("feed_forward_length")),
+        num_layers=int(g("block_count")), num_heads=heads,
+        num_kv_heads=int(g("attention.head_count_kv", heads)), head_dim=head_dim,
+        rope_theta=float(g("rope.freq_base", 10000.0)), rope_scaling=scaling,
+        rms_norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
+        tie_embeddings="output.weight" not in names,
+        qkv_bias="blk.0.attn_q.bias" in names,
+        max_position_embeddings=int(g("context_length", 2048)),
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_ids=() if eos is None else (int(eos),), name=name)
+
+
+def load_gguf(path, dtype=np.float32, progress=None) -> tuple[ModelConfig, dict]:
+    """Read a GGUF file -> ``(cfg, params)`` with every tensor dequantised."""
+    import gguf
+
+    path = Path(path)
+    reader = _open(path)
+    cfg = config_from_gguf(reader, name=path.stem)
+    tensors = {t.name: t for t in reader.tensors}
+
+    def get(name: str) -> np.ndarray:
+        if name not in tensors:
+            raise CheckpointError(f"GGUF file {path} lacks tensor {name!r}")
+        t = tensors[name]
+        try:
+            return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        except Exception as e:
+            raise CheckpointError(f"GGUF file {path}: tensor {name} cannot be read "
+                                  f"(truncated or corrupted?): {e}") from e
+
+    E, H, G, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    transforms = {  # GGUF rows are [out, in] like HF
+        "wq": lambda w: unpermute_rows(w, H).T.reshape(E, H, D),
+        "wk": lambda w: unpermute_rows(w, G).T.reshape(E, G, D),
+        "wv": lambda w: w.T.reshape(E, G, D),
+        "wo": lambda w: w.T.reshape(H, D, E),
+        "w_gate": lambda w: w.T, "w_up": lambda w: w.T, "w_down": lambda w: w.T,
+        "bq": lambda b: unpermute_rows(b, H).reshape(H, D),
+        "bk": lambda b: unpermute_rows(b, G).reshape(G, D),
+        "bv": lambda b: b.reshape(G, D),
+    }
+    leaves = ["attn_norm", "mlp_norm", "wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"]
+    if cfg.qkv_bias:
+        leaves += ["bq", "bk", "bv"]
+    layers = {}
+    for leaf in leaves:
+        fn = transforms.get(leaf, lambda w: w)
+        suffix = GGUF_LAYER_NAMES[leaf]
+        suffix = suffix if suffix.endswith(".bias") else suffix + ".weight"
+        layers[leaf] = np.stack([fn(get(f"blk.{i}.{suffix}")) for i in range(cfg.num_layers)])
+        if progress is not None:
+            progress.update(1)
+    tree = {"embed": get("token_embd.weight"), "layers": layers, "final_norm": get("output_norm.weight")}
+    if not cfg.tie_embeddings:
+        tree["lm_head"] = get("output.weight").T
+    return cfg, assemble(cfg, tree, dtype)

@@ -1,0 +1,45 @@
+"""Load a model by name: the default model, a converted folder, an HF folder or a GGUF file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tempo_jax.config import ModelConfig
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """Config, parameter pytree and tokenizer (may be None) of one model."""
+
+    cfg: ModelConfig
+    params: Any
+    tokenizer: Any
+    source: str
+
+
+def load_model(spec: str | None = None, dtype=jnp.float32, verbose: bool = True) -> LoadedModel:
+    """``spec`` None/"default": the default model (converted and cached on first use); a folder
+    written by ``tempo-jax convert``; a Hugging Face folder; or a ``.gguf`` file (converted in memory).
+    """
+    from conversion.store import load_converted, load_tokenizer
+
+    if spec in (None, "default"):
+        from tempo_jax.default_model import ensure_default_model
+
+        folder = ensure_default_model(verbose)
+        cfg, params = load_converted(folder, dtype)
+        return LoadedModel(cfg, params, load_tokenizer(folder), "default:" + cfg.name)
+    path = Path(spec)
+    if (path / "params").is_dir() and (path / "config.json").exists():
+        cfg, params = load_converted(path, dtype)
+        tok = load_tokenizer(path) if (path / "tokenizer").exists() else None
+        return LoadedModel(cfg, params, tok, str(path))
+    from conversion.convert import read_checkpoint
+
+    cfg, params, tok = read_checkpoint(path, progress=verbose)
+    return LoadedModel(cfg, jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params), tok, str(path))

@@ -1,0 +1,240 @@
+"""Pure-functional Llama-family decoder with explicit positions, slots and masks.
+
+Axis letters: B batch, T query tokens, K cache slots, L layers, H query heads, G key/value heads,
+R = H/G heads per group, D head dim, E width, F MLP width, V vocab.
+
+Parameters are a plain pytree in the Hugging Face layout (rotate-half RoPE, q/k not permuted, no
+scale folded in); projection matrices are stored input-major and split per head, e.g. ``wq[L,E,H,D]``.
+Causality is never derived from positions: the caller passes the boolean mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tempo_jax.config import ModelConfig
+
+Params = dict[str, Any]
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Key/value cache ``k, v: [L,B,K,G,D]``. Capacity K is static (the array shape)."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class TapsSpec:
+    """What a forward returns besides logits (static, hashable).
+
+    attn: attention probabilities ``[L,B,H,T,K]``; resid: residual stream after each layer
+    ``[L,B,T,E]``; attn_received: attention each key slot receives from this forward's queries,
+    summed over queries ``[L,B,H,K]`` (a small in-graph reduction).
+    """
+
+    attn: bool = False
+    resid: bool = False
+    attn_received: bool = False
+
+
+NO_TAPS = TapsSpec()
+
+
+def init_cache(cfg: ModelConfig, batch: int, capacity: int, dtype=jnp.float32) -> KVCache:
+    """An empty cache for ``batch`` sequences of ``capacity`` slots."""
+    shape = (cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, Any]:
+    """The parameter pytree's shapes (nested dict of tuples)."""
+    L, E, F, H, G, D, V = (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                           cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size)
+    layers = {
+        "attn_norm": (L, E), "wq": (L, E, H, D), "wk": (L, E, G, D), "wv": (L, E, G, D),
+        "wo": (L, H, D, E), "mlp_norm": (L, E), "w_gate": (L, E, F), "w_up": (L, E, F),
+        "w_down": (L, F, E),
+    }
+    if cfg.qkv_bias:
+        layers.update(bq=(L, H, D), bk=(L, G, D), bv=(L, G, D))
+    if cfg.o_bias:
+        layers.update(bo=(L, E))
+    shapes = {"embed": (V, E), "layers": layers, "final_norm": (E,)}
+    if not cfg.tie_embeddings:
+        shapes["lm_head"] = (E, V)
+    return shapes
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Params:
+    """Random parameters (normal * scale; norms near 1) for tests and benchmarks."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    paths = [jax.tree_util.keystr(p) for p, _ in
+             jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for path, shape, k in zip(paths, leaves, keys):
+        x = jax.random.normal(k, shape, jnp.float32) * scale
+        if "norm" in path:
+            x = 1.0 + x
+        out.append(x.astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return w * x32.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half RoPE. ``x[B,T,N,D]``, float ``positions[B,T]``, ``inv_freq[D/2]``."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _mask_5d(mask: jax.Array, batch: int, cfg: ModelConfig, t: int, k: int) -> jax.Array:
+    """Normalise a mask to ``[B|1, L|1, H|1, T, K]`` bool, with a clear error on bad shapes."""
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
+    if mask.ndim == 3:
+        mask = mask[:, None, None]
+    elif mask.ndim != 5:
+        raise ValueError(f"mask must be [B,T,K] or [B,L,H,T,K] (broadcastable), got shape {mask.shape}")
+    want = (batch, cfg.num_layers, cfg.num_heads, t, k)
+    for got, full, name in zip(mask.shape, want, "BLHTK"):
+        if got not in (1, full) or (name in "TK" and got != full):
+            raise ValueError(f"mask shape {mask.shape} does not broadcast to [B,L,H,T,K]={want} "
+                             f"(axis {name})")
+    return mask
+
+
+def check_inputs(cfg: ModelConfig, tokens, positions, slots, mask, cache: KVCache) -> None:
+    """Raise a clear error for inputs that do not fit together (shapes always, values when concrete)."""
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [B,T], got shape {tokens.shape}")
+    b, t = tokens.shape
+    for name, arr in (("positions", positions), ("slots", slots)):
+        if arr.shape != (b, t):
+            raise ValueError(f"{name} must have the shape of tokens {(b, t)}, got {arr.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer) or not jnp.issubdtype(slots.dtype, jnp.integer):
+        raise TypeError(f"tokens and slots must be integer arrays, got {tokens.dtype} and {slots.dtype}")
+    if cache.k.shape[1] != b:
+        raise ValueError(f"cache holds batch {cache.k.shape[1]} but tokens have batch {b}")
+    want = (cfg.num_layers, b, cache.capacity, cfg.num_kv_heads, cfg.head_dim)
+    if cache.k.shape != want or cache.v.shape != want:
+        raise ValueError(f"cache must be [L,B,K,G,D]={want}, got {cache.k.shape}")
+    _mask_5d(mask, b, cfg, t, cache.capacity)
+    concrete = not any(isinstance(a, jax.core.Tracer) for a in (tokens, slots))
+    if concrete:
+        tok, sl = np.asarray(tokens), np.asarray(slots)
+        if tok.size and (tok.min() < 0 or tok.max() >= cfg.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got range "
+                             f"[{tok.min()}, {tok.max()}]")
+        if sl.size and (sl.min() < 0 or sl.max() >= cache.capacity):
+            raise ValueError(f"slots must lie in [0, {cache.capacity}) (cache capacity K), got range "
+                             f"[{sl.min()}, {sl.max()}]")
+
+
+def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig):
+    """Grouped-query attention without repeating K/V.
+
+    q[B,T,H,D], k_cache/v_cache[B,K,G,D], mask[B|1,H|1,T,K] -> out[B,T,H,D], probs[B,H,T,K] f32.
+    """
+    b, t, h, d = q.shape
+    g, r = cfg.num_kv_heads, cfg.group_size
+    qg = q.reshape(b, t, g, r, d)
+    logits = jnp.einsum("btgrd,bkgd->bgrtk", qg, k_cache, preferred_element_type=jnp.float32)
+    logits = logits.reshape(b, h, t, -1) * (d ** -0.5)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    pg = probs.reshape(b, g, r, t, -1).astype(v_cache.dtype)
+    out = jnp.einsum("bgrtk,bkgd->btgrd", pg, v_cache, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype), probs
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+            slots: jax.Array, mask: jax.Array, cache: KVCache, taps: TapsSpec = NO_TAPS):
+    """One forward over T new tokens per sequence, writing their keys/values at ``slots``.
+
+    tokens[B,T] int; positions[B,T] float (any values: repeated, fractional, jumped) fed to RoPE;
+    slots[B,T] int in [0,K); mask bool [B,T,K] or broadcastable [B,L,H,T,K] (True = may attend),
+    applied after this forward's keys are written; cache KVCache [L,B,K,G,D].
+    Returns ``(logits[B,T,V] float32, new cache, taps dict)`` with taps chosen by ``taps``.
+    """
+    positions = jnp.asarray(positions)
+    if jnp.issubdtype(positions.dtype, jnp.integer):
+        positions = positions.astype(jnp.float32)
+    check_inputs(cfg, tokens, positions, slots, mask, cache)
+    b, t = tokens.shape
+    mask = _mask_5d(mask, b, cfg, t, cache.capacity)
+    per_layer_mask = mask.shape[1] != 1
+    inv_freq = jnp.asarray(cfg.inv_freq())
+    dtype = params["embed"].dtype
+    batch_idx = jnp.arange(b)[:, None]
+
+    def layer(carry, xs):
+        x, ck, cv = carry
+        lp, li, lmask = xs
+        lmask = lmask if per_layer_mask else mask[:, 0]
+        h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+        q = jnp.einsum("bte,ehd->bthd", h, lp["wq"])
+        k = jnp.einsum("bte,egd->btgd", h, lp["wk"])
+        v = jnp.einsum("bte,egd->btgd", h, lp["wv"])
+        if cfg.qkv_bias:
+            q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+        q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+        kl = jax.lax.dynamic_index_in_dim(ck, li, 0, keepdims=False).at[batch_idx, slots].set(
+            k.astype(ck.dtype), mode="drop")
+        vl = jax.lax.dynamic_index_in_dim(cv, li, 0, keepdims=False).at[batch_idx, slots].set(
+            v.astype(cv.dtype), mode="drop")
+        ck = jax.lax.dynamic_update_index_in_dim(ck, kl, li, 0)
+        cv = jax.lax.dynamic_update_index_in_dim(cv, vl, li, 0)
+        attn, probs = _attention(q, kl.astype(dtype), vl.astype(dtype), lmask, cfg)
+        o = jnp.einsum("bthd,hde->bte", attn, lp["wo"])
+        if cfg.o_bias:
+            o = o + lp["bo"]
+        x = x + o
+        h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+        ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
+        x = x + ff @ lp["w_down"]
+        out = {}
+        if taps.attn:
+            out["attn"] = probs
+        if taps.resid:
+            out["resid"] = x
+        if taps.attn_received:
+            out["attn_received"] = probs.sum(axis=2)
+        return (x, ck, cv), out
+
+    x = params["embed"][tokens]
+    layer_masks = jnp.moveaxis(mask, 1, 0) if per_layer_mask else jnp.zeros((cfg.num_layers,), bool)
+    xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks)
+    (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
+    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+    logits = jnp.einsum("bte,ev->btv", x, head, preferred_element_type=jnp.float32)
+    return logits, KVCache(ck, cv), tapped
+
+
+def causal_mask(batch: int, t: int, capacity: int, start: int = 0) -> jax.Array:
+    """Ordinary causal mask ``[B,T,K]`` for T queries written at slots ``start..start+T-1``."""
+    q_slot = start + jnp.arange(t)[:, None]
+    return jnp.broadcast_to(jnp.arange(capacity)[None, :] <= q_slot, (batch, t, capacity))
