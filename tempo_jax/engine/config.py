@@ -1,0 +1,190 @@
+"""Generation settings. ``GenerationConfig`` is what a user sets; it splits into a hashable static
+part (changes the compiled program) and a pytree of arrays (data: thresholds, pruning weights,
+sibling codes, PRNG key), so sweeps over the data never recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tempo_jax.config import ModelConfig
+from tempo_jax.engine.schedules import SCHEDULES, thresholds
+
+SIBLING_RULES = ("isolated", "visible", "full")  # codes 0, 1, 2
+POSITION_VARIANTS = ("shared", "offset", "distinct")
+COMBINE_RULES = ("mixture", "uniform", "mean_logits", "top")
+EOS_RULES = ("top", "any", "all")
+PRUNE_RULES = ("relative", "absolute", "sigmoid")
+PRUNE_TIMINGS = ("window", "eager")
+METHODS = ("tempo", "greedy", "sample")
+COMPAT = ("none", "upstream")
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Every knob of a generation run. Words follow ``semantics.md``."""
+
+    max_steps: int = 32
+    max_width: int = 8
+    threshold: float = 0.1
+    schedule: str = "constant"
+    threshold_final: float | None = None
+    schedule_k: float = 3.0  # exponential steepness
+    bezier_p1: float = 0.25
+    bezier_p2: float = 0.75
+    relu_a: float = 0.5
+    siblings: str = "isolated"
+    positions: str = "shared"
+    offset_delta: float = 0.001
+    combine: str = "mixture"
+    eos: str = "top"
+    min_steps: int = 0
+    prune: bool = False
+    prune_window: int = 2
+    prune_timing: str = "window"
+    prune_rule: str = "relative"
+    prune_rho: float = 0.5
+    prune_theta: float = 0.01
+    prune_k: float = 100.0
+    prune_layers: tuple[int, ...] | None = None  # None: every layer
+    prune_layer_weights: tuple[float, ...] | None = None  # one per chosen layer
+    prune_heads: tuple[int, ...] | None = None  # None: every head
+    method: str = "tempo"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    compat: str = "none"
+    seed: int = 0
+    capacity: int | None = None  # None: prompt bucket + max_steps * max_width
+    prompt_bucket: int = 32
+
+    def validate(self, model: ModelConfig | None = None) -> None:
+        """Raise ValueError with a clear message for any bad setting (before any compute)."""
+        _choice("sibling rule", self.siblings, SIBLING_RULES)
+        _choice("positions variant", self.positions, POSITION_VARIANTS)
+        _choice("combining rule", self.combine, COMBINE_RULES)
+        _choice("EOS rule", self.eos, EOS_RULES)
+        _choice("prune rule", self.prune_rule, PRUNE_RULES)
+        _choice("prune timing", self.prune_timing, PRUNE_TIMINGS)
+        _choice("method", self.method, METHODS)
+        _choice("compat mode", self.compat, COMPAT)
+        _choice("threshold schedule", self.schedule, SCHEDULES)
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.threshold_final is not None and not 0.0 < self.threshold_final:
+            raise ValueError(f"threshold_final must be > 0, got {self.threshold_final}")
+        if self.max_width < 1:
+            raise ValueError(f"max_width must be >= 1, got {self.max_width}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.prune_window < 1:
+            raise ValueError(f"prune_window must be >= 1, got {self.prune_window}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.prompt_bucket < 1:
+            raise ValueError(f"prompt_bucket must be >= 1, got {self.prompt_bucket}")
+        if model is not None:
+            for name, idx, n in (("prune_layers", self.prune_layers, model.num_layers),
+                                 ("prune_heads", self.prune_heads, model.num_heads)):
+                if idx is not None and (not idx or min(idx) < 0 or max(idx) >= n):
+                    raise ValueError(f"{name} must be a non-empty subset of 0..{n - 1}, got {idx}")
+        if self.prune_layer_weights is not None:
+            n = len(self.prune_layers) if self.prune_layers is not None else (
+                model.num_layers if model is not None else len(self.prune_layer_weights))
+            if len(self.prune_layer_weights) != n or min(self.prune_layer_weights) < 0 or \
+                    sum(self.prune_layer_weights) <= 0:
+                raise ValueError(f"prune_layer_weights needs {n} non-negative weights with a positive "
+                                 f"sum (one per chosen layer), got {self.prune_layer_weights}")
+
+    @property
+    def width(self) -> int:
+        """W actually compiled: 1 for greedy and sampling."""
+        return 1 if self.method in ("greedy", "sample") else self.max_width
+
+    def bucketed(self, prompt_len: int) -> int:
+        b = self.prompt_bucket
+        return -(-prompt_len // b) * b
+
+    def capacity_for(self, prompt_len: int) -> int:
+        """K needed: bucketed prompt + one refed token in compat mode + S * W."""
+        need = self.bucketed(prompt_len) + 1 + self.max_steps * self.width
+        if self.capacity is None:
+            return need
+        if self.capacity < need:
+            raise ValueError(
+                f"capacity {self.capacity} is too small: prompt ({prompt_len} tokens, bucket "
+                f"{self.bucketed(prompt_len)}) + 1 + max_steps ({self.max_steps}) x max_width "
+                f"({self.width}) needs {need} slots")
+        return self.capacity
+
+    def static(self) -> "StaticSpec":
+        return StaticSpec(width=self.width, steps=self.max_steps, positions=self.positions,
+                          combine=self.combine, eos=self.eos, prune=self.prune,
+                          prune_window=self.prune_window, prune_timing=self.prune_timing,
+                          prune_rule=self.prune_rule, method=self.method, compat=self.compat)
+
+    def data(self, model: ModelConfig) -> dict:
+        """The array inputs of the compiled program (one world)."""
+        L, H = model.num_layers, model.num_heads
+        lw = np.zeros(L, np.float32)
+        layers = self.prune_layers if self.prune_layers is not None else tuple(range(L))
+        weights = self.prune_layer_weights if self.prune_layer_weights is not None else (1.0,) * len(layers)
+        lw[list(layers)] = weights
+        hw = np.zeros(H, np.float32)
+        hw[list(self.prune_heads if self.prune_heads is not None else range(H))] = 1.0
+        taus = thresholds(self.schedule, self.threshold, self.threshold_final, self.max_steps,
+                          k=self.schedule_k, p1=self.bezier_p1, p2=self.bezier_p2, a=self.relu_a)
+        return {
+            "thresholds": jnp.asarray(taus),
+            "siblings": jnp.full((L, H), SIBLING_RULES.index(self.siblings), jnp.int32),
+            "offset_delta": jnp.float32(self.offset_delta),
+            "min_steps": jnp.int32(self.min_steps),
+            "prune_layer_w": jnp.asarray(lw / lw.sum()),
+            "prune_head_w": jnp.asarray(hw / hw.sum()),
+            "prune_rho": jnp.float32(self.prune_rho),
+            "prune_theta": jnp.float32(self.prune_theta),
+            "prune_k": jnp.float32(self.prune_k),
+            "temperature": jnp.float32(self.temperature),
+            "top_k": jnp.int32(self.top_k),
+            "top_p": jnp.float32(self.top_p),
+            "key": jax.random.key_data(jax.random.key(self.seed)),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticSpec:
+    """The part of a GenerationConfig that shapes the compiled program."""
+
+    width: int
+    steps: int
+    positions: str
+    combine: str
+    eos: str
+    prune: bool
+    prune_window: int
+    prune_timing: str
+    prune_rule: str
+    method: str
+    compat: str
+
+
+def sibling_codes(rules: Sequence[Sequence[str]]) -> np.ndarray:
+    """``[L][H]`` rule names -> int codes ``[L,H]`` (partial isolation per layer and head)."""
+    out = np.asarray([[SIBLING_RULES.index(r) if r in SIBLING_RULES else -1 for r in row] for row in rules])
+    if (out < 0).any():
+        raise ValueError(f"unknown sibling rule in table; allowed: {', '.join(SIBLING_RULES)}")
+    return out.astype(np.int32)

@@ -1,0 +1,192 @@
+"""The TEMPO step: one jit-compiled function with static shapes, and two drivers over it.
+
+State is a pytree (``TempoState``) so the on-device driver (``lax.while_loop``) can be vmapped over
+worlds. Shapes: K cache slots, W max width, S max steps, V vocab, L layers, H heads.
+"""
+
+from __future__ import annotations
+
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from tempo_jax.config import ModelConfig
+from tempo_jax.engine import pruning
+from tempo_jax.engine.config import StaticSpec
+from tempo_jax.engine.masks import prompt_mask, step_mask
+from tempo_jax.engine.selection import (combine, entropy, select_greedy, select_sample,
+                                        select_threshold)
+from tempo_jax.model import KVCache, TapsSpec, forward, init_cache
+
+UNWRITTEN, PROMPT = -2, -1
+
+
+@flax.struct.dataclass
+class TempoState:
+    """Everything one generation carries between steps (one world)."""
+
+    cache: KVCache  # [L,1,K,G,D]
+    step: jax.Array  # s, int32
+    done: jax.Array  # bool
+    dist: jax.Array  # d_s [V] float32
+    n_written: jax.Array  # next free slot
+    next_pos: jax.Array  # logical position of step s's members (before offsets)
+    alive: jax.Array  # [K] bool
+    slot_step: jax.Array  # [K] int32: -2 unwritten, -1 prompt, else step
+    slot_member: jax.Array  # [K] int32
+    slot_pos: jax.Array  # [K] float32
+    slot_token: jax.Array  # [K] int32
+    recv_acc: jax.Array  # [K] float32 summed pruning attention
+    recv_cnt: jax.Array  # [K] float32 queries summed
+    prune_score: jax.Array  # [K] float32 (NaN = never scored)
+    pruned_at: jax.Array  # [K] int32 step of pruning (-1 = never)
+    set_n: jax.Array  # [S] members per set
+    tokens: jax.Array  # [S,W] members
+    probs: jax.Array  # [S,W]
+    valid: jax.Array  # [S,W]
+    slots: jax.Array  # [S,W] fed slots (-1: not in the cache)
+    positions: jax.Array  # [S,W] logical positions of members
+    fed_tokens: jax.Array  # [S,W] what the forward of step s fed
+    fed_pos: jax.Array  # [S,W]
+    fed_n: jax.Array  # [S]
+    cache_len: jax.Array  # [S] slots written before step s's forward
+    tau: jax.Array  # [S]
+    entropy: jax.Array  # [S] entropy of d_s
+
+
+def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: jax.Array,
+               prompt_len: jax.Array, capacity: int) -> TempoState:
+    """Prompt forward (prompt[Pb] padded, prompt_len real tokens) -> state ready for step 0."""
+    pb = prompt.shape[0]
+    S, W = spec.steps, spec.width
+    cache = init_cache(mcfg, 1, capacity, params["embed"].dtype)
+    ar = jnp.arange(pb)
+    logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
+                               prompt_mask(pb, capacity)[None], cache)
+    last = jnp.take(logits[0], prompt_len - 1, axis=0)
+    k = jnp.arange(capacity)
+    alive = k < prompt_len
+    n_written, next_pos = prompt_len, prompt_len.astype(jnp.float32)
+    if spec.compat == "upstream":  # the last prompt token is fed again at position P
+        tok = jnp.take(prompt, prompt_len - 1)
+        logits, cache, _ = forward(params, mcfg, tok[None, None], next_pos[None, None],
+                                   prompt_len[None, None], (k <= prompt_len)[None, None], cache)
+        last = logits[0, 0]
+        alive = k <= prompt_len
+        n_written, next_pos = prompt_len + 1, next_pos + 1.0
+    zi = lambda *shape: jnp.zeros(shape, jnp.int32)
+    return TempoState(
+        cache=cache, step=jnp.int32(0), done=jnp.bool_(False), dist=jax.nn.softmax(last),
+        n_written=jnp.int32(n_written), next_pos=jnp.float32(next_pos), alive=alive,
+        slot_step=jnp.where(alive, PROMPT, UNWRITTEN).astype(jnp.int32),
+        slot_member=zi(capacity), slot_pos=jnp.where(alive, k, 0).astype(jnp.float32),
+        slot_token=jnp.zeros(capacity, jnp.int32).at[:pb].set(jnp.where(ar < prompt_len, prompt, 0)),
+        recv_acc=jnp.zeros(capacity), recv_cnt=jnp.zeros(capacity),
+        prune_score=jnp.full(capacity, jnp.nan), pruned_at=jnp.full(capacity, -1, jnp.int32),
+        set_n=zi(S), tokens=zi(S, W), probs=jnp.zeros((S, W)), valid=jnp.zeros((S, W), bool),
+        slots=jnp.full((S, W), -1, jnp.int32), positions=jnp.zeros((S, W)), fed_tokens=zi(S, W),
+        fed_pos=jnp.zeros((S, W)), fed_n=zi(S), cache_len=zi(S), tau=jnp.zeros(S),
+        entropy=jnp.zeros(S))
+
+
+def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState,
+         capture: bool = False):
+    """One logical step s: select C_s from d_s, feed it in ONE forward, prune, combine -> d_{s+1}.
+
+    Returns ``(new state, attn[L,H,W,K] or None)``; attention is returned when ``capture``.
+    """
+    S, W = spec.steps, spec.width
+    s = st.step
+    key = jax.random.fold_in(jax.random.wrap_key_data(data["key"]), s)
+    tau = data["thresholds"][s]
+    if spec.method == "tempo":
+        toks, probs, valid, n = select_threshold(st.dist, tau, W)
+    elif spec.method == "greedy":
+        toks, probs, valid, n = select_greedy(st.dist, W)
+    else:
+        toks, probs, valid, n = select_sample(jnp.log(st.dist), key, data["temperature"],
+                                              data["top_k"], data["top_p"], W)
+    i = jnp.arange(W)
+    base = st.n_written
+    if spec.compat == "upstream":  # feed only the last (least probable) member, at the cache length
+        feed = jnp.zeros(W, jnp.int32).at[0].set(toks[n - 1])
+        n_feed = jnp.int32(1)
+        pos = st.next_pos + i.astype(jnp.float32)
+        advance = 1.0
+        member_of_fed = jnp.where(i == 0, n - 1, -1)
+    else:
+        feed, n_feed, member_of_fed = toks, n, i
+        if spec.positions == "shared":
+            pos, advance = jnp.full(W, st.next_pos), 1.0
+        elif spec.positions == "offset":
+            pos, advance = st.next_pos + i * data["offset_delta"], 1.0
+        else:  # distinct
+            pos, advance = st.next_pos + i.astype(jnp.float32), n.astype(jnp.float32)
+    fed_ok = i < n_feed
+    slots = base + i
+    siblings = data["siblings"]
+    mask = step_mask(st.alive, st.slot_step, s, base, n_feed, W, siblings)
+    need_attn = capture or spec.prune
+    logits, cache, taps = forward(params, mcfg, feed[None], pos[None], slots[None], mask[None],
+                                  st.cache, TapsSpec(attn=need_attn))
+    logits = logits[0]
+    # slot maps for the written members
+    upd = lambda arr, val: arr.at[slots].set(jnp.where(fed_ok, val, arr[slots]))
+    alive = upd(st.alive, True)
+    slot_step = upd(st.slot_step, s)
+    slot_member = upd(st.slot_member, member_of_fed)
+    slot_pos = upd(st.slot_pos, pos)
+    slot_token = upd(st.slot_token, feed)
+    set_n = st.set_n.at[s].set(n)
+    acc, cnt, score, pruned_at = st.recv_acc, st.recv_cnt, st.prune_score, st.pruned_at
+    attn = taps["attn"][:, 0] if need_attn else None  # [L,H,W,K]
+    if spec.prune:
+        acc, cnt = pruning.accumulate(acc, cnt, attn, data["prune_layer_w"], data["prune_head_w"],
+                                      n_feed, slot_step, s, spec.prune_window)
+        cur = acc / jnp.maximum(cnt, 1.0)
+        prune, scored = pruning.decide(cur, alive, slot_step, set_n, s, spec.prune_window,
+                                       spec.prune_timing, spec.prune_rule, data["prune_rho"],
+                                       data["prune_theta"], data["prune_k"], key)
+        score = jnp.where(scored, cur, score)
+        pruned_at = jnp.where(prune, s, pruned_at)
+        alive = alive & ~prune
+    # next distribution
+    if spec.compat == "upstream":
+        nxt = jax.nn.softmax(logits[0])
+    else:
+        nxt = combine(spec.combine, logits, probs, valid)
+    eos = jnp.isin(toks, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
+    if spec.compat == "upstream" or spec.eos == "any":
+        hit = (eos & valid).any()
+    elif spec.eos == "top":
+        hit = eos[0]
+    else:
+        hit = (eos | ~valid).all()
+    done = (s + 1 >= S) | (hit & (s + 1 >= data["min_steps"]))
+    new = st.replace(
+        cache=cache, step=s + 1, done=done, dist=nxt, n_written=base + n_feed,
+        next_pos=st.next_pos + advance, alive=alive, slot_step=slot_step, slot_member=slot_member,
+        slot_pos=slot_pos, slot_token=slot_token, recv_acc=acc, recv_cnt=cnt, prune_score=score,
+        pruned_at=pruned_at, set_n=set_n,
+        tokens=st.tokens.at[s].set(toks), probs=st.probs.at[s].set(probs),
+        valid=st.valid.at[s].set(valid),
+        slots=st.slots.at[s].set(jnp.where(spec.compat == "upstream",
+                                           jnp.where(i == n - 1, base, -1),
+                                           jnp.where(valid, slots, -1))),
+        positions=st.positions.at[s].set(jnp.where(spec.compat == "upstream", st.next_pos, pos)),
+        fed_tokens=st.fed_tokens.at[s].set(jnp.where(fed_ok, feed, 0)),
+        fed_pos=st.fed_pos.at[s].set(jnp.where(fed_ok, pos, 0.0)), fed_n=st.fed_n.at[s].set(n_feed),
+        cache_len=st.cache_len.at[s].set(base), tau=st.tau.at[s].set(tau),
+        entropy=st.entropy.at[s].set(entropy(st.dist)))
+    return new, attn
+
+
+def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt, prompt_len,
+                  capacity: int) -> TempoState:
+    """Whole generation inside ``lax.while_loop`` (jit/vmap friendly; no host round trips)."""
+    st = init_state(params, mcfg, spec, data, prompt, prompt_len, capacity)
+    body = lambda x: step(params, mcfg, spec, data, x)[0]
+    return jax.lax.while_loop(lambda x: ~x.done, body, st)
+
+

@@ -1,0 +1,55 @@
+"""Retroactive pruning (semantics.md, "Retroactive pruning"), in-graph on slot maps.
+
+score(j) = mean over chosen layers (weighted), chosen heads and every query of steps
+t+1..t+window of the attention probability on slot j (t = the step of slot j).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def per_query_received(attn: jax.Array, layer_w: jax.Array, head_w: jax.Array) -> jax.Array:
+    """attn[L,H,W,K] -> weighted mean over layers and heads ``[W,K]`` (weights sum to 1)."""
+    return jnp.einsum("lhwk,l,h->wk", attn, layer_w, head_w)
+
+
+def accumulate(acc, cnt, attn, layer_w, head_w, n_queries, slot_step, step, window: int):
+    """Add this step's attention to the running sums of slots whose look-ahead window covers ``step``."""
+    width = attn.shape[2]
+    q_ok = (jnp.arange(width) < n_queries)[:, None]
+    received = jnp.where(q_ok, per_query_received(attn, layer_w, head_w), 0.0).sum(0)  # [K]
+    age = step - slot_step
+    covered = (slot_step >= 0) & (age >= 1) & (age <= window)
+    return acc + jnp.where(covered, received, 0.0), cnt + jnp.where(covered, n_queries, 0)
+
+
+def decide(score, alive, slot_step, set_n, step, window: int, timing: str, rule: str,
+           rho, theta, k, key):
+    """Which slots to prune now -> (prune[K] bool, scored[K] bool).
+
+    Sets with one member are never pruned; within a set the best-scoring alive member survives.
+    """
+    n_steps = set_n.shape[0]
+    age = step - slot_step
+    has_set = slot_step >= 0
+    if timing == "window":
+        due = has_set & (age == window)
+    else:  # eager: every step while the window is still open
+        due = has_set & (age >= 1) & (age <= window)
+    due = due & alive & (set_n[jnp.clip(slot_step, 0, n_steps - 1)] > 1)
+    seg = jnp.where(due, slot_step, n_steps)
+    set_sum = jax.ops.segment_sum(jnp.where(due, score, 0.0), seg, n_steps + 1)
+    set_cnt = jax.ops.segment_sum(due.astype(score.dtype), seg, n_steps + 1)
+    set_max = jax.ops.segment_max(jnp.where(due, score, -jnp.inf), seg, n_steps + 1)
+    if rule == "relative":
+        prune = score < rho * set_sum[seg] / jnp.maximum(set_cnt[seg], 1.0)
+    elif rule == "absolute":
+        prune = score < theta
+    elif rule == "sigmoid":
+        prune = jax.random.uniform(key, score.shape) < jax.nn.sigmoid(k * (theta - score))
+    else:
+        raise ValueError(f"unknown prune rule {rule!r}")
+    best = score >= set_max[seg]
+    return prune & due & ~best, due
