@@ -184,15 +184,18 @@ def test_gguf_logits_match_hf(tmp_path, heads, kv_heads, hidden, tied):
                                   sd["model.layers.0.self_attn.k_proj.weight"].numpy().T)
 
 
-def test_hf_reads_our_test_file_like_llamacpp(tmp_path):
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_hf_reads_our_test_file_like_llamacpp(tmp_path, tied):
     """Sanity check of the test's own writer: HF's GGUF loader undoes our permutation exactly."""
-    model, hc = make_hf(4, 2, 64, False, seed=1)
+    model, hc = make_hf(4, 2, 64, tied, seed=1)
     write_gguf(tmp_path / "tiny.gguf", model, hc)
     ref = hf_from_gguf(tmp_path, "tiny.gguf")
     want, got = model.state_dict(), ref.state_dict()
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
                  "lm_head.weight"):
         np.testing.assert_array_equal(got[name].numpy(), want[name].numpy())
+    tokens = np.random.default_rng(1).integers(0, VOCAB, (1, 8))
+    np.testing.assert_allclose(hf_logits(ref, tokens), hf_logits(model, tokens), atol=1e-5, rtol=0)
 
 
 def test_gguf_tokenizer_and_convert_round_trip(tmp_path):
