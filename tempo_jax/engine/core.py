@@ -68,12 +68,14 @@ def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: 
     k = jnp.arange(capacity)
     alive = k < prompt_len
     n_written, next_pos = prompt_len, prompt_len.astype(jnp.float32)
+    slot_token = jnp.zeros(capacity, jnp.int32).at[:pb].set(jnp.where(ar < prompt_len, prompt, 0))
     if spec.compat == "upstream":  # the last prompt token is fed again at position P
         tok = jnp.take(prompt, prompt_len - 1)
         logits, cache, _ = forward(params, mcfg, tok[None, None], next_pos[None, None],
                                    prompt_len[None, None], (k <= prompt_len)[None, None], cache)
         last = logits[0, 0]
         alive = k <= prompt_len
+        slot_token = slot_token.at[prompt_len].set(tok)
         n_written, next_pos = prompt_len + 1, next_pos + 1.0
     zi = lambda *shape: jnp.zeros(shape, jnp.int32)
     return TempoState(
@@ -81,7 +83,7 @@ def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: 
         n_written=jnp.int32(n_written), next_pos=jnp.float32(next_pos), alive=alive,
         slot_step=jnp.where(alive, PROMPT, UNWRITTEN).astype(jnp.int32),
         slot_member=zi(capacity), slot_pos=jnp.where(alive, k, 0).astype(jnp.float32),
-        slot_token=jnp.zeros(capacity, jnp.int32).at[:pb].set(jnp.where(ar < prompt_len, prompt, 0)),
+        slot_token=slot_token,
         recv_acc=jnp.zeros(capacity), recv_cnt=jnp.zeros(capacity),
         prune_score=jnp.full(capacity, jnp.nan), pruned_at=jnp.full(capacity, -1, jnp.int32),
         set_n=zi(S), tokens=zi(S, W), probs=jnp.zeros((S, W)), valid=jnp.zeros((S, W), bool),

@@ -1,0 +1,48 @@
+"""A tiny random Llama built in HF transformers (the reference) and converted to our params."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(seed: int = 0, init_range: float = 0.3, vocab: int = 64):
+    """(hf_model, cfg, params) with peaky-enough next-token distributions for TEMPO tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conversion.hf import params_from_state
+    from tempo_jax.config import config_from_hf
+
+    hc = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                     initializer_range=init_range, tie_word_embeddings=False, eos_token_id=2,
+                     bos_token_id=1, pad_token_id=0)
+    hc._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    hf = LlamaForCausalLM(hc).eval()
+    sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    cfg = config_from_hf(hc.to_dict(), name=f"tiny{seed}")
+    params = jax.tree_util.tree_map(jnp.asarray, params_from_state(cfg, sd.__getitem__))
+    return hf, cfg, params
+
+
+def full_logits(hf, ids):
+    """HF reference: logits [T,V] of one plain causal forward over ``ids``."""
+    import torch
+
+    with torch.no_grad():
+        return hf(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+def full_forward_attn(hf, ids):
+    """HF reference: (logits [T,V], attentions [L,H,T,T]) of one causal forward."""
+    import torch
+
+    with torch.no_grad():
+        out = hf(torch.tensor([list(ids)]), output_attentions=True)
+    return out.logits[0].numpy(), np.stack([a[0].numpy() for a in out.attentions])
