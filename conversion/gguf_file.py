@@ -22,7 +22,8 @@ GGUF_LAYER_NAMES = {
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of llama.cpp's q/k row permutation on ``w[n_head*D, ...]``."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+    # llama.cpp: reshape(n_head, 2, D/2, ...).swapaxes(1, 2); the inverse starts from (n_head, D/2, 2)
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
 
 

@@ -1,0 +1,92 @@
+"""TEMPO benchmark: logical steps/s of tempo-jax vs HF transformers greedy tokens/s, same run.
+
+Setting (issue "TEMPO engine"): default model, tau 0.1, max width 8, 64 logical steps (min_steps 64
+so EOS cannot shorten the run), isolated siblings, retroactive pruning on. HF: greedy ``generate``
+with eager attention and ``output_attentions=True`` on the same prompt. Reports first-step latency
+including compilation (a fresh process-level compile of the step), steady-state steps/s from a
+second, already-compiled run, and mean / max set size.
+
+    python benchmarks/tempo.py [--steps 64] [--no-hf]
+
+Last line: key=value figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+PROMPT = "The cat sat on the"
+
+
+def hf_tokens_per_s(prompt: str, steps: int) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tempo_jax.default_model import gguf_path
+
+    path = gguf_path()
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                              torch_dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    from conversion.store import load_tokenizer
+    from tempo_jax.default_model import ensure_default_model
+
+    ids = torch.tensor([load_tokenizer(ensure_default_model()).encode(prompt)])
+
+    def gen(n):
+        with torch.no_grad():
+            t = time.perf_counter()
+            hf.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                        output_attentions=True, return_dict_in_generate=True, pad_token_id=2)
+            return time.perf_counter() - t
+
+    gen(4)  # warm-up
+    full, one = gen(steps), gen(1)
+    return (steps - 1) / max(full - one, 1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--no-hf", action="store_true")
+    args = ap.parse_args()
+
+    from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.loading import load_model
+
+    m = load_model()
+    ids = m.tokenizer(PROMPT).input_ids
+    g = GenerationConfig(max_steps=args.steps, threshold=0.1, max_width=8, siblings="isolated",
+                         prune=True, min_steps=args.steps)
+    t0 = time.perf_counter()
+    first_step = {}
+    generate(m.params, m.cfg, ids, g, on_step=lambda s, st, a: first_step.setdefault(
+        "t", time.perf_counter() - t0) if s == 0 else None)
+    cold_total = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tr = generate(m.params, m.cfg, ids, g, progress=True)
+    warm = time.perf_counter() - t0
+    steps_per_s = tr.n_steps / warm
+    sizes = tr.arrays["set_n"]
+    hf = None if args.no_hf else hf_tokens_per_s(PROMPT, args.steps)
+    print(f"\ndevice: {jax.devices()[0].device_kind}   prompt: {PROMPT!r}   steps: {tr.n_steps}")
+    print(f"{'':34s}{'rate':>12s}{'ratio':>10s}")
+    print(f"{'tempo-jax logical steps/s':34s}{steps_per_s:12.2f}{'':>10s}")
+    if hf is not None:
+        print(f"{'HF greedy tokens/s (attn out)':34s}{hf:12.2f}{steps_per_s / hf:10.2f}x")
+    print(f"first step incl. compile: {first_step['t']:.2f} s (cold run total {cold_total:.2f} s)")
+    print(f"set size: mean {sizes.mean():.2f}, max {sizes.max()}; pruned members "
+          f"{int((tr.arrays['pruned_at'] >= 0).sum())}")
+    kv = {"steps_per_s": f"{steps_per_s:.3f}", "first_step_s": f"{first_step['t']:.2f}",
+          "mean_set": f"{sizes.mean():.2f}", "max_set": int(sizes.max())}
+    if hf is not None:
+        kv.update(hf_tokens_per_s=f"{hf:.3f}", speedup_vs_hf=f"{steps_per_s / hf:.2f}")
+    print(" ".join(f"{k}={v}" for k, v in kv.items()))
+
+
+if __name__ == "__main__":
+    main()
