@@ -19,17 +19,28 @@ import numpy as np
 from conversion.common import CheckpointError
 from tempo_jax.config import ModelConfig, RopeScaling
 
-FORMAT_VERSION = 1
+# 2: GGUF q/k un-permutation fixed; folders written by version 1 from GGUF hold scrambled q/k.
+FORMAT_VERSION = 2
 
 
 def config_to_dict(cfg: ModelConfig) -> dict:
     return {"format_version": FORMAT_VERSION, **dataclasses.asdict(cfg)}
 
 
+def format_version(folder) -> int | None:
+    """The format version a converted folder was written with (None if unreadable)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("format_version")
+    except (OSError, ValueError):
+        return None
+
+
 def config_from_dict(d: dict) -> ModelConfig:
     d = dict(d)
-    if d.pop("format_version", None) != FORMAT_VERSION:
-        raise CheckpointError(f"converted model has an unknown format version (want {FORMAT_VERSION})")
+    version = d.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"converted model has an unknown format version {version!r}: this "
+                              f"tempo-jax reads {FORMAT_VERSION}; convert the checkpoint again")
     if d.get("rope_scaling"):
         d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
     d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())

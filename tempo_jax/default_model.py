@@ -67,9 +67,11 @@ def gguf_path(verbose: bool = True) -> Path:
 
 def ensure_default_model(verbose: bool = True) -> Path:
     """The converted default model folder, creating it on first use."""
+    from conversion.store import FORMAT_VERSION, format_version
+
     out = converted_dir()
-    if (out / "config.json").exists() and (out / "params").exists() and (out / "tokenizer").exists():
-        return out
+    if (out / "params").exists() and (out / "tokenizer").exists() and format_version(out) == FORMAT_VERSION:
+        return out  # an older converter's output is converted again below
     from conversion.convert import convert
 
     src = gguf_path(verbose)

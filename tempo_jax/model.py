@@ -201,14 +201,16 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         if cfg.qkv_bias:
             q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
         q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
-        kl = jax.lax.dynamic_index_in_dim(ck, li, 0, keepdims=False).at[batch_idx, slots].set(
-            k.astype(ck.dtype), mode="drop")
-        vl = jax.lax.dynamic_index_in_dim(cv, li, 0, keepdims=False).at[batch_idx, slots].set(
-            v.astype(cv.dtype), mode="drop")
-        ck = jax.lax.dynamic_update_index_in_dim(ck, kl, li, 0)
-        cv = jax.lax.dynamic_update_index_in_dim(cv, vl, li, 0)
+        # Write the new keys/values straight into the full cache (an in-place scatter of T rows),
+        # then read this layer's slice: no per-layer extract + write-back of the whole layer.
+        ck = ck.at[li, batch_idx, slots].set(k.astype(ck.dtype), mode="drop")
+        cv = cv.at[li, batch_idx, slots].set(v.astype(cv.dtype), mode="drop")
+        kl = jax.lax.dynamic_index_in_dim(ck, li, 0, keepdims=False)
+        vl = jax.lax.dynamic_index_in_dim(cv, li, 0, keepdims=False)
         attn, probs = _attention(q, kl.astype(dtype), vl.astype(dtype), lmask, cfg)
-        o = jnp.einsum("bthd,hde->bte", attn, lp["wo"])
+        # [B,T,H*D] @ [H*D,E]: a plain matmul on a free reshape of wo (the einsum form made XLA
+        # copy a transposed wo every layer).
+        o = attn.reshape(b, t, -1) @ lp["wo"].reshape(-1, lp["wo"].shape[-1])
         if cfg.o_bias:
             o = o + lp["bo"]
         x = x + o

@@ -44,6 +44,11 @@ def test_positions_shape_mismatch(params):
         call(params, positions=jnp.zeros((B, T + 1), jnp.float32))
 
 
+def test_tokens_not_2d(params):
+    with pytest.raises(ValueError, match=r"tokens must be \[B,T\]"):
+        call(params, tokens=jnp.arange(T, dtype=jnp.int32))
+
+
 def test_slots_shape_mismatch(params):
     with pytest.raises(ValueError, match=r"slots must have the shape of tokens"):
         call(params, slots=jnp.zeros((B, T - 1), jnp.int32))
@@ -221,6 +226,20 @@ def test_pickled_folder_refused(tmp_path):
         load_hf_folder(folder)
     with pytest.raises(CheckpointError, match=r"pickle.*safetensors"):
         read_checkpoint(folder / "pytorch_model.bin")
+
+
+def test_converted_folder_of_unknown_format_version(tmp_path):
+    from conversion.store import load_converted, save_converted
+
+    out = save_converted(tmp_path / "c", CFG, jax.tree_util.tree_map(np.asarray, init_params(
+        CFG, jax.random.PRNGKey(1))))
+    d = json.loads((out / "config.json").read_text())
+    d["format_version"] = 999
+    (out / "config.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=r"unknown format version"):
+        load_converted(out)
+    with pytest.raises(CheckpointError, match=r"is not a converted tempo-jax model"):
+        load_converted(tmp_path)
 
 
 def test_missing_config(tmp_path):

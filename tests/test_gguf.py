@@ -19,11 +19,6 @@ transformers = pytest.importorskip("transformers", reason="the HF reference need
 from conversion.gguf_file import load_gguf, unpermute_rows  # noqa: E402
 from tempo_jax.model import forward, init_cache  # noqa: E402
 
-UNPERMUTE_BUG = ("conversion.gguf_file.unpermute_rows reshapes to (n_head, 2, D/2) before swapaxes, "
-                 "which re-applies llama.cpp's permutation instead of inverting it (the inverse reshapes "
-                 "to (n_head, D/2, 2)); the two coincide only for head_dim <= 4, so q/k come out "
-                 "scrambled for every real model")
-
 
 def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp convert_hf_to_gguf.py LlamaModel.permute (n_head is n_head_kv for k)."""
@@ -140,8 +135,7 @@ def our_logits(cfg, params, tokens):
     return np.asarray(logits)
 
 
-@pytest.mark.parametrize("head_dim", [2, 4] + [pytest.param(d, marks=pytest.mark.xfail(
-    strict=True, reason=UNPERMUTE_BUG)) for d in (8, 16, 64)])
+@pytest.mark.parametrize("head_dim", [2, 4, 8, 16, 64])
 def test_unpermute_rows_inverts_llamacpp_permute(head_dim):
     n_head = 3
     w = np.random.default_rng(0).standard_normal((n_head * head_dim, 5)).astype(np.float32)
@@ -153,10 +147,8 @@ def test_unpermute_rows_inverts_llamacpp_permute(head_dim):
 CASES = [
     # heads, kv heads, hidden (head_dim = hidden / heads), tied
     pytest.param(8, 2, 32, True, id="gqa-hd4-tied"),
-    pytest.param(4, 2, 64, False, id="gqa-hd16-untied",
-                 marks=pytest.mark.xfail(strict=True, reason=UNPERMUTE_BUG)),
-    pytest.param(4, 1, 64, True, id="mqa-hd16-tied",
-                 marks=pytest.mark.xfail(strict=True, reason=UNPERMUTE_BUG)),
+    pytest.param(4, 2, 64, False, id="gqa-hd16-untied"),
+    pytest.param(4, 1, 64, True, id="mqa-hd16-tied"),
 ]
 
 
@@ -189,6 +181,12 @@ def test_hf_reads_our_test_file_like_llamacpp(tmp_path, tied):
     """Sanity check of the test's own writer: HF's GGUF loader undoes our permutation exactly."""
     model, hc = make_hf(4, 2, 64, tied, seed=1)
     write_gguf(tmp_path / "tiny.gguf", model, hc)
+    fields = gguf.GGUFReader(str(tmp_path / "tiny.gguf")).fields
+    for key in ("block_count", "context_length", "embedding_length", "feed_forward_length",
+                "attention.head_count", "attention.head_count_kv", "rope.freq_base",
+                "attention.layer_norm_rms_epsilon", "rope.dimension_count"):
+        assert f"llama.{key}" in fields, key
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2"
     ref = hf_from_gguf(tmp_path, "tiny.gguf")
     want, got = model.state_dict(), ref.state_dict()
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
