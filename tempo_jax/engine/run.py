@@ -83,6 +83,5 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
             if bool(st.done):
                 break
         bar.close()
-        timings["first_step_s"] = timings["prompt_s"]
         timings["total_s"] = time.perf_counter() - t0
     return Trace.from_state(st, gcfg, list(map(int, prompt_ids)), model_id, timings)
