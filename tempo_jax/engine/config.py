@@ -132,7 +132,7 @@ class GenerationConfig:
         return self.capacity
 
     def static(self) -> "StaticSpec":
-        return StaticSpec(width=self.width, steps=self.max_steps, positions=self.positions,
+        return StaticSpec(width=self.width, steps=self.max_steps,
                           combine=self.combine, eos=self.eos, prune=self.prune,
                           prune_window=self.prune_window, prune_timing=self.prune_timing,
                           prune_rule=self.prune_rule, method=self.method, compat=self.compat)
@@ -151,7 +151,9 @@ class GenerationConfig:
         return {
             "thresholds": jnp.asarray(taus),
             "siblings": jnp.full((L, H), SIBLING_RULES.index(self.siblings), jnp.int32),
-            "offset_delta": jnp.float32(self.offset_delta),
+            "member_stride": jnp.float32({"shared": 0.0, "offset": self.offset_delta,
+                                          "distinct": 1.0}[self.positions]),
+            "advance_by_members": jnp.bool_(self.positions == "distinct"),
             "min_steps": jnp.int32(self.min_steps),
             "prune_layer_w": jnp.asarray(lw / lw.sum()),
             "prune_head_w": jnp.asarray(hw / hw.sum()),
@@ -171,7 +173,6 @@ class StaticSpec:
 
     width: int
     steps: int
-    positions: str
     combine: str
     eos: str
     prune: bool

@@ -119,12 +119,10 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
         member_of_fed = jnp.where(i == 0, n - 1, -1)
     else:
         feed, n_feed, member_of_fed = toks, n, i
-        if spec.positions == "shared":
-            pos, advance = jnp.full(W, st.next_pos), 1.0
-        elif spec.positions == "offset":
-            pos, advance = st.next_pos + i * data["offset_delta"], 1.0
-        else:  # distinct
-            pos, advance = st.next_pos + i.astype(jnp.float32), n.astype(jnp.float32)
+        # positions variant as data: member i at next_pos + i * stride; the next step starts
+        # 1 later (shared, offset) or n later (distinct)
+        pos = st.next_pos + i * data["member_stride"]
+        advance = jnp.where(data["advance_by_members"], n, 1).astype(jnp.float32)
     fed_ok = i < n_feed
     slots = base + i
     siblings = data["siblings"]
