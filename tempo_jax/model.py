@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempo_jax.config import ModelConfig
+from tempo_jax.interventions import Interventions
+from tempo_jax.interventions import check as check_interventions
 
 Params = dict[str, Any]
 
@@ -153,16 +155,19 @@ def check_inputs(cfg: ModelConfig, tokens, positions, slots, mask, cache: KVCach
                              f"[{sl.min()}, {sl.max()}]")
 
 
-def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig):
+def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig, bias=None):
     """Grouped-query attention without repeating K/V.
 
-    q[B,T,H,D], k_cache/v_cache[B,K,G,D], mask[B|1,H|1,T,K] -> out[B,T,H,D], probs[B,H,T,K] f32.
+    q[B,T,H,D], k_cache/v_cache[B,K,G,D], mask[B|1,H|1,T,K], optional additive logit bias
+    [B|1,H|1,K] -> out[B,T,H,D], probs[B,H,T,K] f32.
     """
     b, t, h, d = q.shape
     g, r = cfg.num_kv_heads, cfg.group_size
     qg = q.reshape(b, t, g, r, d)
     logits = jnp.einsum("btgrd,bkgd->bgrtk", qg, k_cache, preferred_element_type=jnp.float32)
     logits = logits.reshape(b, h, t, -1) * (d ** -0.5)
+    if bias is not None:
+        logits = logits + bias[:, :, None, :].astype(jnp.float32)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     pg = probs.reshape(b, g, r, t, -1).astype(v_cache.dtype)
@@ -171,12 +176,15 @@ def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig):
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
-            slots: jax.Array, mask: jax.Array, cache: KVCache, taps: TapsSpec = NO_TAPS):
+            slots: jax.Array, mask: jax.Array, cache: KVCache, taps: TapsSpec = NO_TAPS,
+            interventions: Interventions | None = None):
     """One forward over T new tokens per sequence, writing their keys/values at ``slots``.
 
     tokens[B,T] int; positions[B,T] float (any values: repeated, fractional, jumped) fed to RoPE;
     slots[B,T] int in [0,K); mask bool [B,T,K] or broadcastable [B,L,H,T,K] (True = may attend),
     applied after this forward's keys are written; cache KVCache [L,B,K,G,D].
+    ``interventions`` (arrays, see :class:`tempo_jax.interventions.Interventions`) ablate heads, bias
+    attention logits per key slot or patch the residual stream.
     Returns ``(logits[B,T,V] float32, new cache, taps dict)`` with taps chosen by ``taps``.
     """
     positions = jnp.asarray(positions)
@@ -185,6 +193,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     check_inputs(cfg, tokens, positions, slots, mask, cache)
     b, t = tokens.shape
     mask = _mask_5d(mask, b, cfg, t, cache.capacity)
+    iv = interventions if interventions is not None else Interventions()
+    check_interventions(iv, cfg, b, t, cache.capacity)
     per_layer_mask = mask.shape[1] != 1
     inv_freq = jnp.asarray(cfg.inv_freq())
     dtype = params["embed"].dtype
@@ -192,7 +202,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
 
     def layer(carry, xs):
         x, ck, cv = carry
-        lp, li, lmask = xs
+        lp, li, lmask, liv = xs
         lmask = lmask if per_layer_mask else mask[:, 0]
         h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
         q = jnp.einsum("bte,ehd->bthd", h, lp["wq"])
@@ -207,7 +217,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         cv = cv.at[li, batch_idx, slots].set(v.astype(cv.dtype), mode="drop")
         kl = jax.lax.dynamic_index_in_dim(ck, li, 0, keepdims=False)
         vl = jax.lax.dynamic_index_in_dim(cv, li, 0, keepdims=False)
-        attn, probs = _attention(q, kl.astype(dtype), vl.astype(dtype), lmask, cfg)
+        attn, probs = _attention(q, kl.astype(dtype), vl.astype(dtype), lmask, cfg, liv.attn_bias)
+        if liv.head_scale is not None:
+            sc = liv.head_scale.astype(attn.dtype)[:, None]
+            attn = attn * sc
+            if liv.head_mean is not None:
+                attn = attn + (1 - sc) * liv.head_mean.astype(attn.dtype)
         # [B,T,H*D] @ [H*D,E]: a plain matmul on a free reshape of wo (the einsum form made XLA
         # copy a transposed wo every layer).
         o = attn.reshape(b, t, -1) @ lp["wo"].reshape(-1, lp["wo"].shape[-1])
@@ -217,6 +232,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
         ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
         x = x + ff @ lp["w_down"]
+        if liv.resid_patch is not None:
+            x = jnp.where(liv.resid_patch_mask[..., None], liv.resid_patch.astype(x.dtype), x)
         out = {}
         if taps.attn:
             out["attn"] = probs
@@ -228,7 +245,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
 
     x = params["embed"][tokens]
     layer_masks = jnp.moveaxis(mask, 1, 0) if per_layer_mask else jnp.zeros((cfg.num_layers,), bool)
-    xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks)
+    per_layer_iv = iv.replace(attn_bias=None if iv.attn_bias is None else jnp.moveaxis(iv.attn_bias, 1, 0))
+    xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks, per_layer_iv)
     (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]

@@ -63,7 +63,8 @@ def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: 
     cache = init_cache(mcfg, 1, capacity, params["embed"].dtype)
     ar = jnp.arange(pb)
     logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
-                               prompt_mask(pb, capacity)[None], cache)
+                               prompt_mask(pb, capacity)[None], cache,
+                               interventions=data.get("interventions"))
     last = jnp.take(logits[0], prompt_len - 1, axis=0)
     k = jnp.arange(capacity)
     alive = k < prompt_len
@@ -72,7 +73,8 @@ def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: 
     if spec.compat == "upstream":  # the last prompt token is fed again at position P
         tok = jnp.take(prompt, prompt_len - 1)
         logits, cache, _ = forward(params, mcfg, tok[None, None], next_pos[None, None],
-                                   prompt_len[None, None], (k <= prompt_len)[None, None], cache)
+                                   prompt_len[None, None], (k <= prompt_len)[None, None], cache,
+                                   interventions=data.get("interventions"))
         last = logits[0, 0]
         alive = k <= prompt_len
         slot_token = slot_token.at[prompt_len].set(tok)
@@ -129,7 +131,8 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
     mask = step_mask(st.alive, st.slot_step, s, base, n_feed, W, siblings)
     need_attn = capture or spec.prune
     logits, cache, taps = forward(params, mcfg, feed[None], pos[None], slots[None], mask[None],
-                                  st.cache, TapsSpec(attn=need_attn))
+                                  st.cache, TapsSpec(attn=need_attn),
+                                  interventions=data.get("interventions"))
     logits = logits[0]
     # slot maps for the written members
     upd = lambda arr, val: arr.at[slots].set(jnp.where(fed_ok, val, arr[slots]))

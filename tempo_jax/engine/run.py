@@ -49,7 +49,9 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
 
     driver "host": a Python loop over the jitted step (streams per-step data to ``on_step(s, state,
     attn[L,H,W,K] or None)``, shows progress); "device": one ``lax.while_loop`` program.
-    ``data`` overrides the array inputs from ``gcfg.data(mcfg)`` (e.g. a per-layer sibling table).
+    ``data`` overrides the array inputs from ``gcfg.data(mcfg)``: e.g. ``siblings`` [L,H] (partial
+    isolation) or ``interventions`` (:class:`tempo_jax.interventions.Interventions`, batch axis 1,
+    K = the run's capacity) applied to every forward of the run.
     """
     if driver not in ("host", "device"):
         raise ValueError(f"unknown driver {driver!r}; allowed: host, device")
