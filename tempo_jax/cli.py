@@ -1,4 +1,4 @@
-"""Command line: ``tempo-jax generate | forward | convert``."""
+"""Command line: ``tempo-jax generate | forward | convert | sweep``."""
 
 from __future__ import annotations
 
@@ -111,6 +111,18 @@ def _cmd_forward(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from tempo_jax.sweeps.runner import main as sweep_main
+
+    try:
+        sweep_main(args.spec, args.out, model=args.model, coordinator=args.coordinator,
+                   num_processes=args.num_processes, process_id=args.process_id,
+                   progress=not args.no_progress)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tempo-jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     c.set_defaults(func=_cmd_convert)
+
+    w = sub.add_parser("sweep", help="run a sweep spec (YAML) of worlds as one batched program",
+                       epilog="example: tempo-jax sweep experiments/sweeps/ablate_each_head.yaml "
+                              "--out runs/ablate_each_head")
+    w.add_argument("spec", help="sweep spec (YAML): axes prompts/thresholds/siblings/positions/heads/seeds")
+    w.add_argument("--out", required=True, help="output directory (a rerun resumes; another spec is refused)")
+    w.add_argument("--model", default=None, help="overrides the spec's model (part of the spec hash)")
+    w.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0")
+    w.add_argument("--num-processes", type=int, default=1)
+    w.add_argument("--process-id", type=int, default=0)
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=_cmd_sweep)
     return p
 
 

@@ -95,10 +95,12 @@ def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: 
 
 
 def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState,
-         capture: bool = False):
+         capture: str = "none"):
     """One logical step s: select C_s from d_s, feed it in ONE forward, prune, combine -> d_{s+1}.
 
-    Returns ``(new state, attn[L,H,W,K] or None)``; attention is returned when ``capture``.
+    ``capture``: "none" -> None; "full" -> this step's attention probabilities ``attn[L,H,W,K]``;
+    "summary" -> small in-graph reductions (see :func:`attention_summary`).
+    Returns ``(new state, captured)``.
     """
     S, W = spec.steps, spec.width
     s = st.step
@@ -129,7 +131,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
     slots = base + i
     siblings = data["siblings"]
     mask = step_mask(st.alive, st.slot_step, s, base, n_feed, W, siblings)
-    need_attn = capture or spec.prune
+    need_attn = capture != "none" or spec.prune
     logits, cache, taps = forward(params, mcfg, feed[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn),
                                   interventions=data.get("interventions"))
@@ -182,7 +184,30 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
         fed_pos=st.fed_pos.at[s].set(jnp.where(fed_ok, pos, 0.0)), fed_n=st.fed_n.at[s].set(n_feed),
         cache_len=st.cache_len.at[s].set(base), tau=st.tau.at[s].set(tau),
         entropy=st.entropy.at[s].set(entropy(st.dist)))
-    return new, attn
+    if capture == "summary":
+        return new, attention_summary(attn, base, n_feed)
+    return new, attn if capture == "full" else None
+
+
+def attention_summary(attn: jax.Array, base, n) -> dict:
+    """In-graph reductions of one step's attention ``attn[L,H,W,K]`` (queries i < n are real):
+
+    received[L,H,K] = sum over real queries of attention on each key slot;
+    entropy[L,H,W] = -sum_k a log a per query (nats); sink[L,H,W] = attention on slot 0;
+    leakage[L,H,W] = attention a query puts on its siblings (same-step slots base..base+n-1, not itself).
+    Rows of padding queries (i >= n) are 0.
+    """
+    width, k = attn.shape[2], attn.shape[3]
+    real = (jnp.arange(width) < n)[None, None, :]
+    j = jnp.arange(k)[None, :] - base
+    sib = (j >= 0) & (j < n) & (j != jnp.arange(width)[:, None])  # [W,K]
+    ent = -jnp.sum(jnp.where(attn > 0, attn * jnp.log(jnp.where(attn > 0, attn, 1.0)), 0.0), -1)
+    return {
+        "received": jnp.sum(jnp.where(real[..., None], attn, 0.0), axis=2),
+        "entropy": jnp.where(real, ent, 0.0),
+        "sink": jnp.where(real, attn[..., 0], 0.0),
+        "leakage": jnp.where(real, jnp.sum(jnp.where(sib, attn, 0.0), -1), 0.0),
+    }
 
 
 def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt, prompt_len,

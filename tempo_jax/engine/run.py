@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,18 +43,27 @@ def pad_prompt(gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> jax.Array:
 
 def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: GenerationConfig,
              driver: str = "host", progress: bool = False,
-             on_step: Callable[[int, TempoState, jax.Array | None], None] | None = None,
-             model_id: str = "", data: dict | None = None) -> Trace:
+             on_step: Callable[[int, TempoState, Any], None] | None = None,
+             model_id: str = "", data: dict | None = None, capture: str | None = None) -> Trace:
     """Generate from one prompt and return its :class:`Trace`.
 
     driver "host": a Python loop over the jitted step (streams per-step data to ``on_step(s, state,
-    attn[L,H,W,K] or None)``, shows progress); "device": one ``lax.while_loop`` program.
+    captured)``, shows progress); "device": one ``lax.while_loop`` program.
+    ``capture`` ("none" | "summary" | "full"; default "full" when ``on_step`` is given) chooses what
+    ``captured`` is: None, the in-graph summary dict, or the step's attention ``[L,H,W,K]``
+    (see :func:`tempo_jax.engine.core.step`). Use :class:`tempo_jax.capture.CaptureWriter` as
+    ``on_step`` to stream it to disk.
     ``data`` overrides the array inputs from ``gcfg.data(mcfg)``: e.g. ``siblings`` [L,H] (partial
     isolation) or ``interventions`` (:class:`tempo_jax.interventions.Interventions`, batch axis 1,
     K = the run's capacity) applied to every forward of the run.
     """
     if driver not in ("host", "device"):
         raise ValueError(f"unknown driver {driver!r}; allowed: host, device")
+    capture = capture or ("full" if on_step is not None else "none")
+    if capture not in ("none", "summary", "full"):
+        raise ValueError(f"unknown capture mode {capture!r}; allowed: none, summary, full")
+    if capture != "none" and driver != "host":
+        raise ValueError("capture streams per step, so it needs driver='host'")
     capacity = check_request(mcfg, gcfg, prompt_ids)
     spec = gcfg.static()
     data = {**gcfg.data(mcfg), **(data or {})}
@@ -73,15 +82,14 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
         st = _init(params, mcfg, spec, data, prompt, plen, capacity)
         jax.block_until_ready(st.dist)
         timings["prompt_s"] = time.perf_counter() - t0
-        capture = on_step is not None
         from tqdm.auto import tqdm
 
         bar = tqdm(total=gcfg.max_steps, desc="tempo", unit="step", disable=not progress)
         for s in range(gcfg.max_steps):
-            st, attn = _step(params, mcfg, spec, data, st, capture)
+            st, captured = _step(params, mcfg, spec, data, st, capture)
             bar.update(1)
             if on_step is not None:
-                on_step(s, st, attn)
+                on_step(s, st, captured)
             if bool(st.done):
                 break
         bar.close()
