@@ -19,6 +19,7 @@ AXES = {
     "entropy": ("step", "layer", "head", "query"),
     "sink": ("step", "layer", "head", "query"),
     "leakage": ("step", "layer", "head", "query"),
+    "resid": ("step", "layer", "query", "embed"),
 }
 
 

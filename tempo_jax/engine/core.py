@@ -99,7 +99,8 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
     """One logical step s: select C_s from d_s, feed it in ONE forward, prune, combine -> d_{s+1}.
 
     ``capture``: "none" -> None; "full" -> this step's attention probabilities ``attn[L,H,W,K]``;
-    "summary" -> small in-graph reductions (see :func:`attention_summary`).
+    "summary" -> small in-graph reductions (see :func:`attention_summary`) plus the members'
+    residual streams after each layer ``resid[L,W,E]``.
     Returns ``(new state, captured)``.
     """
     S, W = spec.steps, spec.width
@@ -133,7 +134,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
     mask = step_mask(st.alive, st.slot_step, s, base, n_feed, W, siblings)
     need_attn = capture != "none" or spec.prune
     logits, cache, taps = forward(params, mcfg, feed[None], pos[None], slots[None], mask[None],
-                                  st.cache, TapsSpec(attn=need_attn),
+                                  st.cache, TapsSpec(attn=need_attn, resid=capture == "summary"),
                                   interventions=data.get("interventions"))
     logits = logits[0]
     # slot maps for the written members
@@ -185,7 +186,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
         cache_len=st.cache_len.at[s].set(base), tau=st.tau.at[s].set(tau),
         entropy=st.entropy.at[s].set(entropy(st.dist)))
     if capture == "summary":
-        return new, attention_summary(attn, base, n_feed)
+        return new, {**attention_summary(attn, base, n_feed), "resid": taps["resid"][:, 0]}
     return new, attn if capture == "full" else None
 
 

@@ -1,8 +1,10 @@
 """Run a sweep: worlds in chunks through ONE jit-compiled, vmapped, sharded program.
 
 Mesh axes: "data" splits the B worlds of a chunk over devices; "model" (optional) shards the
-parameters over heads and MLP width (tensor parallel). Multi-host: every process runs the chunks
-``i % process_count == process_index`` on its local devices and checkpoints them; after a barrier
+parameters over heads and MLP width (tensor parallel). Multi-host: the chunks still to do are dealt
+out in rounds (chunk ``todo[r * n + p]`` to process p in round r), each process runs its chunk on its
+local devices, ``multihost_utils.process_allgather`` brings the round's results to every process and
+process 0 checkpoints them (orbax writes host arrays from process 0 only); after a barrier
 (``multihost_utils.sync_global_devices``) process 0 merges. Finished chunks are orbax checkpoints,
 so a killed sweep started again with the same command resumes and ends with the same results.
 """
@@ -156,27 +158,46 @@ def run_sweep(spec: SweepSpec, out, model=None, devices=None, progress: bool = T
     inputs = WorldInputs(grid, mcfg)
     n_worlds, chunk = grid.n_worlds, spec.chunk
     n_chunks = math.ceil(n_worlds / chunk)
-    mine = [i for i in range(n_chunks) if i % nproc == pid]
-    todo = [i for i in mine if not store.chunk_done(out, i)]
-    if todo:
-        store.clear_partial(out) if nproc == 1 else None
-        prog, placed = make_program(mcfg, grid.base.static(), inputs.capacity, mesh, params)
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="chunk", disable=not progress,
-                   desc=f"sweep p{pid}" if nproc > 1 else "sweep")
-        for i in todo:
-            worlds = np.arange(i * chunk, (i + 1) * chunk)
-            worlds = np.where(worlds < n_worlds, worlds, -1)
-            data, prompt, plen = inputs.batch(worlds)
-            res = jax.device_get(prog(placed, data, prompt, plen))
-            res = {"world": worlds, **{k: np.asarray(v) for k, v in res.items()}}
-            store.save_chunk(out, i, res, pid)
-            bar.update(1)
-            if on_chunk is not None:
-                on_chunk(i, res)
-        bar.close()
-    if nproc > 1:
+    done = np.asarray([store.chunk_done(out, i) for i in range(n_chunks)])
+    if nproc > 1:  # process 0's view of the directory decides
         from jax.experimental import multihost_utils
 
+        done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+    todo = [i for i in range(n_chunks) if not done[i]]
+    if todo:
+        if pid == 0:
+            store.clear_partial(out)
+        prog, placed = make_program(mcfg, grid.base.static(), inputs.capacity, mesh, params)
+        bar = tqdm(total=n_chunks, initial=n_chunks - len(todo), unit="chunk", disable=not progress,
+                   desc="sweep")
+        # round r: process p runs todo[r * nproc + p] on its local devices; process 0 gathers
+        # the round's results (multihost_utils.process_allgather) and checkpoints every chunk
+        for r in range(math.ceil(len(todo) / nproc)):
+            round_chunks = todo[r * nproc:(r + 1) * nproc]
+            i = round_chunks[pid] if pid < len(round_chunks) else None
+            worlds = np.arange(i * chunk, (i + 1) * chunk) if i is not None else np.full(chunk, -1)
+            worlds = np.where(worlds < n_worlds, worlds, -1)
+            data, prompt, plen = inputs.batch(worlds)
+            if i is not None:
+                res = jax.device_get(prog(placed, data, prompt, plen))
+            else:  # idle this round: zeros of the right shapes (worlds all -1, dropped at merge)
+                shapes = jax.eval_shape(prog, placed, data, prompt, plen)
+                res = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+            res = {"world": worlds, **{k: np.asarray(v) for k, v in res.items()}}
+            if nproc > 1:
+                gathered = multihost_utils.process_allgather(res)  # leaves [nproc, B, ...]
+                results = [{k: np.asarray(v[q]) for k, v in gathered.items()}
+                           for q in range(len(round_chunks))]
+            else:
+                results = [res]
+            for c, rc in zip(round_chunks, results):
+                if pid == 0:
+                    store.save_chunk(out, c, rc, pid)
+                bar.update(1)
+                if on_chunk is not None:
+                    on_chunk(c, rc)
+        bar.close()
+    if nproc > 1:
         multihost_utils.sync_global_devices("tempo_jax_sweep_chunks_done")
     if pid != 0:
         return None

@@ -84,17 +84,14 @@ def _checkpointer(process_index: int):
 
 
 def save_chunk(out: Path, i: int, arrays: dict, process_index: int = 0) -> None:
-    """Checkpoint one chunk with orbax; this process writes alone (also in multi-process runs:
-    orbax writes host NumPy arrays only on process 0, so arrays go through a local device)."""
-    import jax
+    """Checkpoint one chunk (host NumPy arrays) with orbax. In multi-process runs orbax writes host
+    arrays only from process 0 (and refuses host-local jax.Arrays), so process 0 saves every chunk."""
     import orbax.checkpoint as ocp
 
     path = chunk_path(out, i)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dev = jax.local_devices()[0]
-    tree = {k: jax.device_put(np.asarray(v), dev) for k, v in arrays.items()}
     with _checkpointer(process_index) as ckpt:
-        ckpt.save(path, args=ocp.args.PyTreeSave(tree))
+        ckpt.save(path, args=ocp.args.PyTreeSave({k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def load_chunk(out: Path, i: int, process_index: int = 0) -> dict:
