@@ -170,6 +170,39 @@ def tree_stats(set_n) -> dict[str, float]:
             "steps": int(n.size), "max_width": int(n.max())}
 
 
+def convergence_depth(set_n) -> np.ndarray:
+    """Per parallel step t: ``depth(t) = u - t`` for the first later step u with a single member
+    (the paths collapse to one token); NaN when no later step is single. Non-parallel steps: NaN.
+    Returns ``[S]`` float."""
+    n = np.asarray(set_n)
+    out = np.full(n.shape, np.nan)
+    for t in np.flatnonzero(n > 1):
+        later = np.flatnonzero(n[t + 1:] == 1)
+        if later.size:
+            out[t] = later[0] + 1
+    return out
+
+
+def pruning_survival(trace_arrays) -> dict[str, np.ndarray]:
+    """Survival of parallel members by member rank, from a trace's arrays:
+    ``survived[i] = #(parallel members of rank i never pruned) / #(parallel members of rank i)``,
+    ``count[i]`` the denominator (rank 0 = most probable member)."""
+    a = trace_arrays
+    width = a["tokens"].shape[1] if a["tokens"].ndim == 2 else 0
+    alive = np.zeros(width)
+    count = np.zeros(width)
+    for s in range(len(a["set_n"])):
+        n = int(a["set_n"][s])
+        if n < 2:
+            continue
+        for i in range(n):
+            slot = int(a["slots"][s, i])
+            count[i] += 1
+            alive[i] += slot >= 0 and a["pruned_at"][slot] < 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"survived": alive / count, "count": count}
+
+
 def step_metrics(attn, slot_step, alive, pruned_at, set_n, cache_len, fed_n, tokens, s: int,
                  embed=None) -> dict[str, np.ndarray]:
     """All per-step metrics from one ``on_step`` call (NumPy versions of the state's fields).

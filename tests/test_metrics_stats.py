@@ -162,19 +162,9 @@ def _load_script(name):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tinymodel import save_tiny_with_tokenizer
 
-    from conversion.store import save_converted
-    from tinymodel import tiny
-
-    _, cfg, params = tiny(0)
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3} | {f"w{i}": i for i in range(4, cfg.vocab_size)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<s>", eos_token="</s>")
-    return save_converted(tmp_path_factory.mktemp("m") / "tiny", cfg, params, fast)
+    return save_tiny_with_tokenizer(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def test_scripts_end_to_end(tiny_model_dir, tmp_path, capsys):
@@ -220,3 +210,18 @@ def test_help_explains_options():
     for opt in ("--prompt-file", "--model", "--threshold", "--max-width", "--siblings", "--positions",
                 "--seed", "--max-tokens", "--output-dir"):
         assert opt in h
+
+
+def test_convergence_depth_and_pruning_survival_hand_built():
+    from tempo_jax.metrics import convergence_depth, pruning_survival
+
+    d = convergence_depth([1, 3, 2, 1, 2, 2])
+    np.testing.assert_array_equal(np.isnan(d), [True, False, False, True, True, True])
+    assert d[1] == 2 and d[2] == 1
+    arrays = {"set_n": np.array([2, 1, 3]),
+              "tokens": np.zeros((3, 3), int),
+              "slots": np.array([[4, 5, -1], [6, -1, -1], [7, 8, 9]]),
+              "pruned_at": np.array([-1] * 4 + [-1, 2, -1, -1, 3, 3])}
+    out = pruning_survival(arrays)
+    np.testing.assert_array_equal(out["count"], [2, 2, 1])
+    np.testing.assert_array_equal(out["survived"], [1.0, 0.0, 0.0])

@@ -46,3 +46,19 @@ def full_forward_attn(hf, ids):
     with torch.no_grad():
         out = hf(torch.tensor([list(ids)]), output_attentions=True)
     return out.logits[0].numpy(), np.stack([a[0].numpy() for a in out.attentions])
+
+
+def save_tiny_with_tokenizer(folder, seed: int = 0):
+    """Save ``tiny(seed)`` as a converted folder with a word-level tokenizer ("w5 w9" -> [5, 9])."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from conversion.store import save_converted
+
+    _, cfg, params = tiny(seed)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3} | {f"w{i}": i for i in range(4, cfg.vocab_size)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>")
+    return save_converted(folder, cfg, params, fast)
