@@ -193,6 +193,7 @@ def test_scripts_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert st["unit"] == "prompt" and len(st["rows"]) == 3  # 2 layers + overall
     assert "| layer 0 |" in capsys.readouterr().out
     assert (out / "stats.md").exists()
+    assert (out / "stats_layers.png").exists() and (out / "stats_heads.png").exists()
 
     # a single prompt: no fake CIs
     one = tmp_path / "one"

@@ -35,11 +35,14 @@ def build_parser():
                    help="bootstrap resamples and Monte Carlo sign flips (default 10000)")
     p.add_argument("--ci", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator (default 0)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip stats_layers.png (per-layer bars with CIs) and stats_heads.png")
     return p
 
 
-def per_prompt_deltas(data_dir: Path) -> tuple[list[str], np.ndarray]:
-    """-> (prompt folder names, deltas [n_prompts, L]) (NaN where a prompt had no parallel context)."""
+def per_prompt_deltas(data_dir: Path, per_head: bool = False) -> tuple[list[str], np.ndarray]:
+    """-> (prompt folder names, deltas [n_prompts, L] or [n_prompts, L, H] with ``per_head``)
+    (NaN where a prompt had no parallel context)."""
     names, rows = [], []
     for pdir in sorted(data_dir.glob("prompt_*")):
         f = pdir / "metrics.npz"
@@ -51,7 +54,8 @@ def per_prompt_deltas(data_dir: Path) -> tuple[list[str], np.ndarray]:
             warnings.simplefilter("ignore", RuntimeWarning)
             d = np.nanmean(par - non, axis=2)  # [S,L] mean over heads
             keep = np.isfinite(d).all(axis=1)  # steps whose context holds a parallel slot
-            rows.append(d[keep].mean(0) if keep.any() else np.full(par.shape[1], np.nan))
+            full = par - non if per_head else d
+            rows.append(full[keep].mean(0) if keep.any() else np.full(full.shape[1:], np.nan))
         names.append(pdir.name)
     if not rows:
         raise SystemExit(f"no prompt_*/metrics.npz under {data_dir}; run analyze_attention_mech_interp.py")
@@ -106,8 +110,54 @@ def main(argv=None) -> int:
                              "values": [[clean(float(x)) for x in row] for row in deltas]},
         "rows": [{"unit": name, **{k: clean(v) for k, v in r.items()}} for name, r in rows],
         "n_boot": args.n_boot, "ci": args.ci, "seed": args.seed}, indent=1))
+    if not args.no_plots:
+        _, head_deltas = per_prompt_deltas(data_dir, per_head=True)  # [P,L,H]
+        plot_stats(rows[:-1], head_deltas, data_dir, pct, args)
     print(md)
     return 0
+
+
+def plot_stats(layer_rows, head_deltas, data_dir: Path, pct: int, args) -> None:
+    """stats_layers.png: per-layer mean delta with bootstrap CI bars; stats_heads.png: per layer x
+    head mean delta over prompts, cells whose CI excludes 0 marked with a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tempo_jax.stats import bootstrap_ci
+
+    means = np.array([r["mean"] for _, r in layer_rows], float)
+    lo = np.array([r["lo"] for _, r in layer_rows], float)
+    hi = np.array([r["hi"] for _, r in layer_rows], float)
+    fig, ax = plt.subplots(figsize=(max(6, len(means) * 0.3), 3.2))
+    x = np.arange(len(means))
+    err = np.nan_to_num(np.stack([means - lo, hi - means]), nan=0.0)
+    ax.bar(x, means, yerr=err, capsize=2, color="tab:blue")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("parallel - non-parallel (per token)")
+    ax.set_title(f"per-layer delta, {pct}% bootstrap CI over prompts")
+    fig.tight_layout()
+    fig.savefig(data_dir / "stats_layers.png", dpi=90)
+    plt.close(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        grid = np.nanmean(head_deltas, axis=0)  # [L,H]
+    fig, ax = plt.subplots(figsize=(max(4, grid.shape[1] * 0.5), max(3, grid.shape[0] * 0.25)))
+    lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    for (l, h), _ in np.ndenumerate(grid):
+        r = bootstrap_ci(head_deltas[:, l, h], n_boot=min(args.n_boot, 2000), ci=args.ci, seed=args.seed)
+        if np.isfinite(r["lo"]) and (r["lo"] > 0 or r["hi"] < 0):
+            ax.plot(h, l, "k.", ms=3)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("mean delta per head (dot: CI excludes 0)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(data_dir / "stats_heads.png", dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
