@@ -122,3 +122,27 @@ def test_bad_interventions(iv, match):
     _, cfg, params = tiny(0)
     with pytest.raises(ValueError, match=match):
         run(params, cfg, iv)
+
+
+def test_member_position_offsets_and_partial_isolation():
+    from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.engine.config import sibling_codes
+
+    _, cfg, params = tiny(0)
+    prompt = [5, 9, 13, 17, 21]
+    g = GenerationConfig(max_steps=3, threshold=0.05, max_width=4)
+    offsets = jnp.asarray([0.0, 0.5, -0.25, 2.0])
+    tr = generate(params, cfg, prompt, g, data={"member_offsets": offsets})
+    P = len(prompt)
+    for s in range(tr.n_steps):
+        n = tr.arrays["set_n"][s]
+        np.testing.assert_allclose(tr.arrays["positions"][s, :n], P + s + np.asarray(offsets)[:n])
+    # partial isolation: layer 0 isolated, layer 1 full siblings
+    table = sibling_codes([["isolated"] * cfg.num_heads, ["full"] * cfg.num_heads])
+    caps = []
+    tr = generate(params, cfg, prompt, GenerationConfig(max_steps=1, threshold=0.05, max_width=4),
+                  data={"siblings": jnp.asarray(table)}, capture="summary",
+                  on_step=lambda s, st, c: caps.append(np.asarray(c["leakage"])))
+    n = tr.arrays["set_n"][0]
+    assert n > 1
+    assert (caps[0][0, :, :n] == 0).all() and (caps[0][1, :, :n] > 0).all()

@@ -154,6 +154,7 @@ class GenerationConfig:
             "member_stride": jnp.float32({"shared": 0.0, "offset": self.offset_delta,
                                           "distinct": 1.0}[self.positions]),
             "advance_by_members": jnp.bool_(self.positions == "distinct"),
+            "member_offsets": jnp.zeros(self.width, jnp.float32),  # RoPE offset per member rank
             "min_steps": jnp.int32(self.min_steps),
             "prune_layer_w": jnp.asarray(lw / lw.sum()),
             "prune_head_w": jnp.asarray(hw / hw.sum()),

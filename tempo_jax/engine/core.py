@@ -124,9 +124,10 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
         member_of_fed = jnp.where(i == 0, n - 1, -1)
     else:
         feed, n_feed, member_of_fed = toks, n, i
-        # positions variant as data: member i at next_pos + i * stride; the next step starts
+        # positions variant as data: member i at next_pos + i * stride (+ a per-member RoPE
+        # offset, an intervention); the next step starts
         # 1 later (shared, offset) or n later (distinct)
-        pos = st.next_pos + i * data["member_stride"]
+        pos = st.next_pos + i * data["member_stride"] + data["member_offsets"]
         advance = jnp.where(data["advance_by_members"], n, 1).astype(jnp.float32)
     fed_ok = i < n_feed
     slots = base + i
