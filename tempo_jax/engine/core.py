@@ -53,6 +53,7 @@ class TempoState:
     cache_len: jax.Array  # [S] slots written before step s's forward
     tau: jax.Array  # [S]
     entropy: jax.Array  # [S] entropy of d_s
+    next_n: jax.Array  # members step s will select (lets the host driver feed fewer queries)
 
 
 def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: jax.Array,
@@ -91,19 +92,39 @@ def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: 
         set_n=zi(S), tokens=zi(S, W), probs=jnp.zeros((S, W)), valid=jnp.zeros((S, W), bool),
         slots=jnp.full((S, W), -1, jnp.int32), positions=jnp.zeros((S, W)), fed_tokens=zi(S, W),
         fed_pos=jnp.zeros((S, W)), fed_n=zi(S), cache_len=zi(S), tau=jnp.zeros(S),
-        entropy=jnp.zeros(S))
+        entropy=jnp.zeros(S), next_n=_next_n(spec, data, jax.nn.softmax(last), 0))
+
+
+def _next_n(spec: StaticSpec, data: dict, dist: jax.Array, s) -> jax.Array:
+    """How many members step ``s`` will feed (same comparison as :func:`select_threshold`)."""
+    if spec.method != "tempo" or spec.compat == "upstream":
+        return jnp.int32(1)
+    tau = data["thresholds"][jnp.minimum(s, spec.steps - 1)]
+    return jnp.clip(jnp.sum(dist >= tau), 1, spec.width).astype(jnp.int32)
+
+
+def feed_widths(spec: StaticSpec) -> tuple[int, ...]:
+    """The query counts the host driver compiles the step for: powers of two below W, and W."""
+    if spec.compat == "upstream":
+        return (1,)
+    return tuple(sorted({1 << k for k in range(spec.width.bit_length()) if 1 << k < spec.width}
+                        | {spec.width}))
 
 
 def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState,
-         capture: str = "none"):
+         capture: str = "none", feed_width: int | None = None):
     """One logical step s: select C_s from d_s, feed it in ONE forward, prune, combine -> d_{s+1}.
 
     ``capture``: "none" -> None; "full" -> this step's attention probabilities ``attn[L,H,W,K]``;
     "summary" -> small in-graph reductions (see :func:`attention_summary`) plus the members'
     residual streams after each layer ``resid[L,W,E]``.
+    ``feed_width`` F <= W queries are fed (default W); it must be >= ``st.next_n`` (the host
+    driver picks the smallest of :func:`feed_widths`), so no member is ever left out; results do
+    not depend on F.
     Returns ``(new state, captured)``.
     """
     S, W = spec.steps, spec.width
+    F = W if feed_width is None else feed_width
     s = st.step
     key = jax.random.fold_in(jax.random.wrap_key_data(data["key"]), s)
     tau = data["thresholds"][s]
@@ -114,25 +135,25 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
     else:
         toks, probs, valid, n = select_sample(jnp.log(st.dist), key, data["temperature"],
                                               data["top_k"], data["top_p"], W)
-    i = jnp.arange(W)
+    i = jnp.arange(F)
     base = st.n_written
     if spec.compat == "upstream":  # feed only the last (least probable) member, at the cache length
-        feed = jnp.zeros(W, jnp.int32).at[0].set(toks[n - 1])
+        feed = jnp.zeros(F, jnp.int32).at[0].set(toks[n - 1])
         n_feed = jnp.int32(1)
         pos = st.next_pos + i.astype(jnp.float32)
         advance = 1.0
         member_of_fed = jnp.where(i == 0, n - 1, -1)
     else:
-        feed, n_feed, member_of_fed = toks, n, i
+        feed, n_feed, member_of_fed = toks[:F], n, i
         # positions variant as data: member i at next_pos + i * stride (+ a per-member RoPE
         # offset, an intervention); the next step starts
         # 1 later (shared, offset) or n later (distinct)
-        pos = st.next_pos + i * data["member_stride"] + data["member_offsets"]
+        pos = st.next_pos + i * data["member_stride"] + data["member_offsets"][:F]
         advance = jnp.where(data["advance_by_members"], n, 1).astype(jnp.float32)
     fed_ok = i < n_feed
     slots = base + i
     siblings = data["siblings"]
-    mask = step_mask(st.alive, st.slot_step, s, base, n_feed, W, siblings)
+    mask = step_mask(st.alive, st.slot_step, s, base, n_feed, F, siblings)
     need_attn = capture != "none" or spec.prune
     logits, cache, taps = forward(params, mcfg, feed[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == "summary"),
@@ -162,7 +183,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
     if spec.compat == "upstream":
         nxt = jax.nn.softmax(logits[0])
     else:
-        nxt = combine(spec.combine, logits, probs, valid)
+        nxt = combine(spec.combine, logits, probs[:F], valid[:F])
     eos = jnp.isin(toks, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
     if spec.compat == "upstream" or spec.eos == "any":
         hit = (eos & valid).any()
@@ -171,6 +192,8 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
     else:
         hit = (eos | ~valid).all()
     done = (s + 1 >= S) | (hit & (s + 1 >= data["min_steps"]))
+    pad = lambda x, fill=0: jnp.pad(x, [(0, W - F)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+    iw = jnp.arange(W)
     new = st.replace(
         cache=cache, step=s + 1, done=done, dist=nxt, n_written=base + n_feed,
         next_pos=st.next_pos + advance, alive=alive, slot_step=slot_step, slot_member=slot_member,
@@ -179,16 +202,21 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, st: TempoState
         tokens=st.tokens.at[s].set(toks), probs=st.probs.at[s].set(probs),
         valid=st.valid.at[s].set(valid),
         slots=st.slots.at[s].set(jnp.where(spec.compat == "upstream",
-                                           jnp.where(i == n - 1, base, -1),
-                                           jnp.where(valid, slots, -1))),
-        positions=st.positions.at[s].set(jnp.where(spec.compat == "upstream", st.next_pos, pos)),
-        fed_tokens=st.fed_tokens.at[s].set(jnp.where(fed_ok, feed, 0)),
-        fed_pos=st.fed_pos.at[s].set(jnp.where(fed_ok, pos, 0.0)), fed_n=st.fed_n.at[s].set(n_feed),
+                                           jnp.where(iw == n - 1, base, -1),
+                                           jnp.where(valid, base + iw, -1))),
+        positions=st.positions.at[s].set(jnp.where(spec.compat == "upstream", st.next_pos,
+                                                   pad(pos, 0.0))),
+        fed_tokens=st.fed_tokens.at[s].set(pad(jnp.where(fed_ok, feed, 0))),
+        fed_pos=st.fed_pos.at[s].set(pad(jnp.where(fed_ok, pos, 0.0))),
+        fed_n=st.fed_n.at[s].set(n_feed),
         cache_len=st.cache_len.at[s].set(base), tau=st.tau.at[s].set(tau),
-        entropy=st.entropy.at[s].set(entropy(st.dist)))
+        entropy=st.entropy.at[s].set(entropy(st.dist)), next_n=_next_n(spec, data, nxt, s + 1))
+    padq = lambda x: jnp.pad(x, [(0, 0)] * 2 + [(0, W - F)] + [(0, 0)] * (x.ndim - 3))  # query axis 2
     if capture == "summary":
-        return new, {**attention_summary(attn, base, n_feed), "resid": taps["resid"][:, 0]}
-    return new, attn if capture == "full" else None
+        summ = {k: padq(v) if k != "received" else v for k, v in attention_summary(attn, base, n_feed).items()}
+        resid = taps["resid"][:, 0]  # [L,F,E]
+        return new, {**summ, "resid": jnp.pad(resid, [(0, 0), (0, W - F), (0, 0)])}
+    return new, padq(attn) if capture == "full" else None
 
 
 def attention_summary(attn: jax.Array, base, n) -> dict:

@@ -11,11 +11,12 @@ import numpy as np
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
-from tempo_jax.engine.core import TempoState, init_state, run_on_device, step
+from tempo_jax.engine.core import TempoState, feed_widths, init_state, run_on_device, step
 from tempo_jax.trace import Trace
 
 _init = jax.jit(init_state, static_argnames=("mcfg", "spec", "capacity"))
-_step = jax.jit(step, static_argnames=("mcfg", "spec", "capture"), donate_argnames=("st",))
+_step = jax.jit(step, static_argnames=("mcfg", "spec", "capture", "feed_width"),
+               donate_argnames=("st",))
 _device = jax.jit(run_on_device, static_argnames=("mcfg", "spec", "capacity"))
 
 
@@ -48,7 +49,8 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     """Generate from one prompt and return its :class:`Trace`.
 
     driver "host": a Python loop over the jitted step (streams per-step data to ``on_step(s, state,
-    captured)``, shows progress); "device": one ``lax.while_loop`` program.
+    captured)``, shows progress, and feeds each step only as many queries as it has members, from a
+    few compiled widths 1, 2, 4, ..., W); "device": one ``lax.while_loop`` program at full width W.
     ``capture`` ("none" | "summary" | "full"; default "full" when ``on_step`` is given) chooses what
     ``captured`` is: None, the in-graph summary dict, or the step's attention ``[L,H,W,K]``
     (see :func:`tempo_jax.engine.core.step`). Use :class:`tempo_jax.capture.CaptureWriter` as
@@ -85,12 +87,17 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
         from tqdm.auto import tqdm
 
         bar = tqdm(total=gcfg.max_steps, desc="tempo", unit="step", disable=not progress)
+        widths = feed_widths(spec)
+        next_n = int(st.next_n)
         for s in range(gcfg.max_steps):
-            st, captured = _step(params, mcfg, spec, data, st, capture)
+            # feed only as many queries as this step has members (smallest compiled width)
+            width = next(w for w in widths if w >= next_n)
+            st, captured = _step(params, mcfg, spec, data, st, capture, width)
             bar.update(1)
             if on_step is not None:
                 on_step(s, st, captured)
-            if bool(st.done):
+            done, next_n = jax.device_get((st.done, st.next_n))
+            if done:
                 break
         bar.close()
         timings["total_s"] = time.perf_counter() - t0
