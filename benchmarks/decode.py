@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import time
 
 import jax
@@ -46,12 +47,40 @@ def greedy(logits: jax.Array, cfg: ModelConfig) -> jax.Array:
         last = last.at[:, jnp.asarray(cfg.eos_token_ids)].set(-jnp.inf)
     return jnp.argmax(last, axis=-1).astype(jnp.int32)[:, None]
 
+
 LLAMA32_3B = ModelConfig(
     vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,
     num_kv_heads=8, head_dim=128, rope_theta=500000.0,
     rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5,
     tie_embeddings=True, max_position_embeddings=131072, bos_token_id=128000,
     eos_token_ids=(128001,), name="llama3.2-3b-shape")
+
+
+class ForeignLoad:
+    """Share of the machine's CPUs that other processes used between ``start()`` and ``stop()``
+    (Linux /proc/stat minus this process's own CPU time); None where /proc/stat is unavailable.
+    Timings on a shared machine are only comparable when this is low."""
+
+    def _read(self):
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter()
+
+    def start(self):
+        self.t0 = self._read()
+        return self
+
+    def stop(self) -> float | None:
+        t1 = self._read()
+        if self.t0 is None or t1 is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.t0, t1))
+        return max(0.0, busy - own) / ((os.cpu_count() or 1) * wall)
 
 
 def param_bytes(params) -> int:
@@ -329,10 +358,12 @@ def main(argv=None):
         hf = HfGenerator(cfg, state, prompt_ids, args.steps, args.hf_threads)
         del state
     # interleave the timed passes so that both sides see the same machine load (best pass counts)
+    load = ForeignLoad().start()
     for _ in tqdm(range(args.repeats), desc="timed passes" + (" (jax, hf)" if hf else " (jax)")):
         jx.timed_pass()
         if hf:
             hf.timed_pass()
+    foreign = load.stop()
     bw2, bw_figs2 = measure_bandwidth(args.bandwidth_gib, repeats=5)  # again, after: keep the best
     if bw2 > bw:
         bw, bw_figs = bw2, bw_figs2
@@ -368,6 +399,10 @@ def main(argv=None):
         print(f"HF: decode-only {hf_rate:.2f} tokens/s (whole generate incl. prefill {whole:.2f}); "
               f"torch threads {hf.threads}; weights from {hf.source}; greedy tokens identical "
               f"for the first {same}/{args.steps}")
+    if foreign is not None:
+        print(f"other processes used {100 * foreign:.0f}% of the {os.cpu_count()} CPUs during the "
+              f"timed passes" + (" (figures are noisy; rerun on an idle machine)" if foreign > 0.1
+                                 else ""))
     figures = {"steps_per_s": f"{sps:.2f}"}
     if hf:
         figures["hf_tokens_per_s"] = f"{hf_rate:.2f}"
