@@ -105,6 +105,13 @@ def test_vmapped_equals_one_by_one(setup):
     # the summary and the store on disk
     assert (ref.flat("set_n") > 1).any() and (ref.flat("pruned_at") >= 0).any()
     assert "## heads" in (setup["root"] / "ref" / "summary.md").read_text()
+    # per-step attention records: named dims; rows exactly for the steps each world ran
+    assert ref.dims["sink"][-3:] == ("step", "layer", "head")
+    sink, n_steps = ref.flat("sink"), ref.flat("n_steps")
+    S = sink.shape[1]
+    ran = np.arange(S)[None] < n_steps[:, None]
+    assert np.isfinite(sink[ran]).all() and np.isnan(sink[~ran]).all()
+    assert ((sink[ran] >= 0) & (sink[ran] <= 1)).all()
     assert_same(ref, load_results(setup["root"] / "ref"))
 
 

@@ -240,11 +240,52 @@ def attention_summary(attn: jax.Array, base, n) -> dict:
     }
 
 
+RECORD_NAMES = ("sink", "attn_entropy", "leakage", "par_per_token", "nonpar_per_token")
+
+
+def step_records(before: TempoState, summ: dict, s, n, spec: StaticSpec) -> dict:
+    """Per-step ``[L,H]`` reductions of a step's summary (means over its n real queries):
+
+    sink = attention on slot 0; attn_entropy (nats); leakage = attention on siblings;
+    par_per_token / nonpar_per_token = attention received per context slot, averaged over the
+    slots of each group: parallel = alive slots of earlier steps whose set had > 1 member;
+    non-parallel = alive prompt slots except the sink (slot 0) and earlier single-member steps.
+    A group with no slot gives NaN.
+    """
+    w = spec.width
+    real = jnp.arange(w) < n
+    qmean = lambda x: jnp.sum(jnp.where(real, x, 0.0), -1) / n  # [L,H,W] -> [L,H]
+    k = jnp.arange(before.alive.shape[0])
+    step_of = before.slot_step
+    set_size = before.set_n[jnp.clip(step_of, 0, spec.steps - 1)]
+    earlier = before.alive & (step_of >= 0) & (step_of < s)
+    par = earlier & (set_size > 1)
+    nonpar = before.alive & (k > 0) & ((step_of == -1) | (earlier & (set_size == 1)))
+    per_tok = lambda g: jnp.where(g.any(), (summ["received"] * g).sum(-1) / (n * g.sum()), jnp.nan)
+    return {"sink": qmean(summ["sink"]), "attn_entropy": qmean(summ["entropy"]),
+            "leakage": qmean(summ["leakage"]), "par_per_token": per_tok(par),
+            "nonpar_per_token": per_tok(nonpar)}
+
+
 def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt, prompt_len,
-                  capacity: int) -> TempoState:
-    """Whole generation inside ``lax.while_loop`` (jit/vmap friendly; no host round trips)."""
+                  capacity: int, record: bool = False):
+    """Whole generation inside ``lax.while_loop`` (jit/vmap friendly; no host round trips).
+
+    Returns the final :class:`TempoState`; with ``record`` also a dict of per-step ``[S,L,H]``
+    arrays (see :func:`step_records`; NaN for steps not run).
+    """
     st = init_state(params, mcfg, spec, data, prompt, prompt_len, capacity)
-    body = lambda x: step(params, mcfg, spec, data, x)[0]
-    return jax.lax.while_loop(lambda x: ~x.done, body, st)
+    if not record:
+        body = lambda x: step(params, mcfg, spec, data, x)[0]
+        return jax.lax.while_loop(lambda x: ~x.done, body, st)
+    shape = (spec.steps, mcfg.num_layers, mcfg.num_heads)
+    rec0 = {name: jnp.full(shape, jnp.nan) for name in RECORD_NAMES}
 
+    def body(carry):
+        before, rec = carry
+        s = before.step
+        new, summ = step(params, mcfg, spec, data, before, capture="summary")
+        vals = step_records(before, summ, s, new.fed_n[s], spec)
+        return new, {k: rec[k].at[s].set(vals[k]) for k in rec}
 
+    return jax.lax.while_loop(lambda c: ~c[0].done, body, (st, rec0))

@@ -58,15 +58,16 @@ def param_partition(params, mcfg: ModelConfig, model_size: int):
             for k, v in params.items()}
 
 
-def world_outputs(st) -> dict:
-    """The per-world record kept from a final TempoState (drops the cache and K-slot maps)."""
+def world_outputs(st, records: dict) -> dict:
+    """The per-world record kept from a final TempoState (drops the cache and K-slot maps), plus
+    the per-step ``[S,L,H]`` attention records of ``run_on_device(..., record=True)``."""
     safe = jnp.clip(st.slots, 0)
     in_cache = st.slots >= 0
     return {"tokens": st.tokens, "probs": st.probs, "valid": st.valid, "positions": st.positions,
             "pruned_at": jnp.where(in_cache, st.pruned_at[safe], -1),
             "prune_score": jnp.where(in_cache, st.prune_score[safe], jnp.nan),
             "tau": st.tau, "entropy": st.entropy, "set_n": st.set_n, "n_steps": st.step,
-            "n_written": st.n_written}
+            "n_written": st.n_written, **records}
 
 
 def make_program(mcfg: ModelConfig, static: StaticSpec, capacity: int, mesh: Mesh, params):
@@ -77,7 +78,8 @@ def make_program(mcfg: ModelConfig, static: StaticSpec, capacity: int, mesh: Mes
     dsh = NamedSharding(mesh, P("data"))
 
     def fn(params, data, prompt, plen):
-        one = lambda d, p, n: world_outputs(run_on_device(params, mcfg, static, d, p, n, capacity))
+        one = lambda d, p, n: world_outputs(*run_on_device(params, mcfg, static, d, p, n, capacity,
+                                                           record=True))
         return jax.vmap(one)(data, prompt, plen)
 
     prog = jax.jit(fn, in_shardings=(psh, dsh, dsh, dsh), out_shardings=dsh)

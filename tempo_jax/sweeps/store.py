@@ -9,7 +9,8 @@ Layout of an output directory::
     summary.md          per axis value: mean set size, fraction of parallel steps, pruned, entropy
 
 Per-world arrays (S steps, W members): tokens/probs/valid/positions/pruned_at/prune_score [S,W],
-tau/entropy/set_n [S], n_steps/n_written []. ``pruned_at`` is the step at which a member was pruned
+tau/entropy/set_n [S], n_steps/n_written []; per-step attention records [S,L,H]: sink,
+attn_entropy, leakage, par_per_token, nonpar_per_token (NaN for steps not run). ``pruned_at`` is the step at which a member was pruned
 (-1: never or never in the cache); ``prune_score`` NaN when never scored.
 """
 
@@ -29,8 +30,11 @@ MEMBER_DIMS = {"tokens": ("step", "member"), "probs": ("step", "member"),
                "valid": ("step", "member"), "positions": ("step", "member"),
                "pruned_at": ("step", "member"), "prune_score": ("step", "member"),
                "tau": ("step",), "entropy": ("step",), "set_n": ("step",), "n_steps": (),
-               "n_written": ()}
-STORE_VERSION = 1
+               "n_written": (),
+               # per-step attention records (tempo_jax.engine.core.step_records)
+               **{k: ("step", "layer", "head") for k in
+                  ("sink", "attn_entropy", "leakage", "par_per_token", "nonpar_per_token")}}
+STORE_VERSION = 2
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -179,7 +183,16 @@ def world_stats(res: SweepResults) -> dict[str, np.ndarray]:
             "frac_parallel": ((set_n > 1) & ran).sum(1) / cnt,
             "pruned": ((res.flat("pruned_at") >= 0) & res.flat("valid")).sum((1, 2)).astype(float),
             "mean_entropy": (res.flat("entropy") * ran).sum(1) / cnt,
+            "sink": _nanmean(res.flat("sink"), (1, 2, 3)),
+            "par_minus_nonpar": _nanmean(res.flat("par_per_token") - res.flat("nonpar_per_token"),
+                                         (1, 2, 3)),
             "steps": n.astype(float)}
+
+
+def _nanmean(x, axis):
+    ok = np.isfinite(x)
+    return np.where(ok, x, 0.0).sum(axis) / np.maximum(ok.sum(axis), 1) + np.where(
+        ok.any(axis), 0.0, np.nan)
 
 
 def _label(axis, v) -> str:
@@ -195,9 +208,11 @@ def summary_markdown(res: SweepResults) -> str:
     st = world_stats(res)
     shape = res.world_shape()
     lines = [f"# Sweep summary ({int(np.prod(shape))} worlds, spec {res.meta.get('digest', '')})", "",
-             "Means over worlds of per-world means over the steps run. Per-layer/head attention "
-             "summaries are not recorded (the on-device driver returns no attention).", ""]
-    cols = ["mean_set_size", "frac_parallel", "pruned", "mean_entropy", "steps"]
+             "Means over worlds of per-world means over the steps run. sink: attention on slot 0; "
+             "par_minus_nonpar: attention per token on parallel minus non-parallel context slots "
+             "(means over steps, layers, heads; per layer/head in results.npz).", ""]
+    cols = ["mean_set_size", "frac_parallel", "pruned", "mean_entropy", "sink", "par_minus_nonpar",
+            "steps"]
     for ax_i, axis in enumerate(AXES):
         if shape[ax_i] == 1 and axis != "prompt":
             continue
