@@ -224,24 +224,26 @@ def load_hf_reference(cfg: ModelConfig, state: dict | None):
     from tempo_jax.default_model import gguf_path
 
     path = gguf_path()
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         hf = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, torch_dtype=torch.float32,
-            attn_implementation="eager")
+            str(path.parent), gguf_file=path.name, attn_implementation="eager",
+            **{dtype_kw: torch.float32})
         return hf.eval(), "gguf"
     except (ImportError, ValueError) as e:
         if state is None or "accelerate" not in str(e):
             raise
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling is not None or cfg.qkv_bias or cfg.o_bias:
+        raise RuntimeError("the HF fallback only builds plain Llama models; install accelerate")
     hc = transformers.LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps, rope_parameters=rope,
+        head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
         tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=cfg.max_position_embeddings,
-        attn_implementation="eager", torch_dtype=torch.float32)
+        attn_implementation="eager")
     hf = transformers.LlamaForCausalLM(hc).eval()
-    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+    missing, unexpected = hf.load_state_dict({k: torch.tensor(np.asarray(v))
                                               for k, v in state.items()}, strict=False)
     if [m for m in missing if m != "lm_head.weight"] or unexpected:
         raise RuntimeError(f"HF reference weights do not fit: {missing} {unexpected}")

@@ -204,10 +204,11 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         x, ck, cv = carry
         lp, li, lmask, liv = xs
         lmask = lmask if per_layer_mask else mask[:, 0]
-        h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-        q = jnp.einsum("bte,ehd->bthd", h, lp["wq"])
-        k = jnp.einsum("bte,egd->btgd", h, lp["wk"])
-        v = jnp.einsum("bte,egd->btgd", h, lp["wv"])
+        # projections as 2-D matmuls on free reshapes ([B*T,E] @ [E,N*D]): XLA:CPU runs the
+        # equivalent 3-D einsums markedly slower for decode-sized T
+        h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
+        proj = lambda w: (h @ w.reshape(w.shape[0], -1)).reshape(b, t, w.shape[1], w.shape[2])
+        q, k, v = proj(lp["wq"]), proj(lp["wk"]), proj(lp["wv"])
         if cfg.qkv_bias:
             q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
         q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
@@ -225,13 +226,13 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
                 attn = attn + (1 - sc) * liv.head_mean.astype(attn.dtype)
         # [B,T,H*D] @ [H*D,E]: a plain matmul on a free reshape of wo (the einsum form made XLA
         # copy a transposed wo every layer).
-        o = attn.reshape(b, t, -1) @ lp["wo"].reshape(-1, lp["wo"].shape[-1])
+        o = (attn.reshape(b * t, -1) @ lp["wo"].reshape(-1, lp["wo"].shape[-1])).reshape(b, t, -1)
         if cfg.o_bias:
             o = o + lp["bo"]
         x = x + o
-        h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+        h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
         ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
-        x = x + ff @ lp["w_down"]
+        x = x + (ff @ lp["w_down"]).reshape(b, t, -1)
         if liv.resid_patch is not None:
             x = jnp.where(liv.resid_patch_mask[..., None], liv.resid_patch.astype(x.dtype), x)
         out = {}
@@ -250,8 +251,9 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-    logits = jnp.einsum("bte,ev->btv", x, head, preferred_element_type=jnp.float32)
-    return logits, KVCache(ck, cv), tapped
+    # a 2-D matmul: XLA:CPU runs the 3-D einsum form of this largest product ~2x slower
+    logits = jnp.matmul(x.reshape(b * t, -1), head, preferred_element_type=jnp.float32)
+    return logits.reshape(b, t, -1), KVCache(ck, cv), tapped
 
 
 def causal_mask(batch: int, t: int, capacity: int, start: int = 0) -> jax.Array:
