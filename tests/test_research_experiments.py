@@ -32,3 +32,27 @@ def test_rq3_1_probe_experiment(tmp_path):
     assert set(rep["layers"]) == {"0", "1"}
     for v in rep["layers"].values():
         assert 0 <= v["test_acc"] <= 1 and 0.5 <= v["majority"] <= 1
+
+
+def test_rq1_position_sharing_experiment(tmp_path):
+    import numpy as np
+
+    from tinymodel import save_tiny_with_tokenizer
+
+    model = save_tiny_with_tokenizer(tmp_path / "tiny")
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("\n".join(f"w{a} w{a + 1} w{a + 2} w{a + 3}" for a in range(5, 35, 5)))
+    mod = _load("experiments/research/rq1_position_sharing.py")
+    out = tmp_path / "out"
+    assert mod.main(["--prompt-file", str(pf), "--model", str(model), "--n-parallel", "2", "3",
+                     "--deltas", "0", "0.5", "--out", str(out), "--n-boot", "200"]) == 0
+    rep = json.loads((out / "rq1.json").read_text())
+    assert rep["axes"] == ["prompt", "n", "delta", "layer", "head"] and len(rep["rows"]) == 4
+    with np.load(out / "rq1.npz") as z:
+        assert z["member_per_token"].shape == (6, 2, 2, 2, 4)
+        # attention groups plus the probe's own slot sum to one
+        n = np.array([2, 3])[None, :, None, None, None]
+        total = z["sink"] + z["members_total"] + z["prompt_per_token"] * 3 + z["self"]
+        np.testing.assert_allclose(total, 1.0, atol=1e-5)
+        np.testing.assert_allclose(z["members_total"], z["member_per_token"] * n, rtol=1e-5)
+    assert (out / "rq1.png").exists()
