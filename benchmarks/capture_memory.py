@@ -6,7 +6,7 @@ resident size stays flat while the written bytes grow linearly (nothing accumula
 Uses a small random Llama (no download, no torch) so every step's attention ``[L,H,W,K]`` is
 written in full.
 
-    python benchmarks/capture_memory.py [--steps 512] [--out /tmp/capture_bench]
+    python benchmarks/capture_memory.py [--steps 512] [--out DIR]
 """
 
 from __future__ import annotations
