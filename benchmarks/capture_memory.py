@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import jax
-import numpy as np
 
 
 def rss_mb() -> float:

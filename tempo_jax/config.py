@@ -136,8 +136,6 @@ def config_from_hf(hf: Mapping[str, Any], name: str = "model") -> ModelConfig:
         raise UnsupportedConfigError(
             f"config field sliding_window={hf['sliding_window']} is not implemented "
             "(set it to null to use full attention)")
-    if float(hf.get("attention_dropout", 0.0) or 0.0) != 0.0:
-        pass  # dropout only acts in training; inference math is unchanged
     theta, scaling = _rope_from_hf(hf)
     heads = int(hf["num_attention_heads"])
     width = int(hf["hidden_size"])

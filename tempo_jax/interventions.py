@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tempo_jax.config import ModelConfig
 
@@ -54,16 +55,14 @@ def check(iv: Interventions, cfg: ModelConfig, batch: int, t: int, capacity: int
 
 def ablate_heads(cfg: ModelConfig, heads, mean=None) -> Interventions:
     """Ablate ``heads`` (iterable of (layer, head)); ``mean[L,H,D]`` for mean ablation, else zero."""
-    scale = jnp.ones((cfg.num_layers, cfg.num_heads))
+    scale = np.ones((cfg.num_layers, cfg.num_heads), np.float32)
     for layer, head in heads:
-        scale = scale.at[layer, head].set(0.0)
-    return Interventions(head_scale=scale, head_mean=mean)
+        scale[layer, head] = 0.0
+    return Interventions(head_scale=jnp.asarray(scale), head_mean=mean)
 
 
 def logit_lens(params, cfg: ModelConfig, resid: jax.Array) -> jax.Array:
     """Read the residual stream ``[...,E]`` through the final norm and unembedding -> logits ``[...,V]``."""
-    from tempo_jax.model import rms_norm
+    from tempo_jax.model import unembed
 
-    x = rms_norm(resid, params["final_norm"], cfg.rms_norm_eps)
-    head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-    return jnp.einsum("...e,ev->...v", x, head, preferred_element_type=jnp.float32)
+    return unembed(params, cfg, resid)

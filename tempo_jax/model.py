@@ -249,11 +249,16 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     per_layer_iv = iv.replace(attn_bias=None if iv.attn_bias is None else jnp.moveaxis(iv.attn_bias, 1, 0))
     xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks, per_layer_iv)
     (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
+    return unembed(params, cfg, x), KVCache(ck, cv), tapped
+
+
+def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Final norm and LM head: residual ``[...,E]`` -> float32 logits ``[...,V]``."""
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
     # a 2-D matmul: XLA:CPU runs the 3-D einsum form of this largest product ~2x slower
-    logits = jnp.matmul(x.reshape(b * t, -1), head, preferred_element_type=jnp.float32)
-    return logits.reshape(b, t, -1), KVCache(ck, cv), tapped
+    logits = jnp.matmul(x.reshape(-1, x.shape[-1]), head, preferred_element_type=jnp.float32)
+    return logits.reshape(*x.shape[:-1], -1)
 
 
 def causal_mask(batch: int, t: int, capacity: int, start: int = 0) -> jax.Array:

@@ -58,13 +58,7 @@ def train_linear_probe(x, y, *, steps: int = 300, lr: float = 0.05, l2: float = 
     opt = optax.adam(lr)
     p = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros(())}
     state = opt.init(p)
-
-    @jax.jit
-    def update(p, state):
-        g = jax.grad(loss)(p)
-        upd, state = opt.update(g, state, p)
-        return optax.apply_updates(p, upd), state
-
+    update = jax.jit(lambda p, s: _adam_step(loss, opt, p, s))
     for _ in range(steps):
         p, state = update(p, state)
     w = np.asarray(p["w"]) / sd

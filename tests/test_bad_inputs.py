@@ -13,6 +13,7 @@ import pytest
 from conversion.common import CheckpointError
 from tempo_jax.config import ModelConfig, UnsupportedConfigError, config_from_hf
 from tempo_jax.model import forward, init_cache, init_params
+from tinymodel import seeded_weights
 
 CFG = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=8)
@@ -154,18 +155,14 @@ def test_other_unsupported_fields():
 # ---------------------------------------------------------------- checkpoint files
 
 def _hf_model(seed=0):
-    torch = pytest.importorskip("torch", reason="the HF reference needs torch (pip install -e .[test])")
+    pytest.importorskip("torch", reason="the HF reference needs torch (pip install -e .[test])")
     transformers = pytest.importorskip("transformers", reason="the HF reference needs transformers")
     hc = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
                                   tie_word_embeddings=False, attn_implementation="eager")
     hc.architectures = ["LlamaForCausalLM"]
     model = transformers.LlamaForCausalLM(hc).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.15 * noise)
+    seeded_weights(model, seed)
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     return model, hc, state
 

@@ -52,6 +52,7 @@ def test_capture_streams_to_disk_record_per_step(tmp_path):
     per_step = sizes[0]
     assert sizes == [per_step * (i + 1) for i in range(tr.n_steps)]  # written as produced
     assert not any(isinstance(v, np.ndarray) for v in vars(w).values())  # nothing kept in memory
+    assert set(vars(w)) == {"out", "shapes", "steps"}
 
 
 def test_bad_capture_mode():

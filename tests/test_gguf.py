@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers", reason="the HF reference need
 
 from conversion.gguf_file import load_gguf, unpermute_rows  # noqa: E402
 from tempo_jax.model import forward, init_cache  # noqa: E402
+from tinymodel import seeded_weights  # noqa: E402
 
 
 def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -40,11 +41,7 @@ def make_hf(heads, kv_heads, hidden, tied, seed):
         num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=tied,
         rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=128, attn_implementation="eager")
     model = transformers.LlamaForCausalLM(hc).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.15 * noise)
+    seeded_weights(model, seed)
     return model, hc
 
 

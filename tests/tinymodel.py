@@ -62,3 +62,14 @@ def save_tiny_with_tokenizer(folder, seed: int = 0):
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>",
                                    bos_token="<s>", eos_token="</s>")
     return save_converted(folder, cfg, params, fast)
+
+
+def seeded_weights(model, seed: int) -> None:
+    """Overwrite an HF model's weights in place: norms 1 + 0.1 N(0,1), the rest 0.15 N(0,1)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.15 * noise)

@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempo_jax.config import ModelConfig
-from tempo_jax.engine.masks import prompt_mask
-from tempo_jax.model import KVCache, forward, init_cache
+from tempo_jax.engine.config import GenerationConfig
+from tempo_jax.engine.core import prefill
+from tempo_jax.engine.run import pad_prompt
+from tempo_jax.model import KVCache, forward
 from tempo_jax.trace import Trace
 
 
@@ -39,12 +41,8 @@ class BeamState:
 @functools.partial(jax.jit, static_argnames=("mcfg", "width", "steps", "capacity"))
 def _beam(params, mcfg: ModelConfig, prompt, prompt_len, width: int, steps: int, capacity: int):
     N, V = width, mcfg.vocab_size
-    pb = prompt.shape[0]
-    cache = init_cache(mcfg, 1, capacity, params["embed"].dtype)
-    ar = jnp.arange(pb)
-    logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
-                               prompt_mask(pb, capacity)[None], cache)
-    lp0 = jax.nn.log_softmax(jnp.take(logits[0], prompt_len - 1, axis=0))
+    last, cache = prefill(params, mcfg, prompt, prompt_len, capacity)
+    lp0 = jax.nn.log_softmax(last)
     k = jnp.arange(capacity)
     eos_ids = jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32)
     st = BeamState(
@@ -100,9 +98,8 @@ def beam_search(params, mcfg: ModelConfig, prompt_ids: Sequence[int], width: int
     if p + max_steps + 1 > mcfg.max_position_embeddings:
         raise ValueError(f"prompt ({p}) + {max_steps} steps exceeds the model's context "
                          f"({mcfg.max_position_embeddings})")
-    pb = -(-p // prompt_bucket) * prompt_bucket
-    capacity = pb + max_steps * width
-    prompt = jnp.asarray(np.pad(np.asarray(prompt_ids, np.int32), (0, pb - p)))
+    prompt = pad_prompt(GenerationConfig(prompt_bucket=prompt_bucket), prompt_ids)
+    capacity = prompt.shape[0] + max_steps * width
     t0 = time.perf_counter()
     st = _beam(params, mcfg, prompt, jnp.int32(p), width, max_steps, capacity)
     tokens, parents = np.asarray(st.tokens), np.asarray(st.parents)

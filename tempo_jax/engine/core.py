@@ -14,10 +14,10 @@ import jax.numpy as jnp
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine import pruning
 from tempo_jax.engine.config import StaticSpec
-from tempo_jax.engine.masks import prompt_mask, step_mask
+from tempo_jax.engine.masks import step_mask
 from tempo_jax.engine.selection import (combine, entropy, select_greedy, select_sample,
                                         select_threshold)
-from tempo_jax.model import KVCache, TapsSpec, forward, init_cache
+from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache
 
 UNWRITTEN, PROMPT = -2, -1
 
@@ -56,17 +56,25 @@ class TempoState:
     next_n: jax.Array  # members step s will select (lets the host driver feed fewer queries)
 
 
+def prefill(params, mcfg: ModelConfig, prompt: jax.Array, prompt_len: jax.Array, capacity: int,
+            interventions=None):
+    """Causal forward of ``prompt[Pb]`` (padded; ``prompt_len`` real tokens) into a fresh cache of
+    ``capacity`` slots -> (logits ``[V]`` of the last real token, cache)."""
+    pb = prompt.shape[0]
+    cache = init_cache(mcfg, 1, capacity, params["embed"].dtype)
+    ar = jnp.arange(pb)
+    logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
+                               causal_mask(1, pb, capacity), cache, interventions=interventions)
+    return jnp.take(logits[0], prompt_len - 1, axis=0), cache
+
+
 def init_state(params, mcfg: ModelConfig, spec: StaticSpec, data: dict, prompt: jax.Array,
                prompt_len: jax.Array, capacity: int) -> TempoState:
     """Prompt forward (prompt[Pb] padded, prompt_len real tokens) -> state ready for step 0."""
     pb = prompt.shape[0]
     S, W = spec.steps, spec.width
-    cache = init_cache(mcfg, 1, capacity, params["embed"].dtype)
+    last, cache = prefill(params, mcfg, prompt, prompt_len, capacity, data.get("interventions"))
     ar = jnp.arange(pb)
-    logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
-                               prompt_mask(pb, capacity)[None], cache,
-                               interventions=data.get("interventions"))
-    last = jnp.take(logits[0], prompt_len - 1, axis=0)
     k = jnp.arange(capacity)
     alive = k < prompt_len
     n_written, next_pos = prompt_len, prompt_len.astype(jnp.float32)
@@ -231,7 +239,7 @@ def attention_summary(attn: jax.Array, base, n) -> dict:
     real = (jnp.arange(width) < n)[None, None, :]
     j = jnp.arange(k)[None, :] - base
     sib = (j >= 0) & (j < n) & (j != jnp.arange(width)[:, None])  # [W,K]
-    ent = -jnp.sum(jnp.where(attn > 0, attn * jnp.log(jnp.where(attn > 0, attn, 1.0)), 0.0), -1)
+    ent = entropy(attn)
     return {
         "received": jnp.sum(jnp.where(real[..., None], attn, 0.0), axis=2),
         "entropy": jnp.where(real, ent, 0.0),

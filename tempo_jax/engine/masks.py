@@ -25,9 +25,3 @@ def step_mask(alive: jax.Array, slot_step: jax.Array, step: jax.Array, base: jax
     vis = earlier[None, :] | own  # [W,K]
     rule = siblings[..., None, None]  # [L,H,1,1]
     return vis | ((rule == 1) & lower) | ((rule == 2) & sib)
-
-
-def prompt_mask(prompt_len_bucket: int, capacity: int) -> jax.Array:
-    """Causal mask ``[Pb,K]`` for the prompt forward."""
-    q = jnp.arange(prompt_len_bucket)[:, None]
-    return jnp.arange(capacity)[None, :] <= q

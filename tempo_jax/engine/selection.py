@@ -32,16 +32,17 @@ def select_sample(logits: jax.Array, key, temperature, top_k, top_p, width: int)
     before = jnp.cumsum(ps) - ps
     keep = keep & (before < top_p)
     choice = jax.random.categorical(key, jnp.where(keep, zs, -jnp.inf))
-    token = order[choice].astype(jnp.int32)
-    dist = jax.nn.softmax(logits)
-    tokens = jnp.zeros(width, jnp.int32).at[0].set(token)
-    probs = jnp.zeros(width, dist.dtype).at[0].set(dist[token])
-    valid = jnp.arange(width) == 0
-    return tokens, probs, valid, jnp.int32(1)
+    return _single(order[choice], jax.nn.softmax(logits), width)
 
 
 def select_greedy(dist: jax.Array, width: int):
-    token = jnp.argmax(dist).astype(jnp.int32)
+    """The argmax alone, in the tuple of :func:`select_threshold`."""
+    return _single(jnp.argmax(dist), dist, width)
+
+
+def _single(token, dist, width: int):
+    """A one-member set ``token`` with its probability under ``dist``, padded to ``width``."""
+    token = token.astype(jnp.int32)
     tokens = jnp.zeros(width, jnp.int32).at[0].set(token)
     probs = jnp.zeros(width, dist.dtype).at[0].set(dist[token])
     return tokens, probs, jnp.arange(width) == 0, jnp.int32(1)
@@ -64,6 +65,6 @@ def combine(rule: str, logits: jax.Array, probs: jax.Array, valid: jax.Array) ->
     return (w[:, None] * jax.nn.softmax(logits, axis=-1)).sum(0)
 
 
-def entropy(dist: jax.Array) -> jax.Array:
-    """Shannon entropy in nats."""
-    return -jnp.sum(jnp.where(dist > 0, dist * jnp.log(jnp.where(dist > 0, dist, 1.0)), 0.0))
+def entropy(dist: jax.Array, axis: int = -1) -> jax.Array:
+    """Shannon entropy in nats along ``axis`` (0 log 0 = 0)."""
+    return -jnp.sum(jnp.where(dist > 0, dist * jnp.log(jnp.where(dist > 0, dist, 1.0)), 0.0), axis)
