@@ -24,7 +24,8 @@ AXES = {
 
 
 class CaptureWriter:
-    """``on_step(s, state, captured)`` that appends ``captured`` (array or dict of arrays) to files."""
+    """``on_step(s, state, captured)`` that appends the fields of ``captured`` (a
+    :class:`~tempo_jax.engine.outputs.StepCapture`) to files."""
 
     def __init__(self, out_dir):
         self.out = Path(out_dir)
@@ -35,9 +36,9 @@ class CaptureWriter:
             old.unlink()
 
     def __call__(self, s, state, captured) -> None:
-        if captured is None:
+        items = captured.arrays()
+        if not items:
             return
-        items = captured if isinstance(captured, dict) else {"attn": captured}
         for name, arr in items.items():
             a = np.asarray(arr, np.float32)
             if self.shapes.setdefault(name, a.shape) != a.shape:

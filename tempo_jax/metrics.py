@@ -25,8 +25,8 @@ import itertools
 
 import numpy as np
 
-SINK = 0
-PROMPT, UNWRITTEN = -1, -2
+from tempo_jax.slots import SINK, UNWRITTEN
+from tempo_jax.slots import slot_groups as _slot_groups
 
 
 def alive_during_forward(alive: np.ndarray, pruned_at: np.ndarray, s: int) -> np.ndarray:
@@ -40,22 +40,11 @@ def query_slots_of(cache_len: np.ndarray, fed_n: np.ndarray, s: int) -> np.ndarr
 
 
 def slot_groups(slot_step, alive_fwd, set_n, s: int) -> dict[str, np.ndarray]:
-    """Boolean masks ``[K]``: sink, context, parallel, nonparallel, own (step s), visible."""
-    slot_step = np.asarray(slot_step)
-    set_n = np.asarray(set_n)
-    K = slot_step.shape[0]
-    visible = (slot_step != UNWRITTEN) & np.asarray(alive_fwd, bool)
-    sink = np.zeros(K, bool)
-    sink[SINK] = visible[SINK]
-    context = visible & ~sink & (slot_step < s)
-    gen = context & (slot_step >= 0)
-    n_of = np.where(slot_step >= 0, set_n[np.clip(slot_step, 0, len(set_n) - 1)], 0) if len(set_n) \
-        else np.zeros(K, int)
-    parallel = gen & (n_of > 1)
-    nonparallel = context & ((slot_step == PROMPT) | (n_of == 1))
-    own = visible & (slot_step == s)
-    return {"sink": sink, "context": context, "parallel": parallel, "nonparallel": nonparallel,
-            "own": own, "visible": visible}
+    """Boolean masks ``[K]``: sink, context, parallel, nonparallel, own (step s), visible — NumPy
+    view of the one definition, :func:`tempo_jax.slots.slot_groups`."""
+    g = _slot_groups(slot_step, alive_fwd, np.asarray(set_n), s)
+    return {name: np.asarray(getattr(g, name)) for name in
+            ("sink", "context", "parallel", "nonparallel", "own", "visible")}
 
 
 def _rows(attn, query_slots):

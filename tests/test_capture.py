@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from tempo_jax.metrics import slot_groups
 import pytest
 
 from tempo_jax.capture import CaptureWriter, load_capture
@@ -66,7 +68,7 @@ def test_bad_capture_mode():
 def test_device_records_equal_numpy_from_full_capture(tmp_path):
     import jax
 
-    from tempo_jax.engine.core import run_on_device
+    from tempo_jax.engine.run import run_on_device
     from tempo_jax.engine.run import pad_prompt
 
     _, cfg, params = tiny(0)
@@ -76,17 +78,17 @@ def test_device_records_equal_numpy_from_full_capture(tmp_path):
     tr = generate(params, cfg, PROMPT, g, on_step=w, capture="full")
     attn = load_capture(tmp_path)["attn"][0]
     K = g.capacity_for(len(PROMPT))
-    st, rec = jax.jit(lambda: run_on_device(params, cfg, g.static(), g.data(cfg), pad_prompt(g, PROMPT),
+    st, rec = jax.jit(lambda: run_on_device(params, cfg, g.static(), g.inputs(cfg), pad_prompt(g, PROMPT),
                                             np.int32(len(PROMPT)), K, record=True))()
+    rec = rec.arrays()
     a = tr.arrays
     slot_step, set_n, pruned_at = a["slot_step"], a["set_n"], a["pruned_at"]
     for s in range(tr.n_steps):
         n, base = a["set_n"][s], a["cache_len"][s]
         x = np.asarray(attn[s])[:, :, :n]  # [L,H,n,K]
         alive = (slot_step != -2) & ((pruned_at < 0) | (pruned_at >= s)) & (np.arange(K) < base)
-        par = alive & (slot_step >= 0) & (slot_step < s) & (set_n[np.clip(slot_step, 0, None)] > 1)
-        non = alive & (np.arange(K) > 0) & ((slot_step == -1) | ((slot_step >= 0) & (slot_step < s) & (
-            set_n[np.clip(slot_step, 0, None)] == 1)))
+        groups = slot_groups(slot_step, alive, set_n, s)
+        par, non = groups["parallel"], groups["nonparallel"]
         np.testing.assert_allclose(rec["sink"][s], x[..., 0].mean(-1), atol=1e-6)
         if non.any():
             np.testing.assert_allclose(rec["nonpar_per_token"][s], x[..., non].sum(-1).mean(-1) / non.sum(),

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tempo_jax.engine import GenerationConfig, generate
-from tempo_jax.engine.config import SIBLING_RULES
+from tempo_jax.engine.inputs import stack
+from tempo_jax.engine.rules import SiblingRule
 from tempo_jax.engine.masks import step_mask
 from tempo_jax.engine.schedules import thresholds
 from tempo_jax.engine.selection import combine
@@ -24,7 +25,7 @@ PROMPT = [5, 9, 13, 17, 21]
 def run(gcfg, prompt=PROMPT, seed=0, capture=False, **kw):
     hf, cfg, params = tiny(seed)
     steps = []
-    on_step = (lambda s, st, attn: steps.append(np.asarray(attn))) if capture else None
+    on_step = (lambda s, st, cap: steps.append(np.asarray(cap.attn))) if capture else None
     tr = generate(params, cfg, prompt, gcfg, on_step=on_step, **kw)
     return tr, steps
 
@@ -74,7 +75,7 @@ def test_isolated_members_equal_separate_forwards_and_zero_leakage():
                                expect[nxt][tr2.arrays["valid"][1]], atol=1e-5)
 
 
-@pytest.mark.parametrize("rule", SIBLING_RULES)
+@pytest.mark.parametrize("rule", SiblingRule.names())
 def test_step_mask_equals_hand_built(rule):
     K, W = 12, 4
     alive = np.zeros(K, bool)
@@ -82,7 +83,7 @@ def test_step_mask_equals_hand_built(rule):
     alive[4] = False  # a pruned slot of step 0
     slot_step = np.array([-1, -1, -1, 0, 0, 0, -2, -2, -2, -2, -2, -2])
     base, n, s = 6, 3, 1
-    codes = jnp.full((1, 1), SIBLING_RULES.index(rule), jnp.int32)
+    codes = jnp.full((1, 1), SiblingRule(rule).code, jnp.int32)
     got = np.asarray(step_mask(jnp.asarray(alive), jnp.asarray(slot_step), s, base, n, W, codes))[0, 0]
     want = np.zeros((W, K), bool)
     for i in range(W):
@@ -293,7 +294,7 @@ def test_compat_feed_sequence_matches_hand_trace():
 
 
 def test_device_driver_equals_host_and_vmap_equals_one_by_one():
-    from tempo_jax.engine.core import run_on_device
+    from tempo_jax.engine.run import run_on_device
     from tempo_jax.engine.run import pad_prompt
 
     _, cfg, params = tiny(0)
@@ -306,8 +307,8 @@ def test_device_driver_equals_host_and_vmap_equals_one_by_one():
     prompts = [PROMPT, [7, 8, 9], [30, 31, 32, 33, 34, 35]]
     singles = [run(dataclasses.replace(g, threshold=t), prompt=p, driver="device")[0]
                for t, p in zip(taus, prompts)]
-    datas = [dataclasses.replace(g, threshold=t).data(cfg) for t in taus]
-    batch_data = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *datas)
+    datas = [dataclasses.replace(g, threshold=t).inputs(cfg) for t in taus]
+    batch_data = stack(datas)
     batch_prompt = jnp.stack([pad_prompt(g, p) for p in prompts])
     plen = jnp.asarray([len(p) for p in prompts], jnp.int32)
     K = g.capacity_for(6)

@@ -104,7 +104,7 @@ def test_engine_applies_interventions():
     g = GenerationConfig(max_steps=4, threshold=0.05, max_width=4)
     plain = generate(params, cfg, [5, 9, 13], g)
     all_heads = [(l, h) for l in range(cfg.num_layers) for h in range(cfg.num_heads)]
-    ablated = generate(params, cfg, [5, 9, 13], g, data={"interventions": ablate_heads(cfg, all_heads)})
+    ablated = generate(params, cfg, [5, 9, 13], g, inputs=g.inputs(cfg).replace(interventions=ablate_heads(cfg, all_heads)))
     zero_wo = {**params, "layers": {**params["layers"], "wo": jnp.zeros_like(params["layers"]["wo"])}}
     ref = generate(zero_wo, cfg, [5, 9, 13], g)
     np.testing.assert_array_equal(ablated.arrays["tokens"], ref.arrays["tokens"])
@@ -132,7 +132,7 @@ def test_member_position_offsets_and_partial_isolation():
     prompt = [5, 9, 13, 17, 21]
     g = GenerationConfig(max_steps=3, threshold=0.05, max_width=4)
     offsets = jnp.asarray([0.0, 0.5, -0.25, 2.0])
-    tr = generate(params, cfg, prompt, g, data={"member_offsets": offsets})
+    tr = generate(params, cfg, prompt, g, inputs=g.inputs(cfg).replace(member_offsets=offsets))
     P = len(prompt)
     for s in range(tr.n_steps):
         n = tr.arrays["set_n"][s]
@@ -140,9 +140,10 @@ def test_member_position_offsets_and_partial_isolation():
     # partial isolation: layer 0 isolated, layer 1 full siblings
     table = sibling_codes([["isolated"] * cfg.num_heads, ["full"] * cfg.num_heads])
     caps = []
-    tr = generate(params, cfg, prompt, GenerationConfig(max_steps=1, threshold=0.05, max_width=4),
-                  data={"siblings": jnp.asarray(table)}, capture="summary",
-                  on_step=lambda s, st, c: caps.append(np.asarray(c["leakage"])))
+    one = GenerationConfig(max_steps=1, threshold=0.05, max_width=4)
+    tr = generate(params, cfg, prompt, one,
+                  inputs=one.inputs(cfg).replace(siblings=jnp.asarray(table)), capture="summary",
+                  on_step=lambda s, st, c: caps.append(np.asarray(c.leakage)))
     n = tr.arrays["set_n"][0]
     assert n > 1
     assert (caps[0][0, :, :n] == 0).all() and (caps[0][1, :, :n] > 0).all()

@@ -93,7 +93,7 @@ def test_vmapped_equals_one_by_one(setup):
                                 siblings=c["siblings"][ix["siblings"]],
                                 positions=c["positions"][ix["positions"]], seed=c["seed"][ix["seed"]])
         tr = generate(params, cfg, grid.prompt_ids[ix["prompt"]], g, driver="device",
-                      data={"interventions": ablate_heads(cfg, grid.heads[ix["heads"]])})
+                      inputs=g.inputs(cfg).replace(interventions=ablate_heads(cfg, grid.heads[ix["heads"]])))
         n = tr.n_steps
         assert int(ref.flat("n_steps")[b]) == n
         for k in ("tokens", "valid", "positions", "set_n", "tau"):

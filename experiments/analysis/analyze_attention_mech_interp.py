@@ -71,12 +71,12 @@ class StepRecorder:
         self.rows: list[dict] = []
         self.heat = None  # (step, [L,K] mean attention, slot_step snapshot, set_n snapshot)
 
-    def __call__(self, s, st, attn):
+    def __call__(self, s, st, captured):
         from tempo_jax.metrics import query_slots_of, step_metrics
 
         f = {k: np.asarray(getattr(st, k)) for k in
              ("slot_step", "alive", "pruned_at", "set_n", "cache_len", "fed_n", "tokens")}
-        a = np.asarray(attn)
+        a = np.asarray(captured.attn)
         m = step_metrics(a, f["slot_step"], f["alive"], f["pruned_at"], f["set_n"], f["cache_len"],
                          f["fed_n"], f["tokens"], s, embed=self.embed)
         self.rows.append(m)

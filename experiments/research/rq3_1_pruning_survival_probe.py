@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     for k, prompt in enumerate(tqdm(prompts, desc="prompts")):
         resid = []
         tr = generate(m.params, m.cfg, m.tokenizer(prompt).input_ids, g, capture="summary",
-                      on_step=lambda s, st, c: resid.append(np.asarray(c["resid"])[layers]))  # [l,W,E]
+                      on_step=lambda s, st, c: resid.append(np.asarray(c.resid)[layers]))  # [l,W,E]
         a = tr.arrays
         # only sets whose window closed inside the run were judged
         for s in range(tr.n_steps - g.prune_window):

@@ -1,6 +1,7 @@
-"""Generation settings. ``GenerationConfig`` is what a user sets; it splits into a hashable static
-part (changes the compiled program) and a pytree of arrays (data: thresholds, pruning weights,
-sibling codes, PRNG key), so sweeps over the data never recompile.
+"""Generation settings. ``GenerationConfig`` is what a user sets; it splits into a hashable
+:class:`StaticSpec` (changes the compiled program: width, steps, selection method, rules) and
+:class:`~tempo_jax.engine.inputs.EngineInputs` (arrays: thresholds, pruning weights, sibling codes,
+PRNG key, interventions), so sweeps over the inputs never recompile.
 """
 
 from __future__ import annotations
@@ -13,22 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempo_jax.config import ModelConfig
-from tempo_jax.engine.schedules import SCHEDULES, thresholds
-
-SIBLING_RULES = ("isolated", "visible", "full")  # codes 0, 1, 2
-POSITION_VARIANTS = ("shared", "offset", "distinct")
-COMBINE_RULES = ("mixture", "uniform", "mean_logits", "top")
-EOS_RULES = ("top", "any", "all")
-PRUNE_RULES = ("relative", "absolute", "sigmoid")
-PRUNE_TIMINGS = ("window", "eager")
-METHODS = ("tempo", "greedy", "sample")
-COMPAT = ("none", "upstream")
-
-
-def _choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-
+from tempo_jax.engine.inputs import EngineInputs
+from tempo_jax.engine.rules import (CombineRule, Compat, EosRule, Method, PositionVariant, PruneRule,
+                                    PruneTiming, Schedule, SiblingRule)
+from tempo_jax.engine.schedules import thresholds
+from tempo_jax.engine.selection import SELECTIONS, Greedy, Sample, Threshold
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
@@ -70,15 +60,18 @@ class GenerationConfig:
 
     def validate(self, model: ModelConfig | None = None) -> None:
         """Raise ValueError with a clear message for any bad setting (before any compute)."""
-        _choice("sibling rule", self.siblings, SIBLING_RULES)
-        _choice("positions variant", self.positions, POSITION_VARIANTS)
-        _choice("combining rule", self.combine, COMBINE_RULES)
-        _choice("EOS rule", self.eos, EOS_RULES)
-        _choice("prune rule", self.prune_rule, PRUNE_RULES)
-        _choice("prune timing", self.prune_timing, PRUNE_TIMINGS)
-        _choice("method", self.method, METHODS)
-        _choice("compat mode", self.compat, COMPAT)
-        _choice("threshold schedule", self.schedule, SCHEDULES)
+        SiblingRule.check(self.siblings, "sibling rule")
+        PositionVariant.check(self.positions, "positions variant")
+        CombineRule.check(self.combine, "combining rule")
+        EosRule.check(self.eos, "EOS rule")
+        PruneRule.check(self.prune_rule, "prune rule")
+        PruneTiming.check(self.prune_timing, "prune timing")
+        Method.check(self.method, "method")
+        Compat.check(self.compat, "compat mode")
+        Schedule.check(self.schedule, "threshold schedule")
+        if self.compat == Compat.UPSTREAM and self.prune:
+            raise ValueError("pruning does not apply in compat mode 'upstream' (its siblings never "
+                             "enter the cache); drop --prune or use compat 'none'")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.threshold_final is not None and not 0.0 < self.threshold_final:
@@ -113,7 +106,7 @@ class GenerationConfig:
     @property
     def width(self) -> int:
         """W actually compiled: 1 for greedy and sampling."""
-        return 1 if self.method in ("greedy", "sample") else self.max_width
+        return 1 if self.method in (Method.GREEDY, Method.SAMPLE) else self.max_width
 
     def bucketed(self, prompt_len: int) -> int:
         b = self.prompt_bucket
@@ -132,12 +125,14 @@ class GenerationConfig:
         return self.capacity
 
     def static(self) -> "StaticSpec":
+        prune = PruneSpec(self.prune_window, PruneTiming(self.prune_timing),
+                          PruneRule(self.prune_rule)) if self.prune else None
         return StaticSpec(width=self.width, steps=self.max_steps,
-                          combine=self.combine, eos=self.eos, prune=self.prune,
-                          prune_window=self.prune_window, prune_timing=self.prune_timing,
-                          prune_rule=self.prune_rule, method=self.method, compat=self.compat)
+                          selection=SELECTIONS[Method(self.method)](self.width),
+                          combine=CombineRule(self.combine), eos=EosRule(self.eos), prune=prune,
+                          compat=Compat(self.compat))
 
-    def data(self, model: ModelConfig) -> dict:
+    def inputs(self, model: ModelConfig) -> EngineInputs:
         """The array inputs of the compiled program (one world)."""
         L, H = model.num_layers, model.num_heads
         lw = np.zeros(L, np.float32)
@@ -148,45 +143,49 @@ class GenerationConfig:
         hw[list(self.prune_heads if self.prune_heads is not None else range(H))] = 1.0
         taus = thresholds(self.schedule, self.threshold, self.threshold_final, self.max_steps,
                           k=self.schedule_k, p1=self.bezier_p1, p2=self.bezier_p2, a=self.relu_a)
-        return {
-            "thresholds": jnp.asarray(taus),
-            "siblings": jnp.full((L, H), SIBLING_RULES.index(self.siblings), jnp.int32),
-            "member_stride": jnp.float32({"shared": 0.0, "offset": self.offset_delta,
-                                          "distinct": 1.0}[self.positions]),
-            "advance_by_members": jnp.bool_(self.positions == "distinct"),
-            "member_offsets": jnp.zeros(self.width, jnp.float32),  # RoPE offset per member rank
-            "min_steps": jnp.int32(self.min_steps),
-            "prune_layer_w": jnp.asarray(lw / lw.sum()),
-            "prune_head_w": jnp.asarray(hw / hw.sum()),
-            "prune_rho": jnp.float32(self.prune_rho),
-            "prune_theta": jnp.float32(self.prune_theta),
-            "prune_k": jnp.float32(self.prune_k),
-            "temperature": jnp.float32(self.temperature),
-            "top_k": jnp.int32(self.top_k),
-            "top_p": jnp.float32(self.top_p),
-            "key": jax.random.key_data(jax.random.key(self.seed)),
-        }
+        return EngineInputs(
+            thresholds=jnp.asarray(taus),
+            siblings=jnp.full((L, H), SiblingRule(self.siblings).code, jnp.int32),
+            member_stride=jnp.float32({"shared": 0.0, "offset": self.offset_delta,
+                                       "distinct": 1.0}[self.positions]),
+            advance_by_members=jnp.bool_(self.positions == PositionVariant.DISTINCT),
+            member_offsets=jnp.zeros(self.width, jnp.float32),
+            min_steps=jnp.int32(self.min_steps),
+            prune_layer_w=jnp.asarray(lw / lw.sum()),
+            prune_head_w=jnp.asarray(hw / hw.sum()),
+            prune_rho=jnp.float32(self.prune_rho),
+            prune_theta=jnp.float32(self.prune_theta),
+            prune_k=jnp.float32(self.prune_k),
+            temperature=jnp.float32(self.temperature),
+            top_k=jnp.int32(self.top_k),
+            top_p=jnp.float32(self.top_p),
+            key=jax.random.key_data(jax.random.key(self.seed)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSpec:
+    """Static pruning choices: look-ahead window (steps), timing, decision rule."""
+
+    window: int
+    timing: PruneTiming
+    rule: PruneRule
 
 
 @dataclasses.dataclass(frozen=True)
 class StaticSpec:
-    """The part of a GenerationConfig that shapes the compiled program."""
+    """The part of a GenerationConfig that shapes the compiled program (hashable; static under jit)."""
 
     width: int
     steps: int
-    combine: str
-    eos: str
-    prune: bool
-    prune_window: int
-    prune_timing: str
-    prune_rule: str
-    method: str
-    compat: str
+    selection: Threshold | Greedy | Sample
+    combine: CombineRule
+    eos: EosRule
+    prune: PruneSpec | None  # None: no pruning
+    compat: Compat
 
 
 def sibling_codes(rules: Sequence[Sequence[str]]) -> np.ndarray:
     """``[L][H]`` rule names -> int codes ``[L,H]`` (partial isolation per layer and head)."""
-    out = np.asarray([[SIBLING_RULES.index(r) if r in SIBLING_RULES else -1 for r in row] for row in rules])
-    if (out < 0).any():
-        raise ValueError(f"unknown sibling rule in table; allowed: {', '.join(SIBLING_RULES)}")
-    return out.astype(np.int32)
+    return np.asarray([[SiblingRule.check(r, "sibling rule in table").code for r in row]
+                       for row in rules], np.int32)

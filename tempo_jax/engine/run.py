@@ -1,8 +1,13 @@
-"""Run a generation: input checks (before any compute), the host and on-device drivers, the trace."""
+"""Run a generation: input checks (before any compute), the host and on-device drivers, the trace.
+
+The mechanics of a mode (its ``init_state``, ``step`` and ``feed_widths``) are chosen ONCE, here,
+from ``spec.compat``: :mod:`tempo_jax.engine.core` (TEMPO) or :mod:`tempo_jax.engine.upstream`.
+"""
 
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import jax
@@ -10,13 +15,55 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempo_jax.config import ModelConfig
-from tempo_jax.engine.config import GenerationConfig
-from tempo_jax.engine.core import TempoState, feed_widths, init_state, run_on_device, step
+from tempo_jax.engine import core, upstream
+from tempo_jax.engine.config import GenerationConfig, StaticSpec
+from tempo_jax.engine.inputs import EngineInputs
+from tempo_jax.engine.outputs import StepCapture, StepRecords
+from tempo_jax.engine.rules import Capture, Compat
+from tempo_jax.engine.core import TempoState
 from tempo_jax.trace import Trace
 
-_init = jax.jit(init_state, static_argnames=("mcfg", "spec", "capacity"))
-_step = jax.jit(step, static_argnames=("mcfg", "spec", "capture", "feed_width"),
-               donate_argnames=("st",))
+
+def mechanics(spec: StaticSpec) -> ModuleType:
+    """The module holding ``init_state``, ``step`` and ``feed_widths`` for the spec's mode."""
+    return upstream if spec.compat == Compat.UPSTREAM else core
+
+
+def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, prompt,
+                  prompt_len, capacity: int, record: bool = False):
+    """Whole generation inside ``lax.while_loop`` (jit/vmap friendly; no host round trips).
+
+    Returns the final :class:`TempoState`; with ``record`` also :class:`StepRecords` (per-step
+    ``[S,L,H]`` attention reductions, NaN for steps not run).
+    """
+    mech = mechanics(spec)
+    st = mech.init_state(params, mcfg, spec, inputs, prompt, prompt_len, capacity)
+    if not record:
+        body = lambda x: mech.step(params, mcfg, spec, inputs, x)[0]
+        return jax.lax.while_loop(lambda x: ~x.done, body, st)
+
+    def body(carry):
+        before, rec = carry
+        s = before.step
+        new, cap = mech.step(params, mcfg, spec, inputs, before, capture=Capture.SUMMARY)
+        one = StepRecords.of_step(cap, before.alive, before.slot_step, before.set_n, s, new.fed_n[s])
+        return new, rec.set(s, one)
+
+    rec0 = StepRecords.empty(spec.steps, mcfg.num_layers, mcfg.num_heads)
+    return jax.lax.while_loop(lambda c: ~c[0].done, body, (st, rec0))
+
+
+def _jit_init(mech):
+    return jax.jit(mech.init_state, static_argnames=("mcfg", "spec", "capacity"))
+
+
+def _jit_step(mech):
+    return jax.jit(mech.step, static_argnames=("mcfg", "spec", "capture", "feed_width"),
+                   donate_argnames=("st",))
+
+
+_init = {m: _jit_init(m) for m in (core, upstream)}
+_step = {m: _jit_step(m) for m in (core, upstream)}
 _device = jax.jit(run_on_device, static_argnames=("mcfg", "spec", "capacity"))
 
 
@@ -44,55 +91,55 @@ def pad_prompt(gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> jax.Array:
 
 def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: GenerationConfig,
              driver: str = "host", progress: bool = False,
-             on_step: Callable[[int, TempoState, Any], None] | None = None,
-             model_id: str = "", data: dict | None = None, capture: str | None = None) -> Trace:
+             on_step: Callable[[int, TempoState, StepCapture], None] | None = None,
+             model_id: str = "", inputs: EngineInputs | None = None,
+             capture: str | None = None) -> Trace:
     """Generate from one prompt and return its :class:`Trace`.
 
     driver "host": a Python loop over the jitted step (streams per-step data to ``on_step(s, state,
     captured)``, shows progress, and feeds each step only as many queries as it has members, from a
     few compiled widths 1, 2, 4, ..., W); "device": one ``lax.while_loop`` program at full width W.
-    ``capture`` ("none" | "summary" | "full"; default "full" when ``on_step`` is given) chooses what
-    ``captured`` is: None, the in-graph summary dict, or the step's attention ``[L,H,W,K]``
-    (see :func:`tempo_jax.engine.core.step`). Use :class:`tempo_jax.capture.CaptureWriter` as
-    ``on_step`` to stream it to disk.
-    ``data`` overrides the array inputs from ``gcfg.data(mcfg)``: e.g. ``siblings`` [L,H] (partial
-    isolation) or ``interventions`` (:class:`tempo_jax.interventions.Interventions`, batch axis 1,
-    K = the run's capacity) applied to every forward of the run.
+    ``capture`` ("none" | "summary" | "full"; default "full" when ``on_step`` is given) chooses the
+    fields of ``captured`` (:class:`~tempo_jax.engine.outputs.StepCapture`). Use
+    :class:`tempo_jax.capture.CaptureWriter` as ``on_step`` to stream it to disk.
+    ``inputs`` replaces the array inputs ``gcfg.inputs(mcfg)``; change fields with
+    ``gcfg.inputs(mcfg).replace(siblings=table)`` (partial isolation), ``interventions=...``
+    (:class:`tempo_jax.interventions.Interventions`, batch axis 1, K = the run's capacity), etc.
     """
     if driver not in ("host", "device"):
         raise ValueError(f"unknown driver {driver!r}; allowed: host, device")
-    capture = capture or ("full" if on_step is not None else "none")
-    if capture not in ("none", "summary", "full"):
-        raise ValueError(f"unknown capture mode {capture!r}; allowed: none, summary, full")
-    if capture != "none" and driver != "host":
+    capture = Capture.check(capture or ("full" if on_step is not None else "none"), "capture mode")
+    if capture != Capture.NONE and driver != "host":
         raise ValueError("capture streams per step, so it needs driver='host'")
     capacity = check_request(mcfg, gcfg, prompt_ids)
     spec = gcfg.static()
-    data = {**gcfg.data(mcfg), **(data or {})}
-    if data["siblings"].shape not in ((mcfg.num_layers, mcfg.num_heads),):
-        raise ValueError(f"siblings table must be [L,H]=({mcfg.num_layers},{mcfg.num_heads}), "
-                         f"got {data['siblings'].shape}")
+    inputs = gcfg.inputs(mcfg) if inputs is None else inputs
+    if not isinstance(inputs, EngineInputs):
+        raise ValueError(f"inputs must be an EngineInputs (gcfg.inputs(model).replace(...)), got "
+                         f"{type(inputs).__name__}")
+    inputs.check(mcfg, gcfg.max_steps, gcfg.width, capacity)
     prompt = pad_prompt(gcfg, prompt_ids)
     plen = jnp.int32(len(prompt_ids))
+    mech = mechanics(spec)
     t0 = time.perf_counter()
     timings = {}
     if driver == "device":
-        st = _device(params, mcfg, spec, data, prompt, plen, capacity)
+        st = _device(params, mcfg, spec, inputs, prompt, plen, capacity)
         jax.block_until_ready(st.step)
         timings["total_s"] = time.perf_counter() - t0
     else:
-        st = _init(params, mcfg, spec, data, prompt, plen, capacity)
+        st = _init[mech](params, mcfg, spec, inputs, prompt, plen, capacity)
         jax.block_until_ready(st.dist)
         timings["prompt_s"] = time.perf_counter() - t0
         from tqdm.auto import tqdm
 
         bar = tqdm(total=gcfg.max_steps, desc="tempo", unit="step", disable=not progress)
-        widths = feed_widths(spec)
+        widths = mech.feed_widths(spec)
         next_n = int(st.next_n)
         for s in range(gcfg.max_steps):
             # feed only as many queries as this step has members (smallest compiled width)
             width = next(w for w in widths if w >= next_n)
-            st, captured = _step(params, mcfg, spec, data, st, capture, width)
+            st, captured = _step[mech](params, mcfg, spec, inputs, st, capture, width)
             bar.update(1)
             if on_step is not None:
                 on_step(s, st, captured)

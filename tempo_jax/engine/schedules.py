@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SCHEDULES = ("constant", "linear", "exponential", "bezier", "relu")
+from tempo_jax.engine.rules import Schedule
 
 
 def schedule_shape(kind: str, t: np.ndarray, k: float = 3.0, p1: float = 0.25, p2: float = 0.75,
@@ -25,7 +25,7 @@ def schedule_shape(kind: str, t: np.ndarray, k: float = 3.0, p1: float = 0.25, p
         if not 0 <= a < 1:
             raise ValueError(f"relu schedule needs 0 <= a < 1, got {a}")
         return np.maximum(0.0, t - a) / (1 - a)
-    raise ValueError(f"unknown threshold schedule {kind!r} (choose from {', '.join(SCHEDULES)})")
+    raise ValueError(f"unknown threshold schedule {kind!r}; allowed: {', '.join(Schedule)}")
 
 
 def thresholds(kind: str, tau0: float, tau_final: float | None, max_steps: int, **shape_args) -> np.ndarray:

@@ -1,9 +1,81 @@
-"""Selection of a candidate set from a distribution, and combining members into the next one."""
+"""Selection of a candidate set from a distribution, and combining members into the next one.
+
+A selection method is a small frozen (hashable) class, static under ``jit``: ``select`` turns the
+step's distribution into a :class:`CandidateSet`, ``count`` says how many members it will have
+(which lets the host driver feed fewer queries). Add a method by writing one such class and naming
+it in :data:`SELECTIONS` (docs/extending.md).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar
+
+import flax.struct
 import jax
 import jax.numpy as jnp
+
+from tempo_jax.engine.rules import CombineRule, EosRule, Method
+
+if TYPE_CHECKING:
+    from tempo_jax.engine.inputs import EngineInputs
+
+
+@flax.struct.dataclass
+class CandidateSet:
+    """C_s padded to W: tokens[W] int32 (most probable first), probs[W] (full-vocabulary values),
+    valid[W] bool (member 0 always valid), n = number of members."""
+
+    tokens: jax.Array
+    probs: jax.Array
+    valid: jax.Array
+    n: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    """TEMPO: every token with ``d_s >= tau_s`` (inclusive), sorted, capped at W, argmax if none."""
+
+    width: int
+    method: ClassVar[Method] = Method.TEMPO
+
+    def select(self, dist, tau, inputs: "EngineInputs", key) -> CandidateSet:
+        return CandidateSet(*select_threshold(dist, tau, self.width))
+
+    def count(self, dist, tau) -> jax.Array:
+        return jnp.clip(jnp.sum(dist >= tau), 1, self.width).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+    """The argmax alone."""
+
+    width: int
+    method: ClassVar[Method] = Method.GREEDY
+
+    def select(self, dist, tau, inputs: "EngineInputs", key) -> CandidateSet:
+        return CandidateSet(*select_greedy(dist, self.width))
+
+    def count(self, dist, tau) -> jax.Array:
+        return jnp.int32(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One token sampled with the inputs' temperature, top-k and top-p (explicit PRNG key)."""
+
+    width: int
+    method: ClassVar[Method] = Method.SAMPLE
+
+    def select(self, dist, tau, inputs: "EngineInputs", key) -> CandidateSet:
+        return CandidateSet(*select_sample(jnp.log(dist), key, inputs.temperature, inputs.top_k,
+                                           inputs.top_p, self.width))
+
+    def count(self, dist, tau) -> jax.Array:
+        return jnp.int32(1)
+
+
+SELECTIONS = {cls.method: cls for cls in (Threshold, Greedy, Sample)}
 
 
 def select_threshold(dist: jax.Array, tau: jax.Array, width: int):
@@ -48,7 +120,7 @@ def _single(token, dist, width: int):
     return tokens, probs, jnp.arange(width) == 0, jnp.int32(1)
 
 
-def combine(rule: str, logits: jax.Array, probs: jax.Array, valid: jax.Array) -> jax.Array:
+def combine(rule: CombineRule, logits: jax.Array, probs: jax.Array, valid: jax.Array) -> jax.Array:
     """Next distribution ``[V]`` from members' logits ``[W,V]`` (semantics.md, "Combining")."""
     if rule == "top":
         return jax.nn.softmax(logits[0])
@@ -60,7 +132,7 @@ def combine(rule: str, logits: jax.Array, probs: jax.Array, valid: jax.Array) ->
     elif rule == "uniform":
         w = valid.astype(logits.dtype)
     else:
-        raise ValueError(f"unknown combining rule {rule!r}")
+        raise ValueError(f"unknown combining rule {rule!r}; allowed: {', '.join(CombineRule)}")
     w = w / w.sum()
     return (w[:, None] * jax.nn.softmax(logits, axis=-1)).sum(0)
 
@@ -68,3 +140,14 @@ def combine(rule: str, logits: jax.Array, probs: jax.Array, valid: jax.Array) ->
 def entropy(dist: jax.Array, axis: int = -1) -> jax.Array:
     """Shannon entropy in nats along ``axis`` (0 log 0 = 0)."""
     return -jnp.sum(jnp.where(dist > 0, dist * jnp.log(jnp.where(dist > 0, dist, 1.0)), 0.0), axis)
+
+
+def eos_hit(rule: EosRule, cand: CandidateSet, eos_ids: jax.Array) -> jax.Array:
+    """Does set C_s end the run? ``top``: member 0 is EOS; ``any``: some member is; ``all``: every
+    member is."""
+    eos = jnp.isin(cand.tokens, eos_ids)
+    if rule == EosRule.ANY:
+        return (eos & cand.valid).any()
+    if rule == EosRule.TOP:
+        return eos[0]
+    return (eos | ~cand.valid).all()

@@ -25,7 +25,9 @@ from jax.sharding import PartitionSpec as P
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import StaticSpec
-from tempo_jax.engine.core import run_on_device
+from tempo_jax.engine.inputs import stack
+from tempo_jax.engine.outputs import StepRecords
+from tempo_jax.engine.run import run_on_device
 from tempo_jax.interventions import Interventions
 from tempo_jax.sweeps import store
 from tempo_jax.sweeps.spec import AXES, Grid, SweepSpec, expand, tokenize_prompts
@@ -58,7 +60,7 @@ def param_partition(params, mcfg: ModelConfig, model_size: int):
             for k, v in params.items()}
 
 
-def world_outputs(st, records: dict) -> dict:
+def world_outputs(st, records: StepRecords) -> dict:
     """The per-world record kept from a final TempoState (drops the cache and K-slot maps), plus
     the per-step ``[S,L,H]`` attention records of ``run_on_device(..., record=True)``."""
     safe = jnp.clip(st.slots, 0)
@@ -67,7 +69,7 @@ def world_outputs(st, records: dict) -> dict:
             "pruned_at": jnp.where(in_cache, st.pruned_at[safe], -1),
             "prune_score": jnp.where(in_cache, st.prune_score[safe], jnp.nan),
             "tau": st.tau, "entropy": st.entropy, "set_n": st.set_n, "n_steps": st.step,
-            "n_written": st.n_written, **records}
+            "n_written": st.n_written, **records.arrays()}
 
 
 def make_program(mcfg: ModelConfig, static: StaticSpec, capacity: int, mesh: Mesh, params):
@@ -104,7 +106,7 @@ class WorldInputs:
         key = (t, sib, pos, seed)
         if key not in self._data_cache:
             g = dataclasses.replace(self.grid.base, threshold=t, siblings=sib, positions=pos, seed=seed)
-            self._data_cache[key] = {k: np.asarray(v) for k, v in g.data(self.mcfg).items()}
+            self._data_cache[key] = jax.tree_util.tree_map(np.asarray, g.inputs(self.mcfg))
         return self._data_cache[key]
 
     def batch(self, worlds: np.ndarray):
@@ -123,8 +125,7 @@ class WorldInputs:
             for l, h in self.grid.heads[ix["heads"]]:
                 sc[l, h] = 0.0
             scales.append(sc)
-        data = {k: np.stack([d[k] for d in datas]) for k in datas[0]}
-        data["interventions"] = Interventions(head_scale=np.stack(scales))
+        data = stack(datas).replace(interventions=Interventions(head_scale=np.stack(scales)))
         return data, np.stack(prompts), np.asarray(plens, np.int32)
 
 

@@ -31,7 +31,7 @@ MEMBER_DIMS = {"tokens": ("step", "member"), "probs": ("step", "member"),
                "pruned_at": ("step", "member"), "prune_score": ("step", "member"),
                "tau": ("step",), "entropy": ("step",), "set_n": ("step",), "n_steps": (),
                "n_written": (),
-               # per-step attention records (tempo_jax.engine.core.step_records)
+               # per-step attention records (tempo_jax.engine.outputs.StepRecords)
                **{k: ("step", "layer", "head") for k in
                   ("sink", "attn_entropy", "leakage", "par_per_token", "nonpar_per_token")}}
 STORE_VERSION = 2

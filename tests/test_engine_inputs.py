@@ -1,0 +1,61 @@
+"""Typed engine inputs: misspelled names and wrong shapes are refused in one line, before compute."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tempo_jax.engine import GenerationConfig, generate
+from tempo_jax.engine.inputs import stack
+from tempo_jax.engine.rules import Capture, SiblingRule
+from tempo_jax.interventions import Interventions
+from tinymodel import tiny
+
+PROMPT = [5, 9, 13]
+
+
+def test_misspelled_input_and_intervention_names_refused():
+    _, cfg, _ = tiny(0)
+    inputs = GenerationConfig(max_steps=2).inputs(cfg)
+    with pytest.raises(ValueError, match=r"unknown EngineInputs field 'sibling'; allowed: thresholds"):
+        inputs.replace(sibling=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"unknown Interventions field 'head_scal'"):
+        Interventions().replace(head_scal=np.ones((2, 4)))
+    # a known name goes through and changes only that field
+    new = inputs.replace(min_steps=jnp.int32(2))
+    assert int(new.min_steps) == 2 and new.thresholds is inputs.thresholds
+
+
+def test_wrong_shapes_refused_before_compute():
+    _, cfg, params = tiny(0)
+    g = GenerationConfig(max_steps=2, max_width=4)
+    for name, bad, msg in [
+        ("siblings", jnp.zeros((1, 1), jnp.int32), r"siblings must have shape \(2, 4\), got \(1, 1\)"),
+        ("thresholds", jnp.zeros(5), r"thresholds must have shape \(2,\), got \(5,\)"),
+        ("member_offsets", jnp.zeros(3), r"member_offsets must have shape \(4,\)"),
+    ]:
+        with pytest.raises(ValueError, match=msg) as e:
+            generate(params, cfg, PROMPT, g, inputs=g.inputs(cfg).replace(**{name: bad}))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="interventions.head_scale must have shape"):
+        generate(params, cfg, PROMPT, g,
+                 inputs=g.inputs(cfg).replace(interventions=Interventions(head_scale=jnp.ones((3, 3)))))
+    with pytest.raises(ValueError, match="inputs must be an EngineInputs"):
+        generate(params, cfg, PROMPT, g, inputs={"siblings": jnp.zeros((2, 4))})
+
+
+def test_choices_are_enums_with_one_line_errors():
+    assert SiblingRule("visible").code == 1 and SiblingRule.names() == ["isolated", "visible", "full"]
+    with pytest.raises(ValueError, match=r"unknown capture mode 'all'; allowed: none, summary, full"):
+        Capture.check("all", "capture mode")
+    with pytest.raises(ValueError, match=r"unknown sibling rule 'open'; allowed: isolated, visible, full"):
+        GenerationConfig(siblings="open").validate()
+    with pytest.raises(ValueError, match="pruning does not apply in compat mode"):
+        GenerationConfig(compat="upstream", prune=True).validate()
+
+
+def test_stack_adds_a_world_axis():
+    _, cfg, _ = tiny(0)
+    worlds = [GenerationConfig(max_steps=3, threshold=t).inputs(cfg) for t in (0.1, 0.2)]
+    both = stack(worlds)
+    assert both.thresholds.shape == (2, 3) and both.siblings.shape == (2, 2, 4)
+    np.testing.assert_allclose(both.thresholds[:, 0], [0.1, 0.2], rtol=1e-6)
