@@ -24,19 +24,49 @@ from tempo_jax.model import TapsSpec, forward
 class Probe:
     w: np.ndarray  # [E]
     b: float
-    train_acc: float
-    test_acc: float
+    train_acc: float = float("nan")
+    test_acc: float = float("nan")
+
+    def score(self, x) -> np.ndarray:
+        """Logit ``x @ w + b`` per row ``[N]``."""
+        return np.asarray(x, np.float64) @ self.w + self.b
 
     def predict(self, x) -> np.ndarray:
-        return (np.asarray(x) @ self.w + self.b) > 0
+        return self.score(x) > 0
+
+
+def fit_logistic(x, y, *, steps: int = 300, lr: float = 0.05, l2: float = 1e-3) -> Probe:
+    """Fit ``sigmoid(x @ w + b)`` to boolean labels ``y[N]`` from features ``x[N,E]`` on ALL rows
+    given (full-batch Adam, L2 on w). Features are standardised with these rows' mean/std, folded
+    back into w, b. Use it inside your own (e.g. prompt-grouped) cross-validation."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, bool)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"need x[N,E] and y[N], got {x.shape} and {y.shape}")
+    if len(np.unique(y)) < 2:
+        raise ValueError("labels have one class only; a probe needs both")
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = jnp.asarray((x - mu) / sd)
+    yt = jnp.asarray(y, jnp.float32)
+
+    def loss(p):
+        z = xs @ p["w"] + p["b"]
+        return optax.sigmoid_binary_cross_entropy(z, yt).mean() + l2 * jnp.sum(p["w"] ** 2)
+
+    opt = optax.adam(lr)
+    p = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros(())}
+    state = opt.init(p)
+    update = jax.jit(lambda p, s: _adam_step(loss, opt, p, s))
+    for _ in range(steps):
+        p, state = update(p, state)
+    w = np.asarray(p["w"], np.float64) / sd
+    b = float(p["b"]) - float(mu @ w)
+    return Probe(w, b)
 
 
 def train_linear_probe(x, y, *, steps: int = 300, lr: float = 0.05, l2: float = 1e-3,
                        test_fraction: float = 0.25, seed: int = 0) -> Probe:
-    """Fit ``sigmoid(x @ w + b)`` to boolean labels ``y[N]`` from features ``x[N,E]``.
-
-    Features are standardised with the training split's mean/std (folded back into w, b).
-    """
+    """:func:`fit_logistic` on a random ``1 - test_fraction`` of the rows; accuracy on both parts.
+    (Rows are split at random: for rows clustered by prompt use a grouped split instead.)"""
     x, y = np.asarray(x, np.float32), np.asarray(y, bool)
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"need x[N,E] and y[N], got {x.shape} and {y.shape}")
@@ -46,25 +76,10 @@ def train_linear_probe(x, y, *, steps: int = 300, lr: float = 0.05, l2: float = 
     order = rng.permutation(len(y))
     n_test = max(1, int(round(test_fraction * len(y))))
     test, train = order[:n_test], order[n_test:]
-    mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
-    xs = jnp.asarray((x - mu) / sd)
-    yt = jnp.asarray(y, jnp.float32)
-    tr = jnp.asarray(train)
-
-    def loss(p):
-        z = xs[tr] @ p["w"] + p["b"]
-        return optax.sigmoid_binary_cross_entropy(z, yt[tr]).mean() + l2 * jnp.sum(p["w"] ** 2)
-
-    opt = optax.adam(lr)
-    p = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros(())}
-    state = opt.init(p)
-    update = jax.jit(lambda p, s: _adam_step(loss, opt, p, s))
-    for _ in range(steps):
-        p, state = update(p, state)
-    w = np.asarray(p["w"]) / sd
-    b = float(p["b"]) - float(mu @ w)
-    acc = lambda idx: float(((x[idx] @ w + b > 0) == y[idx]).mean())
-    return Probe(w, b, acc(train), acc(test))
+    probe = fit_logistic(x[train], y[train], steps=steps, lr=lr, l2=l2)
+    acc = lambda idx: float((probe.predict(x[idx]) == y[idx]).mean())
+    probe.train_acc, probe.test_acc = acc(train), acc(test)
+    return probe
 
 
 def fit_slot_bias(params, cfg, tokens, positions, slots, mask, cache, target_slots, reference_slots,
