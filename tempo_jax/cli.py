@@ -123,9 +123,8 @@ def _cmd_sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tempo_jax.engine.config import (COMBINE_RULES, COMPAT, EOS_RULES, METHODS,
-                                         POSITION_VARIANTS, PRUNE_RULES, PRUNE_TIMINGS, SIBLING_RULES)
-    from tempo_jax.engine.schedules import SCHEDULES
+    from tempo_jax.engine.rules import (CombineRule, Compat, EosRule, Method, PositionVariant,
+                                        PruneRule, PruneTiming, Schedule, SiblingRule)
 
     p = argparse.ArgumentParser(prog="tempo-jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -138,31 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default (SmolLM2-135M-Instruct), a converted folder, an HF folder or a .gguf")
     g.add_argument("--threshold", type=float, default=0.1, help="tau_0: keep tokens with p >= tau")
     g.add_argument("--schedule", default="constant",
-                   choices=SCHEDULES)
+                   choices=Schedule.names())
     g.add_argument("--threshold-final", type=float, default=None, help="tau at the last step")
     g.add_argument("--max-steps", type=int, default=32, help="logical steps")
     g.add_argument("--max-width", type=int, default=8, help="W: most members per set")
-    g.add_argument("--siblings", default="isolated", choices=SIBLING_RULES)
-    g.add_argument("--positions", default="shared", choices=POSITION_VARIANTS)
+    g.add_argument("--siblings", default="isolated", choices=SiblingRule.names())
+    g.add_argument("--positions", default="shared", choices=PositionVariant.names())
     g.add_argument("--offset-delta", type=float, default=0.001, help="offset variant: member i at +i*delta")
-    g.add_argument("--combine", default="mixture", choices=COMBINE_RULES)
-    g.add_argument("--eos", default="top", choices=EOS_RULES)
+    g.add_argument("--combine", default="mixture", choices=CombineRule.names())
+    g.add_argument("--eos", default="top", choices=EosRule.names())
     g.add_argument("--min-steps", type=int, default=0)
     g.add_argument("--prune", action="store_true", help="retroactive pruning on")
     g.add_argument("--prune-window", type=int, default=2)
-    g.add_argument("--prune-timing", default="window", choices=PRUNE_TIMINGS)
-    g.add_argument("--prune-rule", default="relative", choices=PRUNE_RULES)
+    g.add_argument("--prune-timing", default="window", choices=PruneTiming.names())
+    g.add_argument("--prune-rule", default="relative", choices=PruneRule.names())
     g.add_argument("--prune-rho", type=float, default=0.5, help="relative rule: prune below rho x set mean")
     g.add_argument("--prune-theta", type=float, default=0.01, help="absolute/sigmoid threshold")
     g.add_argument("--prune-layers", default=None, help="comma-separated layer subset for scoring")
     g.add_argument("--prune-heads", default=None, help="comma-separated head subset for scoring")
-    g.add_argument("--method", default="tempo", choices=METHODS + ("beam",))
+    g.add_argument("--method", default="tempo", choices=Method.names() + ["beam"])
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--beam-width", type=int, default=4)
     g.add_argument("--length-penalty", type=float, default=1.0)
-    g.add_argument("--compat", default="none", choices=COMPAT,
+    g.add_argument("--compat", default="none", choices=Compat.names(),
                    help="upstream: replicate the original PyTorch implementation's feed sequence")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="runs/latest", help="output directory for trace files")
