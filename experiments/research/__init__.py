@@ -1,0 +1,1 @@
+"""Research experiments on the harness (see README.md in this folder)."""

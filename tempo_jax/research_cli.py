@@ -1,0 +1,50 @@
+"""``tempo-jax research list | run ID | report``: the pre-registered experiments of
+``experiments/research`` (see experiments/research/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("research", help="run pre-registered research experiments, regenerate FINDINGS.md",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rs = r.add_subparsers(dest="research_command", required=True)
+    rs.add_parser("list", help="list the experiments and the questions they answer")
+    run = rs.add_parser("run", help="run one experiment", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("id", help="experiment id (see `tempo-jax research list`)")
+    run.add_argument("--quick", action="store_true", help="a few prompts per genre; writes to runs/research/")
+    run.add_argument("--prompt-file", default=None, help="JSONL (corpus schema) or text, one prompt a line")
+    run.add_argument("--out", default=None, help="results folder (default: experiments/results/ID)")
+    run.add_argument("--force", action="store_true", help="overwrite results of another model or corpus")
+    run.add_argument("--model", default=None, help="default model, a converted folder, HF folder or .gguf")
+    run.add_argument("--seed", type=int, default=None, help="override the design's seed")
+    rep = rs.add_parser("report", help="regenerate experiments/FINDINGS.md from all results")
+    rep.add_argument("--results", default=None, help="results folder (default: experiments/results)")
+    r.set_defaults(func=main)
+
+
+def main(args) -> int:
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:  # the experiments package lives beside tempo_jax in the repository
+        sys.path.insert(0, str(root))
+    from experiments.research import harness
+
+    if args.research_command == "list":
+        for exp_id, mod in sorted(harness.registry().items()):
+            d = mod.DESIGN
+            print(f"{exp_id:8s} questions {', '.join(d.questions):12s} {d.title}")
+        return 0
+    if args.research_command == "report":
+        res = Path(args.results) if args.results else harness.RESULTS
+        path = harness.write_findings(res) if args.results is None else harness.write_findings(res, res / "FINDINGS.md")
+        print(f"wrote {path}")
+        return 0
+    dest = harness.run_experiment(args.id, quick=args.quick, prompt_file=args.prompt_file, out=args.out,
+                                  force=args.force, model=args.model, seed=args.seed)
+    print((dest / "summary.md").read_text())
+    print(f"results: {dest}")
+    return 0
