@@ -4,8 +4,9 @@ Compares, in one run and on one prompt:
 
 * tempo-jax: prefill with ``forward`` (causal mask), then a jitted single-token step (cache donated,
   ``TapsSpec(attn=True)``, attention probabilities materialised every step, argmax on device);
-* Hugging Face transformers greedy ``generate`` (eager attention, ``output_attentions=True``),
-  decode-only rate (prefill time removed by timing a 1-token generate too);
+* Hugging Face transformers greedy ``generate`` (eager attention, ``output_attentions=True``) of an
+  HF model holding the same converted weights (``hf_reference.py``), decode-only rate (prefill time
+  removed by timing a 1-token generate too);
 * the weight-streaming limit: memory read bandwidth (largest of a jitted ``jnp.sum`` and a NumPy
   sum over a big float32 array, best of several) / parameter bytes.
 
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from hf_reference import SOURCE, HfGreedy, hf_model
 from tempo_jax import model as M
 from tempo_jax.config import ModelConfig, RopeScaling
 
@@ -188,121 +190,6 @@ class JaxDecoder:
         return rate
 
 
-def hf_state_dict(cfg: ModelConfig, params) -> dict:
-    """Our parameter pytree -> HF Llama state dict (numpy), the inverse of conversion.hf's map."""
-    L, E = cfg.num_layers, cfg.hidden_size
-    lay = {k: np.asarray(v) for k, v in params["layers"].items()}
-    names = {"attn_norm": "input_layernorm.weight", "mlp_norm": "post_attention_layernorm.weight",
-             "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight",
-             "wv": "self_attn.v_proj.weight", "wo": "self_attn.o_proj.weight",
-             "w_gate": "mlp.gate_proj.weight", "w_up": "mlp.up_proj.weight",
-             "w_down": "mlp.down_proj.weight"}
-    sd = {"model.embed_tokens.weight": np.asarray(params["embed"]),
-          "model.norm.weight": np.asarray(params["final_norm"])}
-    for i in range(L):
-        for leaf, name in names.items():
-            w = lay[leaf][i]
-            if leaf in ("wq", "wk", "wv"):
-                w = w.reshape(E, -1).T
-            elif leaf == "wo":
-                w = w.reshape(-1, E).T
-            elif w.ndim == 2:
-                w = w.T
-            sd[f"model.layers.{i}.{name}"] = w
-    sd["lm_head.weight"] = sd["model.embed_tokens.weight"] if cfg.tie_embeddings else \
-        np.asarray(params["lm_head"]).T
-    return sd
-
-
-def load_hf_reference(cfg: ModelConfig, state: dict | None):
-    """The default model in HF transformers (float32, eager attention): from the GGUF file, or, where
-    transformers cannot read GGUF here (it needs ``accelerate``), a LlamaForCausalLM built from the
-    same converted weights (``state``: see :func:`hf_state_dict`)."""
-    import torch
-    import transformers
-
-    from tempo_jax.default_model import gguf_path
-
-    path = gguf_path()
-    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    try:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, attn_implementation="eager",
-            **{dtype_kw: torch.float32})
-        return hf.eval(), "gguf"
-    except (ImportError, ValueError) as e:
-        if state is None or "accelerate" not in str(e):
-            raise
-    if cfg.rope_scaling is not None or cfg.qkv_bias or cfg.o_bias:
-        raise RuntimeError("the HF fallback only builds plain Llama models; install accelerate")
-    hc = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=cfg.max_position_embeddings,
-        attn_implementation="eager")
-    hf = transformers.LlamaForCausalLM(hc).eval()
-    missing, unexpected = hf.load_state_dict({k: torch.tensor(np.asarray(v))
-                                              for k, v in state.items()}, strict=False)
-    if [m for m in missing if m != "lm_head.weight"] or unexpected:
-        raise RuntimeError(f"HF reference weights do not fit: {missing} {unexpected}")
-    return hf, "converted weights (transformers lacks accelerate for GGUF)"
-
-
-class HfGenerator:
-    """HF transformers eager greedy generate with output_attentions on the default model. A timed
-    pass times a 1-token and a ``steps``-token generate; decode rate = (steps-1) / difference.
-
-    Unless ``threads`` is given, the warm-up tries torch's default thread count and 1 thread and
-    keeps the faster (on a loaded 2-core machine one thread is often faster), so HF gets its best
-    setting."""
-
-    def __init__(self, cfg: ModelConfig, state, prompt_ids: np.ndarray, steps: int,
-                 threads: int | None):
-        import torch
-
-        self.torch, self.steps, self.n_prompt = torch, steps, len(prompt_ids)
-        self.model, self.source = load_hf_reference(cfg, state)
-        self.ids = torch.tensor(prompt_ids[None].astype(np.int64))
-        out = self.gen(steps)  # warm-up
-        assert out.attentions is not None and len(out.attentions) == steps
-        self.generated = out.sequences[0, self.n_prompt:].tolist()
-        candidates = [threads] if threads else sorted({torch.get_num_threads(), 1}, reverse=True)
-        trial = {}
-        for n in candidates:
-            torch.set_num_threads(n)
-            best = float("inf")
-            for _ in range(2):
-                t0 = time.perf_counter()
-                self.gen(min(steps, 16))
-                best = min(best, time.perf_counter() - t0)
-            trial[n] = best
-        self.threads = min(trial, key=trial.get)
-        torch.set_num_threads(self.threads)
-        self.full, self.one = [], []
-
-    def gen(self, n):
-        with self.torch.inference_mode():
-            return self.model.generate(
-                self.ids, attention_mask=self.torch.ones_like(self.ids), do_sample=False,
-                max_new_tokens=n, min_new_tokens=n, output_attentions=True,
-                return_dict_in_generate=True, pad_token_id=0)
-
-    def timed_pass(self) -> float:
-        t0 = time.perf_counter()
-        self.gen(1)
-        self.one.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        self.gen(self.steps)
-        self.full.append(time.perf_counter() - t0)
-        return self.rate()
-
-    def rate(self) -> float:
-        """Decode-only tokens/s from the best passes (prefill + first token removed)."""
-        return (self.steps - 1) / max(min(self.full) - min(self.one), 1e-9)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=["default", "llama3.2-3b"], default="default",
@@ -356,9 +243,7 @@ def main(argv=None):
     jx = JaxDecoder(cfg, params, prompt_ids, args.steps, cache_dtype)
     hf = None
     if run_hf_too:
-        state = hf_state_dict(cfg, params)
-        hf = HfGenerator(cfg, state, prompt_ids, args.steps, args.hf_threads)
-        del state
+        hf = HfGreedy(hf_model(cfg, params), prompt_ids, args.steps, threads=args.hf_threads)
     # interleave the timed passes so that both sides see the same machine load (best pass counts)
     load = ForeignLoad().start()
     for _ in tqdm(range(args.repeats), desc="timed passes" + (" (jax, hf)" if hf else " (jax)")):
@@ -399,7 +284,7 @@ def main(argv=None):
     if hf:
         whole = args.steps / min(hf.full)
         print(f"HF: decode-only {hf_rate:.2f} tokens/s (whole generate incl. prefill {whole:.2f}); "
-              f"torch threads {hf.threads}; weights from {hf.source}; greedy tokens identical "
+              f"torch threads {hf.threads}; weights from {SOURCE}; greedy tokens identical "
               f"for the first {same}/{args.steps}")
     if foreign is not None:
         print(f"other processes used {100 * foreign:.0f}% of the {os.cpu_count()} CPUs during the "

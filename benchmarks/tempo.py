@@ -2,10 +2,10 @@
 
 Setting (issue "TEMPO engine"): default model, tau 0.1, max width 8, 64 logical steps (min_steps 64
 so EOS cannot shorten the run), isolated siblings, retroactive pruning on. HF: greedy ``generate``
-with eager attention and ``output_attentions=True`` on the same prompt. Reports first-step latency
-including compilation (the first run compiles the prompt forward and the step at each feed width
-it meets), steady-state steps/s from a second, already-compiled run of the same generation, and
-mean / max set size.
+with eager attention and ``output_attentions=True`` on the same prompt and the same weights
+(``hf_reference.py``). Reports first-step latency including compilation (the first run compiles the
+prompt forward and the step at each feed width it meets), steady-state steps/s from a second,
+already-compiled run of the same generation, and mean / max set size.
 
     python benchmarks/tempo.py [--steps 64] [--no-hf]
 
@@ -19,34 +19,15 @@ import time
 
 import jax
 
+from hf_reference import HfGreedy, hf_model
+
 PROMPT = "The cat sat on the"
 
 
-def hf_tokens_per_s(prompt: str, steps: int) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tempo_jax.default_model import gguf_path
-
-    path = gguf_path()
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                              torch_dtype=torch.float32,
-                                              attn_implementation="eager").eval()
-    from conversion.store import load_tokenizer
-    from tempo_jax.default_model import ensure_default_model
-
-    ids = torch.tensor([load_tokenizer(ensure_default_model()).encode(prompt)])
-
-    def gen(n):
-        with torch.no_grad():
-            t = time.perf_counter()
-            hf.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                        output_attentions=True, return_dict_in_generate=True, pad_token_id=2)
-            return time.perf_counter() - t
-
-    gen(4)  # warm-up
-    full, one = gen(steps), gen(1)
-    return (steps - 1) / max(full - one, 1e-9)
+def hf_tokens_per_s(cfg, params, prompt_ids, steps: int) -> float:
+    """HF greedy decode-only tokens/s (attentions out) on the same weights, one timed pass."""
+    hf = HfGreedy(hf_model(cfg, params), prompt_ids, steps)
+    return hf.timed_pass()
 
 
 def main() -> None:
@@ -73,7 +54,7 @@ def main() -> None:
     warm = time.perf_counter() - t0
     steps_per_s = tr.n_steps / warm
     sizes = tr.arrays["set_n"]
-    hf = None if args.no_hf else hf_tokens_per_s(PROMPT, args.steps)
+    hf = None if args.no_hf else hf_tokens_per_s(m.cfg, m.params, ids, args.steps)
     print(f"\ndevice: {jax.devices()[0].device_kind}   prompt: {PROMPT!r}   steps: {tr.n_steps}")
     print(f"{'':34s}{'rate':>12s}{'ratio':>10s}")
     print(f"{'tempo-jax logical steps/s':34s}{steps_per_s:12.2f}{'':>10s}")

@@ -1,11 +1,16 @@
-"""Hugging Face checkpoint folder (config.json + safetensors, sharded or not) -> parameter pytree.
+"""Hugging Face layout <-> our parameter pytree, both directions, and HF checkpoint folders.
 
-The conversion is a declarative name map (HF tensor name -> our leaf) plus small per-key
-transforms (transpose to input-major, split heads). Nothing is permuted: RoPE stays rotate-half.
+One declarative map (:func:`hf_layout`) names, for every leaf of our pytree, the HF tensor it comes
+from, HF's shape and ours. Reading a checkpoint (:func:`params_from_state`) and writing an HF state
+dict back (:func:`to_hf`, NumPy only) both walk that one map; the only per-key transforms are a
+transpose (HF stores linear weights ``[out, in]``, we store them input-major) and a reshape that
+splits or joins heads. Nothing is permuted: RoPE stays rotate-half. :func:`hf_config` is the
+inverse of :func:`tempo_jax.config.config_from_hf`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -13,48 +18,124 @@ from typing import Callable
 import numpy as np
 
 from conversion.common import CheckpointError, assemble
-from tempo_jax.config import ModelConfig, config_from_hf
+from tempo_jax.config import ModelConfig, UnsupportedConfigError, config_from_hf
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def hf_layer_map(cfg: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
-    """Our per-layer leaf -> (HF tensor name under ``model.layers.{i}.``, transform)."""
-    E, H, G, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    m = {
-        "attn_norm": ("input_layernorm.weight", lambda w: w),
-        "mlp_norm": ("post_attention_layernorm.weight", lambda w: w),
-        "wq": ("self_attn.q_proj.weight", lambda w: w.T.reshape(E, H, D)),
-        "wk": ("self_attn.k_proj.weight", lambda w: w.T.reshape(E, G, D)),
-        "wv": ("self_attn.v_proj.weight", lambda w: w.T.reshape(E, G, D)),
-        "wo": ("self_attn.o_proj.weight", lambda w: w.T.reshape(H, D, E)),
-        "w_gate": ("mlp.gate_proj.weight", lambda w: w.T),
-        "w_up": ("mlp.up_proj.weight", lambda w: w.T),
-        "w_down": ("mlp.down_proj.weight", lambda w: w.T),
+@dataclasses.dataclass(frozen=True)
+class HfTensor:
+    """Where one of our leaves lives in a Hugging Face state dict (per layer for layer leaves)."""
+
+    name: str  # HF tensor name; layer leaves: relative to ``model.layers.{i}.``
+    hf_shape: tuple[int, ...]
+    shape: tuple[int, ...]  # ours (one layer's slice for layer leaves)
+    transpose: bool = False  # HF [out, in] -> our input-major [in, out]
+
+    def to_ours(self, w) -> np.ndarray:
+        w = np.asarray(w)
+        if w.shape != self.hf_shape:
+            raise CheckpointError(f"checkpoint tensor {self.name} has shape {w.shape}, "
+                                  f"the config implies {self.hf_shape}")
+        return (w.T if self.transpose else w).reshape(self.shape)
+
+    def to_hf(self, x) -> np.ndarray:
+        x = np.asarray(x).reshape(self.hf_shape[::-1] if self.transpose else self.hf_shape)
+        return np.ascontiguousarray(x.T if self.transpose else x)
+
+
+def hf_layout(cfg: ModelConfig) -> tuple[dict[str, HfTensor], dict[str, HfTensor]]:
+    """``(top-level leaves, per-layer leaves)``: our leaf name -> :class:`HfTensor`."""
+    V, E, F = cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size
+    H, G, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    top = {"embed": HfTensor("model.embed_tokens.weight", (V, E), (V, E)),
+           "final_norm": HfTensor("model.norm.weight", (E,), (E,))}
+    if not cfg.tie_embeddings:
+        top["lm_head"] = HfTensor("lm_head.weight", (V, E), (E, V), transpose=True)
+    layers = {
+        "attn_norm": HfTensor("input_layernorm.weight", (E,), (E,)),
+        "mlp_norm": HfTensor("post_attention_layernorm.weight", (E,), (E,)),
+        "wq": HfTensor("self_attn.q_proj.weight", (H * D, E), (E, H, D), transpose=True),
+        "wk": HfTensor("self_attn.k_proj.weight", (G * D, E), (E, G, D), transpose=True),
+        "wv": HfTensor("self_attn.v_proj.weight", (G * D, E), (E, G, D), transpose=True),
+        "wo": HfTensor("self_attn.o_proj.weight", (E, H * D), (H, D, E), transpose=True),
+        "w_gate": HfTensor("mlp.gate_proj.weight", (F, E), (E, F), transpose=True),
+        "w_up": HfTensor("mlp.up_proj.weight", (F, E), (E, F), transpose=True),
+        "w_down": HfTensor("mlp.down_proj.weight", (E, F), (F, E), transpose=True),
     }
     if cfg.qkv_bias:
-        m.update(bq=("self_attn.q_proj.bias", lambda b: b.reshape(H, D)),
-                 bk=("self_attn.k_proj.bias", lambda b: b.reshape(G, D)),
-                 bv=("self_attn.v_proj.bias", lambda b: b.reshape(G, D)))
+        layers.update(bq=HfTensor("self_attn.q_proj.bias", (H * D,), (H, D)),
+                      bk=HfTensor("self_attn.k_proj.bias", (G * D,), (G, D)),
+                      bv=HfTensor("self_attn.v_proj.bias", (G * D,), (G, D)))
     if cfg.o_bias:
-        m.update(bo=("self_attn.o_proj.bias", lambda b: b))
-    return m
+        layers.update(bo=HfTensor("self_attn.o_proj.bias", (E,), (E,)))
+    return top, layers
+
+
+def layer_name(i: int, name: str) -> str:
+    return f"model.layers.{i}.{name}"
 
 
 def params_from_state(cfg: ModelConfig, get: Callable[[str], np.ndarray], dtype=np.float32,
                       progress=None) -> dict:
     """Build params from a lookup ``get(hf_name) -> array`` (e.g. a state dict's ``__getitem__``)."""
-    layer_map = hf_layer_map(cfg)
+    top, layer_map = hf_layout(cfg)
     layers = {}
-    for leaf, (name, fn) in layer_map.items():
-        layers[leaf] = np.stack([fn(get(f"model.layers.{i}.{name}")) for i in range(cfg.num_layers)])
+    for leaf, t in layer_map.items():
+        layers[leaf] = np.stack([t.to_ours(get(layer_name(i, t.name))) for i in range(cfg.num_layers)])
         if progress is not None:
             progress.update(1)
-    tree = {"embed": get("model.embed_tokens.weight"), "layers": layers,
-            "final_norm": get("model.norm.weight")}
-    if not cfg.tie_embeddings:
-        tree["lm_head"] = get("lm_head.weight").T
+    tree = {leaf: t.to_ours(get(t.name)) for leaf, t in top.items()}
+    tree["layers"] = layers
     return assemble(cfg, tree, dtype)
+
+
+def to_hf(cfg: ModelConfig, params, dtype=None) -> dict[str, np.ndarray]:
+    """Our parameter pytree -> HF state dict of NumPy arrays (the inverse of :func:`params_from_state`;
+    a tied model has no ``lm_head.weight``, as in its safetensors). ``dtype`` None keeps the leaves'."""
+    top, layer_map = hf_layout(cfg)
+    have = (set(params) - {"layers"}, set(params["layers"]))
+    if have != (set(top), set(layer_map)):
+        raise CheckpointError(f"parameter names {sorted(have[0])} / layers {sorted(have[1])} do not "
+                              f"fit the config ({sorted(top)} / {sorted(layer_map)})")
+    cast = (lambda x: np.asarray(x)) if dtype is None else (lambda x: np.asarray(x).astype(dtype))
+    out = {t.name: t.to_hf(cast(params[leaf])) for leaf, t in top.items()}
+    for leaf, t in layer_map.items():
+        stacked = cast(params["layers"][leaf])
+        for i in range(cfg.num_layers):
+            out[layer_name(i, t.name)] = t.to_hf(stacked[i])
+    return out
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+    """Our config -> a Hugging Face ``config.json`` dict (Llama, or Qwen2 for q/k/v biases without an
+    output bias); ``config_from_hf(hf_config(cfg), cfg.name) == cfg``."""
+    if cfg.o_bias and not cfg.qkv_bias:
+        raise UnsupportedConfigError("an output-projection bias without q/k/v biases has no Hugging "
+                                     "Face architecture here (Llama attention_bias sets all four)")
+    qwen = cfg.qkv_bias and not cfg.o_bias
+    eos = list(cfg.eos_token_ids)
+    d = {"architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
+         "model_type": "qwen2" if qwen else "llama", "hidden_act": "silu",
+         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+         "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+         "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+         "head_dim": cfg.head_dim, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
+         "tie_word_embeddings": cfg.tie_embeddings,
+         "max_position_embeddings": cfg.max_position_embeddings, "bos_token_id": cfg.bos_token_id,
+         "eos_token_id": (eos[0] if len(eos) == 1 else eos) if eos else None}
+    if qwen:
+        d["use_sliding_window"] = False
+    else:
+        d["attention_bias"] = cfg.qkv_bias
+    sc = cfg.rope_scaling
+    if sc is not None:
+        d["rope_scaling"] = {"rope_type": sc.kind, "factor": sc.factor}
+        if sc.kind == "llama3":
+            d["rope_scaling"].update(
+                low_freq_factor=sc.low_freq_factor, high_freq_factor=sc.high_freq_factor,
+                original_max_position_embeddings=sc.original_max_position_embeddings)
+    return d
 
 
 class _SafetensorsFolder:
