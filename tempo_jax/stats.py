@@ -9,20 +9,36 @@ Which interval each function returns:
   bootstrap_ci        BCa bootstrap CI of the mean (scipy.stats.bootstrap; percentile if BCa is
                       undefined, e.g. all values equal)
   t_ci                Student t interval of the mean (scipy.stats.ttest_1samp)
-  auroc_ci, cluster_corr, cluster_bootstrap
+  summarize_paired    both of the above: BCa (lo, hi) and t (t_lo, t_hi)
+  tost                the (1 - 2 alpha) t interval (ci_lo, ci_hi) whose inclusion in +-margin is
+                      the TOST decision
+  auroc_ci, auroc_diff_ci, cluster_corr, cluster_bootstrap, cv_compare
                       percentile cluster bootstrap (prompts resampled with replacement)
-Tests: sign_flip_test (paired permutation, scipy.stats.permutation_test; exact for n <= 12),
-tost (two one-sided t tests for equivalence within +-margin, statsmodels), correct (Holm /
-Benjamini-Hochberg, statsmodels.stats.multitest). Effect size d_z = mean(d) / sd(d) of paired
-differences.
+Tests: sign_flip_test (paired permutation, scipy.stats.permutation_test; exact enumeration of all
+2^n sign vectors for n <= 12, which gives the same p as enumerating by hand), the one-sample t test
+(``p_t`` in summarize_paired), tost (two one-sided t tests for equivalence within +-margin,
+statsmodels), correct (Holm / Benjamini-Hochberg, statsmodels.stats.multitest). Effect size
+d_z = mean(d) / sd(d) of paired differences (``cohens_d_paired`` is the older name).
+Predictors: auroc (Mann-Whitney U / (n1 n0)), grouped_cv_splits (folds of whole prompts),
+cv_compare (out-of-fold AUROC of a fitted predictor against baselines, cluster CIs).
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats as sps
+
+
+def _rng_kw(fn, seed) -> dict:
+    """The seed keyword of a scipy.stats resampling function: ``rng`` (scipy >= 1.15) or the
+    older ``random_state``; both get a fresh ``numpy.random.Generator(seed)``."""
+    name = "rng" if "rng" in inspect.signature(fn).parameters else "random_state"
+    return {name: np.random.default_rng(seed)}
 
 
 def _clean(x) -> np.ndarray:
@@ -43,11 +59,11 @@ def bootstrap_ci(values, n_boot: int = 9999, ci: float = 0.95, seed: int = 0) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = sps.bootstrap((x,), np.mean, confidence_level=ci, n_resamples=n_boot, method="BCa",
-                          random_state=np.random.default_rng(seed))
+                          **_rng_kw(sps.bootstrap, seed))
         lo, hi = r.confidence_interval
         if not (np.isfinite(lo) and np.isfinite(hi)):
             r = sps.bootstrap((x,), np.mean, confidence_level=ci, n_resamples=n_boot,
-                              method="percentile", random_state=np.random.default_rng(seed))
+                              method="percentile", **_rng_kw(sps.bootstrap, seed))
             lo, hi = r.confidence_interval
     return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": n}
 
@@ -77,7 +93,7 @@ def sign_flip_test(diffs, n_perm: int = 9999, seed: int = 0, exact_max: int = 12
         return {"p": 1.0, "stat": 0.0, "n": n, "exact": exact}
     r = sps.permutation_test((d,), np.mean, permutation_type="samples", vectorized=True,
                              n_resamples=np.inf if exact else n_perm, alternative="two-sided",
-                             random_state=np.random.default_rng(seed))
+                             **_rng_kw(sps.permutation_test, seed))
     return {"p": float(min(1.0, r.pvalue)), "stat": float(d.mean()), "n": n, "exact": exact}
 
 
@@ -99,118 +115,161 @@ def d_z(diffs) -> float:
 cohens_d_paired = d_z  # the older name
 
 
-def tost(diffs, margin: float) -> dict:
+def tost(diffs, margin: float, alpha: float = 0.05) -> dict:
     """Equivalence of the mean difference to 0 within ``(-margin, margin)``: two one-sided t tests
-    (statsmodels ``DescrStatsW.ttost_mean``). ``p`` is the larger one-sided p; ``equivalent`` at
-    the caller's alpha means p < alpha."""
+    (statsmodels ``DescrStatsW.ttost_mean``) -> ``{p, equivalent, ci_lo, ci_hi, margin, n}``.
+    ``p`` is the larger one-sided p; ``equivalent`` = p < alpha, the same decision as the
+    (1 - 2 alpha) t interval (ci_lo, ci_hi) lying inside the margin."""
     from statsmodels.stats.weightstats import DescrStatsW
 
-    d = _clean(diffs)
-    if margin is None or margin <= 0:
+    if margin is None or not np.isfinite(margin) or margin <= 0:
         raise ValueError(f"an equivalence margin must be > 0, got {margin}")
-    if len(d) < 2:
-        return {"p": float("nan"), "margin": float(margin), "n": len(d)}
+    d = _clean(diffs)
+    n = len(d)
+    out = {"p": float("nan"), "equivalent": False, "ci_lo": float("nan"), "ci_hi": float("nan"),
+           "margin": float(margin), "n": n}
+    if n < 2:
+        return out
     if np.ptp(d) == 0:
-        return {"p": 0.0 if abs(d[0]) < margin else 1.0, "margin": float(margin), "n": len(d)}
+        inside = bool(abs(d[0]) < margin)
+        return {**out, "p": 0.0 if inside else 1.0, "equivalent": inside,
+                "ci_lo": float(d[0]), "ci_hi": float(d[0])}
     p, _, _ = DescrStatsW(d).ttost_mean(-margin, margin)
-    return {"p": float(p), "margin": float(margin), "n": len(d)}
+    lo, hi = t_ci(d, 1 - 2 * alpha)
+    return {**out, "p": float(p), "equivalent": bool(p < alpha), "ci_lo": lo, "ci_hi": hi}
 
 
-def correct(pvalues, method: str = "holm") -> np.ndarray:
-    """Adjusted p-values for a family (``holm`` or ``fdr_bh``, statsmodels ``multipletests``);
-    NaN entries stay NaN and do not count in the family size."""
+class Corrected(NamedTuple):
+    """Adjusted p-values and reject flags of one family (NaN in, NaN / False out)."""
+
+    p_adj: np.ndarray
+    reject: np.ndarray
+
+
+CORRECTIONS = ("holm", "fdr_bh")
+
+
+def correct(pvalues, method: str = "holm", alpha: float = 0.05) -> Corrected:
+    """Multiple-comparison correction over one family: ``holm`` (family-wise error) or ``fdr_bh``
+    (Benjamini-Hochberg false discovery rate), statsmodels ``multipletests``.
+    -> ``Corrected(p_adj, reject)``. NaN p-values stay NaN (reject False) and do not count in the
+    family size."""
     from statsmodels.stats.multitest import multipletests
 
-    if method not in ("holm", "fdr_bh"):
-        raise ValueError(f"unknown correction {method!r}; allowed: holm, fdr_bh")
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}; allowed: {', '.join(CORRECTIONS)}")
     p = np.asarray(pvalues, np.float64)
-    out = np.full(p.shape, np.nan)
+    p_adj = np.full(p.shape, np.nan)
+    reject = np.zeros(p.shape, bool)
     ok = np.isfinite(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method=method)[1]
-    return out
+        rej, adj, _, _ = multipletests(p[ok], alpha=alpha, method=method)
+        p_adj[ok], reject[ok] = adj, rej
+    return Corrected(p_adj, reject)
 
 
 def summarize_paired(diffs, n_boot: int = 9999, ci: float = 0.95, seed: int = 0,
-                     margin: float | None = None) -> dict:
-    """Everything reported for one paired contrast over prompts:
-    mean, sd, d_z (alias d), BCa CI (lo, hi), t CI (t_lo, t_hi), sign-flip p (``p``, ``exact``),
-    t-test p (``p_t``), and with ``margin`` the TOST p (``p_tost``) for equivalence."""
+                     margin: float | None = None, alpha: float = 0.05) -> dict:
+    """Everything reported for one paired contrast over prompts (one difference per prompt, NaNs
+    dropped): ``n``, ``mean``, ``sd``, ``d_z`` (alias ``d``), BCa bootstrap CI (``lo``, ``hi``),
+    t CI (``t_lo``, ``t_hi``), two-sided sign-flip p (``p``, alias ``p_signflip``; ``exact``),
+    two-sided one-sample t-test p (``p_t``); with ``margin`` also the TOST p (``p_tost``), the
+    verdict ``equivalent`` (p_tost < alpha, uncorrected) and ``margin``."""
     d = _clean(diffs)
     b = bootstrap_ci(d, n_boot=n_boot, ci=ci, seed=seed)
     sf = sign_flip_test(d, n_perm=n_boot, seed=seed)
     t_lo, t_hi = t_ci(d, ci)
     p_t = float(sps.ttest_1samp(d, 0.0).pvalue) if len(d) >= 2 and np.ptp(d) > 0 else float("nan")
-    out = {**b, "sd": float(d.std(ddof=1)) if len(d) >= 2 else float("nan"), "d_z": d_z(d),
-           "d": d_z(d), "t_lo": t_lo, "t_hi": t_hi, "p": sf["p"], "exact": sf["exact"], "p_t": p_t,
-           "ci": ci}
+    if len(d) >= 2 and np.ptp(d) == 0:
+        p_t = 1.0 if d[0] == 0 else 0.0
+    dz = d_z(d)
+    out = {**b, "sd": float(d.std(ddof=1)) if len(d) >= 2 else float("nan"), "d_z": dz, "d": dz,
+           "t_lo": t_lo, "t_hi": t_hi, "p": sf["p"], "p_signflip": sf["p"], "exact": sf["exact"],
+           "p_t": p_t, "ci": ci}
     if margin is not None:
-        out["p_tost"] = tost(d, margin)["p"]
-        out["margin"] = float(margin)
+        t = tost(d, margin, alpha)
+        out.update(p_tost=t["p"], equivalent=t["equivalent"], margin=float(margin))
     return out
 
 
 # --- clustered rows: predictors and correlations ------------------------------------------------
 def auroc(labels, scores) -> float:
-    """Area under the ROC curve = P(score of a positive > score of a negative) (+ 1/2 for ties),
-    from the Mann-Whitney U statistic. NaN if a class is missing."""
+    """Area under the ROC curve = P(score of a positive > score of a negative) (+ 1/2 for ties):
+    the Mann-Whitney U of the positives over n1 * n0, with U from mid-ranks
+    (``scipy.stats.rankdata``; the same U as ``scipy.stats.mannwhitneyu``, without its test
+    overhead, which matters inside bootstraps). NaN if a class is missing."""
     y = np.asarray(labels, bool)
     s = np.asarray(scores, np.float64)
-    n1, n0 = y.sum(), (~y).sum()
+    n1 = int(y.sum())
+    n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
         return float("nan")
-    u = sps.mannwhitneyu(s[y], s[~y], alternative="two-sided").statistic
+    u = sps.rankdata(s)[y].sum() - n1 * (n1 + 1) / 2
     return float(u / (n1 * n0))
+
+
+def _cluster_resamples(fn, groups, n_boot: int, seed: int) -> np.ndarray:
+    """``fn(index_array)`` on ``n_boot`` resamples of whole clusters (finite values only)."""
+    groups = np.asarray(groups)
+    if groups.ndim != 1:
+        raise ValueError(f"groups must be one label per row, got shape {groups.shape}")
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    vals = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        vals[b] = fn(np.concatenate([members[g] for g in pick]))
+    return vals[np.isfinite(vals)]
 
 
 def cluster_bootstrap(fn, groups, n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
     """Percentile CI of ``fn(index_array)`` over bootstrap resamples of whole clusters (prompts):
-    ``{value, lo, hi, n_groups}``; resamples where fn is NaN are dropped."""
+    ``{value, lo, hi, n_groups}``; resamples where fn is NaN (e.g. one class only) are dropped."""
     groups = np.asarray(groups)
-    uniq = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in uniq}
     value = float(fn(np.arange(len(groups))))
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        pick = rng.choice(uniq, size=len(uniq), replace=True)
-        vals.append(fn(np.concatenate([members[g] for g in pick])))
-    vals = np.asarray(vals, np.float64)
-    vals = vals[np.isfinite(vals)]
+    vals = _cluster_resamples(fn, groups, n_boot, seed)
     a = (1 - ci) / 2
-    lo, hi = (np.quantile(vals, [a, 1 - a]) if len(vals) else (np.nan, np.nan))
-    return {"value": value, "lo": float(lo), "hi": float(hi), "n_groups": int(len(uniq))}
+    lo, hi = np.quantile(vals, [a, 1 - a]) if len(vals) else (np.nan, np.nan)
+    return {"value": value, "lo": float(lo), "hi": float(hi), "n_groups": int(len(np.unique(groups)))}
 
 
-def auroc_ci(labels, scores, groups, n_boot: int = 2000, seed: int = 0) -> dict:
-    """AUROC with a cluster-bootstrap CI over prompts (``groups``)."""
+def auroc_ci(labels, scores, groups, n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
+    """AUROC with a percentile cluster-bootstrap CI over prompts (``groups``):
+    ``{value, lo, hi, n_groups, n}``."""
     y, s = np.asarray(labels, bool), np.asarray(scores, np.float64)
-    return cluster_bootstrap(lambda i: auroc(y[i], s[i]), groups, n_boot, seed)
+    r = cluster_bootstrap(lambda i: auroc(y[i], s[i]), groups, n_boot, seed, ci)
+    r["n"] = int(len(y))
+    return r
 
 
-def auroc_diff_ci(labels, scores_a, scores_b, groups, n_boot: int = 2000, seed: int = 0) -> dict:
-    """AUROC(a) - AUROC(b) on the same rows, cluster-bootstrap CI; ``p`` = two-sided bootstrap p
-    (twice the smaller share of resampled differences on either side of 0)."""
+def auroc_diff_ci(labels, scores_a, scores_b, groups, n_boot: int = 2000, seed: int = 0,
+                  ci: float = 0.95) -> dict:
+    """AUROC(a) - AUROC(b) on the same rows, percentile cluster-bootstrap CI over prompts;
+    ``p`` = two-sided bootstrap p (twice the smaller share of resampled differences on either
+    side of 0, at least 1 / n_boot)."""
     y = np.asarray(labels, bool)
     a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
     fn = lambda i: auroc(y[i], a[i]) - auroc(y[i], b[i])
     groups = np.asarray(groups)
-    r = cluster_bootstrap(fn, groups, n_boot, seed)
-    # reuse the same resampling for a p-value
-    uniq = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in uniq}
-    rng = np.random.default_rng(seed)
-    vals = np.asarray([fn(np.concatenate([members[g] for g in rng.choice(uniq, len(uniq))]))
-                       for _ in range(n_boot)])
-    vals = vals[np.isfinite(vals)]
-    r["p"] = float(min(1.0, 2 * min((vals <= 0).mean(), (vals >= 0).mean()))) if len(vals) else float("nan")
-    return r
+    vals = _cluster_resamples(fn, groups, n_boot, seed)
+    al = (1 - ci) / 2
+    lo, hi = np.quantile(vals, [al, 1 - al]) if len(vals) else (np.nan, np.nan)
+    p = (min(1.0, max(2 * min((vals <= 0).mean(), (vals >= 0).mean()), 1 / len(vals)))
+         if len(vals) else float("nan"))
+    return {"value": float(fn(np.arange(len(y)))), "lo": float(lo), "hi": float(hi),
+            "p": float(p), "n_groups": int(len(np.unique(groups))), "n": int(len(y))}
 
 
-def grouped_kfold(groups, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """k folds over whole groups (prompts): ``[(train_idx, test_idx)]``; groups shuffled by seed."""
+def grouped_cv_splits(groups, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k cross-validation folds over whole groups (prompts), like scikit-learn's GroupKFold but
+    seeded: groups are shuffled by ``seed`` and dealt to folds of near-equal group count.
+    -> ``[(train_idx, test_idx)]``; every row is in exactly one test fold; no group is on both
+    sides of a split. Deterministic for a given (groups, k, seed)."""
     groups = np.asarray(groups)
     uniq = np.unique(groups)
+    if k < 2:
+        raise ValueError(f"grouped cross-validation needs k >= 2 folds, got {k}")
     if len(uniq) < k:
         raise ValueError(f"grouped {k}-fold cross-validation needs >= {k} groups, got {len(uniq)}")
     order = np.random.default_rng(seed).permutation(uniq)
@@ -218,12 +277,94 @@ def grouped_kfold(groups, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, n
     return [(np.flatnonzero(~np.isin(groups, f)), np.flatnonzero(np.isin(groups, f))) for f in folds]
 
 
-def cluster_corr(x, y, groups, method: str = "spearman", n_boot: int = 2000, seed: int = 0) -> dict:
-    """Correlation of paired observations clustered by prompt, with a cluster-bootstrap CI:
-    ``{value, lo, hi, n_groups, n}`` (spearman or pearson, scipy.stats)."""
+grouped_kfold = grouped_cv_splits  # the older name
+
+
+def fit_logistic_lbfgs(x, y, l2: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
+    """L2-regularised logistic regression on standardised features (scipy L-BFGS, deterministic)
+    -> a scorer ``f(x) -> logits``. The default ``fit`` of :func:`cv_compare`."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    x = np.asarray(x, np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    y = np.asarray(y, np.float64)
+    mu, sd = x.mean(0), x.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    z = (x - mu) / sd
+    n, e = z.shape
+
+    def loss(wb):
+        w, b = wb[:e], wb[e]
+        t = z @ w + b
+        nll = -(y * log_expit(t) + (1 - y) * log_expit(-t)).sum()
+        g = expit(t) - y
+        return (nll + 0.5 * l2 * w @ w) / n, np.append(z.T @ g + l2 * w, g.sum()) / n
+
+    wb = minimize(loss, np.zeros(e + 1), jac=True, method="L-BFGS-B").x
+    w, b = wb[:e], wb[e]
+    return lambda xn: (((np.asarray(xn, np.float64).reshape(len(xn), -1)) - mu) / sd) @ w + b
+
+
+def _scorer(fitted):
+    return fitted if callable(fitted) else fitted.score
+
+
+def cv_compare(features, labels, groups, baselines: Mapping[str, np.ndarray] | None = None,
+               fit: Callable | None = None, k: int = 5, seed: int = 0, n_boot: int = 2000,
+               shuffled_control: bool = True) -> dict:
+    """Score a fitted predictor against baselines under grouped cross-validation (folds of whole
+    prompts, :func:`grouped_cv_splits`).
+
+    ``features`` [n] or [n, E]: the predictor's inputs; ``fit(x_train, y_train)`` returns a
+    scorer ``f(x) -> scores`` (or an object with ``.score``; default :func:`fit_logistic_lbfgs`);
+    its out-of-fold scores are pooled. ``baselines``: name -> scores [n] used as they are (higher
+    = more likely positive, e.g. a member's probability) or features [n, E] fitted the same way.
+    ``shuffled_control`` adds a predictor fitted on labels permuted within each training fold.
+    -> ``{"predictor": auroc_ci, "baselines": {name: auroc_ci}, "vs": {name: auroc_diff_ci},
+    "oof_scores": [n], "k", "seed"}`` (all CIs: cluster bootstrap over prompts)."""
+    fit = fit or fit_logistic_lbfgs
+    y = np.asarray(labels, bool)
+    groups = np.asarray(groups)
+    if len(np.unique(y)) < 2:
+        raise ValueError("cv_compare needs both classes among the labels")
+    splits = grouped_cv_splits(groups, k, seed)
+    rng = np.random.default_rng(seed)
+
+    def oof(x, shuffle=False):
+        x = np.asarray(x, np.float64)
+        out = np.full(len(y), np.nan)
+        for tr, te in splits:
+            ytr = rng.permutation(y[tr]) if shuffle else y[tr]
+            if len(np.unique(ytr)) < 2:  # a fold with one class: constant score
+                out[te] = ytr.mean()
+                continue
+            out[te] = _scorer(fit(x[tr], ytr))(x[te])
+        return out
+
+    pred = oof(features)
+    base = {}
+    for name, v in (baselines or {}).items():
+        v = np.asarray(v, np.float64)
+        base[name] = v if v.ndim == 1 else oof(v)
+    if shuffled_control:
+        base["shuffled labels"] = oof(features, shuffle=True)
+    return {"predictor": auroc_ci(y, pred, groups, n_boot, seed),
+            "baselines": {n: auroc_ci(y, v, groups, n_boot, seed) for n, v in base.items()},
+            "vs": {n: auroc_diff_ci(y, pred, v, groups, n_boot, seed) for n, v in base.items()},
+            "oof_scores": pred, "k": k, "seed": seed}
+
+
+def cluster_corr(x, y, groups, method: str = "spearman", n_boot: int = 2000, seed: int = 0,
+                 ci: float = 0.95) -> dict:
+    """Correlation of paired observations clustered by prompt (scipy.stats spearmanr or pearsonr)
+    with a percentile cluster-bootstrap CI over prompts: ``{value, lo, hi, n_groups, n}``.
+    Pass ``groups = arange(n)`` when each observation is its own unit."""
     if method not in ("spearman", "pearson"):
         raise ValueError(f"unknown correlation {method!r}; allowed: spearman, pearson")
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, groups = x[ok], y[ok], np.asarray(groups)[ok]
     f = sps.spearmanr if method == "spearman" else sps.pearsonr
 
     def fn(i):
@@ -231,6 +372,6 @@ def cluster_corr(x, y, groups, method: str = "spearman", n_boot: int = 2000, see
             return np.nan
         return f(x[i], y[i])[0]
 
-    r = cluster_bootstrap(fn, groups, n_boot, seed)
+    r = cluster_bootstrap(fn, groups, n_boot, seed, ci)
     r["n"] = int(len(x))
     return r

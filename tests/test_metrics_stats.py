@@ -1,5 +1,5 @@
-"""Interpretability metrics on hand-built attention, clustered statistics, and the two analysis scripts
-end to end on a tiny model."""
+"""Interpretability metrics on hand-built attention, and the two analysis scripts end to end on a
+tiny model (the statistics themselves: tests/test_stats.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from tempo_jax import metrics as M
-from tempo_jax import stats as S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,40 +115,6 @@ def test_step_metrics_bundle():
     np.testing.assert_allclose(r["entropy"][0, 0], (H(Q0) + H(Q1)) / 2)
     np.testing.assert_allclose(r["diversity"], 2.0)  # tokens 0 and 2 are opposite
     assert r["set_n"] == 2
-
-
-# --- statistics --------------------------------------------------------------------------------
-def test_bootstrap_coverage():
-    rng = np.random.default_rng(123)
-    hits = 0
-    for rep in range(200):
-        x = rng.normal(1.0, 2.0, size=25)
-        r = S.bootstrap_ci(x, n_boot=1000, ci=0.95, seed=rep)
-        hits += r["lo"] <= 1.0 <= r["hi"]
-    assert 0.90 <= hits / 200 <= 0.99
-
-
-def test_bootstrap_single_prompt_has_no_ci():
-    r = S.bootstrap_ci([0.3])
-    assert r["mean"] == 0.3 and np.isnan(r["lo"]) and np.isnan(r["hi"])
-
-
-def test_sign_flip_planted_and_null():
-    rng = np.random.default_rng(7)
-    assert S.sign_flip_test(rng.normal(1.0, 1.0, 20), n_perm=5000, seed=1)["p"] < 0.01
-    assert S.sign_flip_test([1, 2, 3, 4, 5])["p"] == pytest.approx(2 / 32)  # exact
-    ps = [S.sign_flip_test(rng.normal(0, 1, 10))["p"] for _ in range(100)]
-    assert np.mean(np.array(ps) > 0.05) >= 0.85
-    assert 0.3 < np.mean(ps) < 0.7
-    mc = [S.sign_flip_test(rng.normal(0, 1, 16), n_perm=500, seed=i)["p"] for i in range(40)]
-    assert np.mean(np.array(mc) > 0.05) >= 0.8
-
-
-def test_cohens_d_and_paired():
-    assert S.cohens_d_paired([1, 2, 3]) == pytest.approx(2.0)
-    assert np.isnan(S.cohens_d_paired([1.0]))
-    r = S.paired_permutation_test([2, 3, 4], [1, 1, 1])
-    assert r["stat"] == pytest.approx(2.0) and r["exact"]
 
 
 # --- end to end on a tiny model ----------------------------------------------------------------
