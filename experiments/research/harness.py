@@ -227,8 +227,8 @@ def evaluate(design: Design, out: Output) -> list[TestResult]:
         idx = [i for i, t in enumerate(tests) if t.family == fam]
         if not idx:
             continue
-        p = S.correct([tests[i].p for i in idx], method)
-        pt = S.correct([tests[i].p_tost for i in idx], method)
+        p = S.correct([tests[i].p for i in idx], method).p_adj
+        pt = S.correct([tests[i].p_tost for i in idx], method).p_adj
         for j, i in enumerate(idx):
             tests[i].p_adj, tests[i].p_tost_adj = float(p[j]), float(pt[j])
     for t in tests:
@@ -416,7 +416,7 @@ def default_answer(tests: list[TestResult], design: Design) -> str:
 
 def tests_table(tests: list[dict], family: str | None = None, limit: int | None = None) -> str:
     rows = [t for t in tests if family is None or t["family"] == family]
-    lines = ["| test | column | n | estimate [95% BCa CI] | d_z | p (adj) | TOST p (adj) | verdict |",
+    lines = ["| test | column | n | estimate [95% CI] | d_z | p (adj) | TOST p (adj) | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for t in rows[:limit]:
         lines.append(f"| {t['hypothesis']} | `{t['column']}` | {t['n']} | {fmt(t['estimate'])} "
@@ -433,7 +433,9 @@ def summary_md(result: dict) -> str:
            f"**Answer.** {result['answer']}", "",
            f"Questions {', '.join(result['questions'])}; unit: {d['unit']}; n = {prov['n_prompts']} "
            f"prompts ({prov['split']} split, genres {', '.join(prov['genres'])}); alpha {d['alpha']}; "
-           f"equivalence margin +-{d['margin']} ({d['margin_note']}).", "",
+           f"equivalence margin +-{d['margin']} ({d['margin_note']}). CIs of declared paired tests "
+           "are BCa bootstrap over prompts; p is the sign-flip permutation p; precomputed tests say "
+           "their method in result.json (`note`).", "",
            f"Primary metric: {d['primary_metric']}. Contrast: {d['contrast']}.", ""]
     for fam, method in d["families"].items():
         out += [f"## Family `{fam}` (correction: {method})", "", tests_table(result["tests"], fam, 40), ""]
