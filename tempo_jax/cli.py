@@ -4,6 +4,55 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from tempo_jax.errors import UsageError, run_entry, user_input
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples epilog as written and appends ``(default: X)`` to every option whose
+    default is a value (not None or an off switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings or action.default is None
+                or action.default is False or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _read_prompts(args, per_line: bool) -> list[str]:
+    """The prompt(s) of ``--prompt`` or ``--prompt-file`` (one per line, blank lines skipped, or the
+    whole file as one prompt); refuses an empty prompt before any model is loaded."""
+    if args.prompt is not None:
+        if not args.prompt:
+            raise UsageError("the prompt is empty: give --prompt some text")
+        return [args.prompt]
+    try:
+        text = Path(args.prompt_file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--prompt-file {args.prompt_file}: {getattr(e, 'strerror', None) or e}") from e
+    if per_line:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    else:
+        prompts = [text.rstrip("\n")] if text.strip() else []
+    if not prompts:
+        raise UsageError(f"prompt file {args.prompt_file} holds no prompt (only blank lines)")
+    return prompts
+
+
+def _load(spec):
+    """The model, with a bad --model (missing path, unreadable or unsupported checkpoint) refused
+    as a user error."""
+    if spec not in (None, "default") and not Path(spec).exists():
+        raise UsageError(f"--model {spec}: no such file or folder")
+    from tempo_jax.loading import load_model
+
+    with user_input():
+        m = load_model(spec)
+    if m.tokenizer is None:
+        raise UsageError(f"model {m.source} has no tokenizer; convert it from a folder with tokenizer files")
+    return m
 
 
 def _cmd_convert(args) -> int:
@@ -11,7 +60,13 @@ def _cmd_convert(args) -> int:
 
     import jax.numpy as jnp
 
-    out = convert(args.src, args.out, dtype=jnp.dtype(args.dtype), progress=True)
+    from conversion.common import CheckpointError
+    from tempo_jax.config import UnsupportedConfigError
+
+    try:
+        out = convert(args.src, args.out, dtype=jnp.dtype(args.dtype), progress=True)
+    except (CheckpointError, UnsupportedConfigError, FileNotFoundError) as e:
+        raise UsageError(f"{args.src}: {e}" if isinstance(e, FileNotFoundError) else e) from e
     print(f"converted {args.src} -> {out}")
     return 0
 
@@ -25,18 +80,26 @@ GENERATE_EXAMPLES = """examples:
 """
 
 
+def _id_list(text: str | None, what: str) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
 def _cmd_generate(args) -> int:
-    from pathlib import Path
-
+    prompts = _read_prompts(args, per_line=True)
     from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.engine.run import check_request
 
-    if (args.prompt is None) == (args.prompt_file is None):
-        raise SystemExit("give exactly one of --prompt or --prompt-file")
-    prompts = [args.prompt] if args.prompt is not None else [
-        line.rstrip("\n") for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
-    layers = tuple(int(x) for x in args.prune_layers.split(",")) if args.prune_layers else None
-    heads = tuple(int(x) for x in args.prune_heads.split(",")) if args.prune_heads else None
-    gcfg = GenerationConfig(
+    layers = _id_list(args.prune_layers, "--prune-layers")
+    heads = _id_list(args.prune_heads, "--prune-heads")
+    if args.method == "beam" and args.beam_width < 1:
+        raise UsageError(f"beam width must be >= 1, got {args.beam_width}")
+    with user_input():  # every setting is checked before the model is loaded
+        gcfg = GenerationConfig(
         max_steps=args.max_steps, max_width=args.max_width, threshold=args.threshold,
         schedule=args.schedule, threshold_final=args.threshold_final, siblings=args.siblings,
         positions=args.positions, offset_delta=args.offset_delta, combine=args.combine, eos=args.eos,
@@ -44,18 +107,27 @@ def _cmd_generate(args) -> int:
         prune_timing=args.prune_timing, prune_rule=args.prune_rule, prune_rho=args.prune_rho,
         prune_theta=args.prune_theta, prune_layers=layers, prune_heads=heads,
         method=args.method if args.method != "beam" else "greedy", temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, compat=args.compat, seed=args.seed)
-    gcfg.validate()
-    from tempo_jax.loading import load_model
-
-    m = load_model(args.model)
-    if m.tokenizer is None:
-        raise SystemExit("this model has no tokenizer; convert it from a folder with tokenizer.json")
+            top_k=args.top_k, top_p=args.top_p, compat=args.compat, seed=args.seed)
+        gcfg.validate()
+    m = _load(args.model)
     decode = lambda ids: m.tokenizer.decode(ids)
+    eos = m.cfg.eos_token_ids
+    all_ids = []
+    for k, prompt in enumerate(prompts):  # every prompt is checked before the first one runs
+        ids = m.tokenizer(prompt).input_ids
+        where = f"prompt {k + 1} of {len(prompts)}: " if len(prompts) > 1 else ""
+        with user_input():
+            try:
+                if args.method == "beam":
+                    _check_beam(m.cfg, ids, args.max_steps)
+                else:
+                    check_request(m.cfg, gcfg, ids)
+            except ValueError as e:
+                raise ValueError(where + str(e)) from None
+        all_ids.append(ids)
     out = Path(args.out)
     colour = sys.stdout.isatty() and not args.no_colour
-    for k, prompt in enumerate(prompts):
-        ids = m.tokenizer(prompt).input_ids
+    for k, ids in enumerate(all_ids):
         if args.method == "beam":
             from tempo_jax.engine.beam import beam_search
 
@@ -65,29 +137,54 @@ def _cmd_generate(args) -> int:
             trace = generate(m.params, m.cfg, ids, gcfg, progress=True, model_id=m.source)
         stem = f"trace_{k:03d}"
         j, z = trace.save(out, stem)
-        (out / f"{stem}.txt").write_text(trace.render(decode) + "\n\nclean: " + trace.clean_text(decode) + "\n")
-        print(trace.render(decode, colour=colour))
-        print(f"\nclean text: {trace.clean_text(decode)}")
+        clean = trace.clean_text(decode, eos_ids=eos)
+        (out / f"{stem}.txt").write_text(trace.render(decode, eos_ids=eos) + "\n\nclean: " + clean + "\n")
+        print(trace.render(decode, colour=colour, eos_ids=eos))
+        print(f"\nclean text: {clean}")
         sizes = [len(st["members"]) for st in trace.steps()]
         print(f"steps {len(sizes)}, mean set size {sum(sizes) / max(len(sizes), 1):.2f}, "
               f"max {max(sizes, default=0)}; files: {j}, {z}, {out / (stem + '.txt')}\n")
     return 0
 
 
+def _check_beam(cfg, ids, max_steps: int) -> None:
+    """Beam search's own input checks, run before any compute."""
+    if not ids:
+        raise ValueError("the prompt is empty: give at least one token")
+    if len(ids) + max_steps + 1 > cfg.max_position_embeddings:
+        raise ValueError(f"prompt ({len(ids)} tokens) + {max_steps} steps exceeds the model's context "
+                         f"of {cfg.max_position_embeddings} positions; shorten the prompt or lower "
+                         "--max-steps")
+
+
+def _echo_prompt(text: str, ids: list[int], decode, edge: int = 60, most: int = 40) -> str:
+    """The prompt as its tokens when it is short; otherwise the token count and the first and last
+    ``edge`` characters, so a long prompt file does not fill the screen."""
+    if len(ids) <= most:
+        return f"prompt tokens {len(ids)}: {[decode([i]) for i in ids]}"
+    if len(text) <= 2 * edge + 5:
+        return f"prompt tokens {len(ids)}: {text!r}"
+    return f"prompt tokens {len(ids)} ({len(text)} characters): {text[:edge]!r} ... {text[-edge:]!r}"
+
+
 def _cmd_forward(args) -> int:
+    prompt = _read_prompts(args, per_line=False)[0]
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    m = _load(args.model)
+
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from tempo_jax.loading import load_model
     from tempo_jax.model import TapsSpec, causal_mask, forward, init_cache
 
-    m = load_model(args.model)
-    if m.tokenizer is None:
-        raise SystemExit("this model folder has no tokenizer; convert it from a folder with tokenizer.json")
-    ids = m.tokenizer(args.prompt).input_ids
+    ids = m.tokenizer(prompt).input_ids
     if not ids:
-        raise SystemExit("the prompt is empty after tokenisation")
+        raise UsageError("the prompt is empty after tokenisation")
+    if len(ids) > m.cfg.max_position_embeddings:
+        raise UsageError(f"prompt ({len(ids)} tokens) exceeds the model's context of "
+                         f"{m.cfg.max_position_embeddings} positions; shorten the prompt")
     t = len(ids)
     tokens = jnp.asarray([ids])
     positions = jnp.arange(t, dtype=jnp.float32)[None]
@@ -96,7 +193,7 @@ def _cmd_forward(args) -> int:
                           causal_mask(1, t, t), init_cache(m.cfg, 1, t), TapsSpec(attn=True))
     probs = np.asarray(jax.nn.softmax(logits[0, -1]))
     top = np.argsort(-probs)[: args.top_k]
-    print(f"model {m.cfg.name}  prompt tokens {t}: {[m.tokenizer.decode([i]) for i in ids]}")
+    print(f"model {m.cfg.name}  {_echo_prompt(prompt, ids, m.tokenizer.decode)}")
     print(f"\nnext-token top-{args.top_k}:")
     for i in top:
         print(f"  {probs[i]:7.4f}  {m.tokenizer.decode([int(i)])!r}")
@@ -113,12 +210,10 @@ def _cmd_forward(args) -> int:
 def _cmd_sweep(args) -> int:
     from tempo_jax.sweeps.runner import main as sweep_main
 
-    try:
+    with user_input():  # a bad spec or a reused --out is refused by the runner before any compute
         sweep_main(args.spec, args.out, model=args.model, coordinator=args.coordinator,
                    num_processes=args.num_processes, process_id=args.process_id,
                    progress=not args.no_progress)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
     return 0
 
 
@@ -128,78 +223,110 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="tempo-jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    model_help = "default (SmolLM2-135M-Instruct), a converted folder, an HF folder or a .gguf"
 
     g = sub.add_parser("generate", help="TEMPO generation (the main job)", epilog=GENERATE_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    g.add_argument("--prompt", help="prompt text")
-    g.add_argument("--prompt-file", help="file with one prompt per line")
-    g.add_argument("--model", default=None,
-                   help="default (SmolLM2-135M-Instruct), a converted folder, an HF folder or a .gguf")
-    g.add_argument("--threshold", type=float, default=0.1, help="tau_0: keep tokens with p >= tau")
-    g.add_argument("--schedule", default="constant",
-                   choices=Schedule.names())
-    g.add_argument("--threshold-final", type=float, default=None, help="tau at the last step")
-    g.add_argument("--max-steps", type=int, default=32, help="logical steps")
-    g.add_argument("--max-width", type=int, default=8, help="W: most members per set")
-    g.add_argument("--siblings", default="isolated", choices=SiblingRule.names())
-    g.add_argument("--positions", default="shared", choices=PositionVariant.names())
-    g.add_argument("--offset-delta", type=float, default=0.001, help="offset variant: member i at +i*delta")
-    g.add_argument("--combine", default="mixture", choices=CombineRule.names())
-    g.add_argument("--eos", default="top", choices=EosRule.names())
-    g.add_argument("--min-steps", type=int, default=0)
+                       formatter_class=_HelpFormatter)
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", help="text file with one prompt per line (blank lines skipped)")
+    g.add_argument("--model", default=None, help=model_help)
+    g.add_argument("--threshold", type=float, default=0.1,
+                   help="tau_0, in (0, 1]: keep every token with p >= tau")
+    g.add_argument("--schedule", default="constant", choices=Schedule.names(),
+                   help="how tau moves from --threshold to --threshold-final over the steps")
+    g.add_argument("--threshold-final", type=float, default=None,
+                   help="tau at the last step (scheduled runs; unset: tau_0)")
+    g.add_argument("--max-steps", type=int, default=32, help="logical steps (candidate sets), >= 1")
+    g.add_argument("--max-width", type=int, default=8, help="W: most members per set, >= 1")
+    g.add_argument("--siblings", default="isolated", choices=SiblingRule.names(),
+                   help="which same-step siblings a member attends to")
+    g.add_argument("--positions", default="shared", choices=PositionVariant.names(),
+                   help="logical (RoPE) positions of a set's members")
+    g.add_argument("--offset-delta", type=float, default=0.001,
+                   help="offset positions: member i at P + i*delta")
+    g.add_argument("--combine", default="mixture", choices=CombineRule.names(),
+                   help="how the members' next-token distributions are combined")
+    g.add_argument("--eos", default="top", choices=EosRule.names(),
+                   help="stop when EOS is the top member, any member, or all members")
+    g.add_argument("--min-steps", type=int, default=0, help="steps before EOS may stop the run")
     g.add_argument("--prune", action="store_true", help="retroactive pruning on")
-    g.add_argument("--prune-window", type=int, default=2)
-    g.add_argument("--prune-timing", default="window", choices=PruneTiming.names())
-    g.add_argument("--prune-rule", default="relative", choices=PruneRule.names())
-    g.add_argument("--prune-rho", type=float, default=0.5, help="relative rule: prune below rho x set mean")
-    g.add_argument("--prune-theta", type=float, default=0.01, help="absolute/sigmoid threshold")
-    g.add_argument("--prune-layers", default=None, help="comma-separated layer subset for scoring")
-    g.add_argument("--prune-heads", default=None, help="comma-separated head subset for scoring")
-    g.add_argument("--method", default="tempo", choices=Method.names() + ["beam"])
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--beam-width", type=int, default=4)
-    g.add_argument("--length-penalty", type=float, default=1.0)
+    g.add_argument("--prune-window", type=int, default=2,
+                   help="steps of later attention a member is scored on before it is judged")
+    g.add_argument("--prune-timing", default="window", choices=PruneTiming.names(),
+                   help="judge once the window is full, or at every step while it is open")
+    g.add_argument("--prune-rule", default="relative", choices=PruneRule.names(),
+                   help="how a member's attention score is turned into keep or prune")
+    g.add_argument("--prune-rho", type=float, default=0.5,
+                   help="relative rule: prune below rho x the set's mean score")
+    g.add_argument("--prune-theta", type=float, default=0.01,
+                   help="absolute/sigmoid rule: score threshold")
+    g.add_argument("--prune-layers", default=None,
+                   help="comma-separated layers whose attention scores members (unset: all)")
+    g.add_argument("--prune-heads", default=None,
+                   help="comma-separated heads whose attention scores members (unset: all)")
+    g.add_argument("--method", default="tempo", choices=Method.names() + ["beam"],
+                   help="TEMPO, or a baseline: greedy, sampling, beam search")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
+    g.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most probable (0: off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass, in (0, 1]")
+    g.add_argument("--beam-width", type=int, default=4, help="beam search: beams kept")
+    g.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: rank by score / length**penalty")
     g.add_argument("--compat", default="none", choices=Compat.names(),
                    help="upstream: replicate the original PyTorch implementation's feed sequence")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="PRNG seed (sampling; recorded in the trace)")
     g.add_argument("--out", default="runs/latest", help="output directory for trace files")
-    g.add_argument("--no-colour", action="store_true")
+    g.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
     g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser("forward", help="one forward pass: next-token top-k and per-layer attention",
-                       epilog='example: tempo-jax forward --prompt "The cat sat on the"')
-    f.add_argument("--prompt", required=True)
-    f.add_argument("--model", default=None,
-                   help="default (SmolLM2-135M-Instruct), a converted folder, an HF folder or a .gguf")
-    f.add_argument("--top-k", type=int, default=10)
+                       formatter_class=_HelpFormatter,
+                       epilog='examples:\n  tempo-jax forward --prompt "The cat sat on the"\n'
+                              '  tempo-jax forward --prompt-file long_prompt.txt --top-k 5')
+    fsrc = f.add_mutually_exclusive_group(required=True)
+    fsrc.add_argument("--prompt", help="prompt text")
+    fsrc.add_argument("--prompt-file", help="text file read as ONE prompt")
+    f.add_argument("--model", default=None, help=model_help)
+    f.add_argument("--top-k", type=int, default=10, help="next-token candidates to list")
     f.set_defaults(func=_cmd_forward)
 
     c = sub.add_parser("convert", help="convert an HF safetensors folder or a GGUF file",
+                       formatter_class=_HelpFormatter,
                        epilog="example: tempo-jax convert ./cogito-v1-preview-llama-3B ./cogito-jax")
-    c.add_argument("src")
-    c.add_argument("out")
-    c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    c.add_argument("src", help="Hugging Face model folder (config.json + safetensors) or a .gguf file")
+    c.add_argument("out", help="folder to write the converted model to")
+    c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of the stored parameters")
     c.set_defaults(func=_cmd_convert)
 
     w = sub.add_parser("sweep", help="run a sweep spec (YAML) of worlds as one batched program",
+                       formatter_class=_HelpFormatter,
                        epilog="example: tempo-jax sweep experiments/sweeps/ablate_each_head.yaml "
                               "--out runs/ablate_each_head")
     w.add_argument("spec", help="sweep spec (YAML): axes prompts/thresholds/siblings/positions/heads/seeds")
     w.add_argument("--out", required=True, help="output directory (a rerun resumes; another spec is refused)")
     w.add_argument("--model", default=None, help="overrides the spec's model (part of the spec hash)")
     w.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0")
-    w.add_argument("--num-processes", type=int, default=1)
-    w.add_argument("--process-id", type=int, default=0)
-    w.add_argument("--no-progress", action="store_true")
+    w.add_argument("--num-processes", type=int, default=1, help="multi-host: processes in the sweep")
+    w.add_argument("--process-id", type=int, default=0, help="multi-host: this process's index")
+    w.add_argument("--no-progress", action="store_true", help="no progress bar")
     w.set_defaults(func=_cmd_sweep)
+
+    from tempo_jax.research_cli import add_parser as add_research
+
+    add_research(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Entry point: a bad input gives one line ``tempo-jax: error: ...`` on stderr and status 2."""
+
+    def run() -> int:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+
+    return run_entry(run)
 
 
 if __name__ == "__main__":

@@ -151,12 +151,13 @@ def plot_heatmap(heat, path, title):
             ks = np.flatnonzero(ss == t)
             ax.plot([ks[0] - 0.45, ks[-1] + 0.45], [-0.5, -0.5], color="red", lw=5, clip_on=False,
                     solid_capstyle="butt")
-    ax.set_xlabel("key slot (white lines: set boundaries; red bars: parallel sets; slot 0 = sink)")
+    ax.set_xlabel("key slot\n(white lines: set boundaries; red bars: parallel sets; slot 0 = sink)",
+                  fontsize=8)
     ax.set_ylabel("layer")
     ax.set_yticks(range(a.shape[0]))
     ax.set_title(f"{title} - step {s}", fontsize=9, pad=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight", pad_inches=0.1)  # keeps the long labels whole
     plt.close(fig)
 
 
@@ -189,22 +190,50 @@ def summary_md(prompt, text, arr, tree, meta) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point: a bad input gives one line ``tempo-jax: error: ...`` on stderr and status 2."""
+    from tempo_jax.errors import run_entry
+
+    return run_entry(lambda: _main(build_parser().parse_args(argv)))
+
+
+def _main(args) -> int:
+    from tempo_jax.errors import UsageError, user_input
+
+    if args.prompt is not None:
+        prompts = [args.prompt] if args.prompt.strip() else []
+    else:
+        try:
+            text = Path(args.prompt_file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--prompt-file {args.prompt_file}: "
+                             f"{getattr(e, 'strerror', None) or e}") from e
+        prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not prompts:
+        raise UsageError("no prompt: the prompt is empty" if args.prompt is not None
+                         else f"--prompt-file {args.prompt_file} holds no prompt (only blank lines)")
+    if args.model not in (None, "default") and not Path(args.model).exists():
+        raise UsageError(f"--model {args.model}: no such file or folder")
     from tqdm.auto import tqdm
 
     from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.engine.run import check_request
     from tempo_jax.loading import load_model
     from tempo_jax.metrics import tree_stats
 
-    prompts = [args.prompt] if args.prompt is not None else [
-        ln.strip() for ln in Path(args.prompt_file).read_text().splitlines() if ln.strip()]
-    gcfg = GenerationConfig(max_steps=args.max_tokens, max_width=args.max_width,
-                            threshold=args.threshold, siblings=args.siblings,
-                            positions=args.positions, seed=args.seed)
-    gcfg.validate()
-    m = load_model(args.model)
+    with user_input():  # every setting is checked before the model is loaded
+        gcfg = GenerationConfig(max_steps=args.max_tokens, max_width=args.max_width,
+                                threshold=args.threshold, siblings=args.siblings,
+                                positions=args.positions, seed=args.seed)
+        gcfg.validate()
+        m = load_model(args.model)
     if m.tokenizer is None:
-        raise SystemExit("this model has no tokenizer; convert it from a folder with tokenizer files")
+        raise UsageError(f"model {m.source} has no tokenizer; convert it from a folder with tokenizer files")
+    for k, prompt in enumerate(prompts):  # every prompt is checked before the first one runs
+        with user_input():
+            try:
+                check_request(m.cfg, gcfg, m.tokenizer(prompt).input_ids)
+            except ValueError as e:
+                raise ValueError(f"prompt {k + 1} of {len(prompts)}: {e}") from None
     L, H = m.cfg.num_layers, m.cfg.num_heads
     embed = np.asarray(m.params["embed"], np.float32)
     out = Path(args.output_dir)
@@ -220,7 +249,7 @@ def main(argv=None) -> int:
         arr = rec.arrays(L, H)
         tree = tree_stats(trace.arrays["set_n"])
         np.savez_compressed(pdir / "metrics.npz", **arr)
-        text = trace.render(decode)
+        text = trace.render(decode, eos_ids=m.cfg.eos_token_ids)
         axes = {k2: ["step", "layer", "head"] for k2 in LH_KEYS} | {k2: ["step"] for k2 in S_KEYS}
         meta = {"model": m.source, "threshold": args.threshold, "max_tokens": args.max_tokens,
                 "max_width": args.max_width, "siblings": args.siblings, "positions": args.positions,

@@ -67,10 +67,33 @@ def fmt(v, spec=".4g"):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point: a bad input gives one line ``tempo-jax: error: ...`` on stderr and status 2."""
+    from tempo_jax.errors import run_entry
+
+    return run_entry(lambda: _main(build_parser().parse_args(argv)))
+
+
+def _check_args(args) -> Path:
+    """Refuse bad settings and a data dir without results before any statistics are computed."""
+    from tempo_jax.errors import UsageError
+
+    if not 0.0 < args.ci < 1.0:
+        raise UsageError(f"--ci must be in (0, 1), got {args.ci}")
+    if args.n_boot < 1:
+        raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"--data-dir {data_dir}: no such folder")
+    if not any(data_dir.glob("prompt_*/metrics.npz")):
+        raise UsageError(f"no prompt_*/metrics.npz under {data_dir}; run "
+                         "analyze_attention_mech_interp.py with --output-dir pointing there first")
+    return data_dir
+
+
+def _main(args) -> int:
     from tempo_jax.stats import summarize_paired
 
-    data_dir = Path(args.data_dir)
+    data_dir = _check_args(args)
     names, deltas = per_prompt_deltas(data_dir)
     n_valid = int(np.isfinite(deltas).all(axis=1).sum())
     with warnings.catch_warnings():
@@ -112,14 +135,16 @@ def main(argv=None) -> int:
         "n_boot": args.n_boot, "ci": args.ci, "seed": args.seed}, indent=1))
     if not args.no_plots:
         _, head_deltas = per_prompt_deltas(data_dir, per_head=True)  # [P,L,H]
-        plot_stats(rows[:-1], head_deltas, data_dir, pct, args)
+        plot_stats(rows[:-1], head_deltas, data_dir, pct, args, n_valid)
     print(md)
     return 0
 
 
-def plot_stats(layer_rows, head_deltas, data_dir: Path, pct: int, args) -> None:
+def plot_stats(layer_rows, head_deltas, data_dir: Path, pct: int, args, n_valid: int) -> None:
     """stats_layers.png: per-layer mean delta with bootstrap CI bars; stats_heads.png: per layer x
-    head mean delta over prompts, cells whose CI excludes 0 marked with a dot."""
+    head mean delta over prompts, cells whose CI excludes 0 marked with a dot. With fewer than 2
+    prompts with parallel context (``n_valid``) there is no CI: no bars, no dots, and the titles
+    say so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,12 +157,18 @@ def plot_stats(layer_rows, head_deltas, data_dir: Path, pct: int, args) -> None:
     hi = np.array([r["hi"] for _, r in layer_rows], float)
     fig, ax = plt.subplots(figsize=(max(6, len(means) * 0.3), 3.2))
     x = np.arange(len(means))
-    err = np.nan_to_num(np.stack([means - lo, hi - means]), nan=0.0)
-    ax.bar(x, means, yerr=err, capsize=2, color="tab:blue")
+    has_ci = n_valid >= 2
+    if has_ci:
+        err = np.nan_to_num(np.stack([means - lo, hi - means]), nan=0.0)
+        ax.bar(x, means, yerr=err, capsize=2, color="tab:blue")
+        ax.set_title(f"per-layer delta, {pct}% bootstrap CI over {n_valid} prompts", fontsize=9)
+    else:
+        ax.bar(x, np.nan_to_num(means, nan=0.0), color="tab:blue")
+        ax.set_title(f"per-layer delta, {n_valid} prompt(s) with parallel context: no CI "
+                     "(needs >= 2 prompts)", fontsize=9)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlabel("layer")
     ax.set_ylabel("parallel - non-parallel (per token)")
-    ax.set_title(f"per-layer delta, {pct}% bootstrap CI over prompts")
     fig.tight_layout()
     fig.savefig(data_dir / "stats_layers.png", dpi=90)
     plt.close(fig)
@@ -147,13 +178,14 @@ def plot_stats(layer_rows, head_deltas, data_dir: Path, pct: int, args) -> None:
     fig, ax = plt.subplots(figsize=(max(4, grid.shape[1] * 0.5), max(3, grid.shape[0] * 0.25)))
     lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
     im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    for (l, h), _ in np.ndenumerate(grid):
+    for (l, h), _ in np.ndenumerate(grid) if has_ci else ():
         r = bootstrap_ci(head_deltas[:, l, h], n_boot=min(args.n_boot, 2000), ci=args.ci, seed=args.seed)
         if np.isfinite(r["lo"]) and (r["lo"] > 0 or r["hi"] < 0):
             ax.plot(h, l, "k.", ms=3)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("mean delta per head (dot: CI excludes 0)")
+    ax.set_title("mean delta per head (dot: CI excludes 0)" if has_ci else
+                 "mean delta per head (< 2 prompts: no CI)", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(data_dir / "stats_heads.png", dpi=90)

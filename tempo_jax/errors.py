@@ -1,0 +1,69 @@
+"""Errors in what the user gave, as the command line reports them: one line, exit status 2.
+
+Library code raises ``ValueError`` (or ``FileNotFoundError``) when an input is bad. At the command-line
+boundary the calls that check inputs run inside :func:`user_input`, which turns those into
+:class:`UsageError`; :func:`run_entry` prints a UsageError as ``tempo-jax: error: <message>`` on
+stderr and returns 2. Anything else keeps its traceback: it is a bug, not a bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Callable, Iterator
+
+EXIT_USAGE = 2
+PROG = "tempo-jax"
+
+
+class UsageError(Exception):
+    """Something the user gave (an option, a file, a prompt, a model path) cannot be used."""
+
+
+def one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+@contextlib.contextmanager
+def user_input() -> Iterator[None]:
+    """Inside: a ValueError or an OSError naming a file (missing, a folder, unreadable) is the
+    user's input being refused, and leaves as a UsageError with the same message."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except OSError as e:
+        if e.filename is None:
+            raise
+        raise UsageError(f"{e.filename}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def quiet_libraries() -> None:
+    """Silence third-party notices that are not about the user's command (transformers says
+    "PyTorch was not found" although running without torch is intended). Called by entry points
+    only, before transformers is imported; a TRANSFORMERS_VERBOSITY the user set is kept."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules and os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+        from transformers.utils import logging as hf_logging  # imported already: set it directly
+
+        hf_logging.set_verbosity_error()
+
+
+def report(message: object, prog: str = PROG) -> None:
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def run_entry(fn: Callable[[], int], prog: str = PROG) -> int:
+    """Run an entry point's body: a UsageError becomes one stderr line and exit status 2."""
+    quiet_libraries()
+    try:
+        return fn()
+    except UsageError as e:
+        report(e, prog)
+        return EXIT_USAGE
+    except BrokenPipeError:  # output piped into e.g. ``head``, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
