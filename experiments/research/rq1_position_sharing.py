@@ -125,17 +125,14 @@ def run(ctx) -> Output:
 
 
 def _figures(ctx, rows, tok, st, heads, L):
-    import matplotlib
+    from experiments.plotting import ci_bars, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     for a, x, name in ((ax[0], tok, "per member token"), (ax[1], st, "summed over the set")):
-        ci = [S.bootstrap_ci(x[:, j], n_boot=1999) for j in range(len(NS))]
-        a.errorbar(NS, [c["mean"] for c in ci], yerr=[[c["mean"] - c["lo"] for c in ci],
-                                                       [c["hi"] - c["mean"] for c in ci]],
-                   marker="o", capsize=3)
+        mean, err = ci_bars([S.bootstrap_ci(x[:, j], n_boot=1999) for j in range(len(NS))])
+        a.errorbar(NS, mean, yerr=err, marker="o", capsize=3)
         a.set_xscale("log")
         a.set_xticks(NS, [str(n) for n in NS])
         a.set_xlabel("set size n (shared position)")
@@ -146,9 +143,8 @@ def _figures(ctx, rows, tok, st, heads, L):
 
     fig, ax = plt.subplots(figsize=(10, 3.4))
     vals = np.asarray([[r[f"L{l:02d}_pos_n20"] for l in range(L)] for r in rows])
-    ci = [S.bootstrap_ci(vals[:, l], n_boot=1999) for l in range(L)]
-    ax.bar(range(L), [c["mean"] for c in ci], yerr=[[c["mean"] - c["lo"] for c in ci],
-                                                    [c["hi"] - c["mean"] for c in ci]], capsize=2)
+    mean, err = ci_bars([S.bootstrap_ci(vals[:, l], n_boot=1999) for l in range(L)])
+    ax.bar(range(L), mean, yerr=err, capsize=2)
     ax.axhspan(-MARGIN, MARGIN, color="grey", alpha=0.2, label="+-10% margin")
     ax.set_xlabel("layer")
     ax.set_ylabel("log(distinct / shared)")

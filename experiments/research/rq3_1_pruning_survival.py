@@ -132,10 +132,9 @@ def run(ctx) -> Output:
 
 
 def _figures(ctx, table, y, early, groups):
-    import matplotlib
+    from experiments.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
     names = [t["predictor"] for t in table]
