@@ -1,0 +1,295 @@
+"""The research harness on a toy experiment (no model: a stand-in object with parameters, synthetic
+per-prompt rows with a planted effect and planted nulls), run into tmp_path: statistics equal a
+direct computation with tempo_jax.stats, correction covers each declared family, verdict wording
+for a big-n null vs a tiny-n null, provenance, refusals before compute, and an interrupted run
+leaving earlier results intact."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.research import harness as H  # noqa: E402
+from tempo_jax import stats as S  # noqa: E402
+
+MARGIN = 0.2
+
+
+def toy_design(**kw):
+    base = dict(
+        id="toy1", questions=("9.9",), title="toy: planted effect and planted nulls",
+        primary_metric="synthetic difference per prompt", contrast="condition B - condition A",
+        hypotheses=(
+            H.Hypothesis("E", "B raises the metric", "eff", ">0"),
+            H.Hypothesis("N", "B leaves the metric unchanged within the margin", "null", "=0"),
+            H.Hypothesis("S", "secondary columns fall", "sec_*", "<0", family="secondary"),
+        ),
+        margin=MARGIN, margin_note="toy units", metrics=("eff", "null", "sec_*"),
+        families={"primary": "holm", "secondary": "fdr_bh"},
+        genres=("prose", "code", "facts"), n_per_genre=None, quick_n=1, seed=3,
+        caveats=("synthetic data",))
+    base.update(kw)
+    return H.Design(**base)
+
+
+class Toy:
+    """A toy experiment module; remembers its rows and whether run() was called."""
+
+    def __init__(self, design=None, fail=False):
+        self.DESIGN = design or toy_design()
+        self.fail, self.calls, self.rows = fail, 0, None
+
+    def module(self):
+        mod = types.ModuleType("toy_experiment")
+        mod.DESIGN, mod.run = self.DESIGN, self.run
+        return mod
+
+    def run(self, ctx):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("interrupted inside run")
+        rng = np.random.default_rng(ctx.seed)
+        n = len(ctx.prompts)
+        rows = [{"prompt_id": p.id, "genre": p.genre, "eff": float(e), "null": float(z),
+                 "sec_a": float(a), "sec_b": float(b)}
+                for p, e, z, a, b in zip(ctx.prompts, rng.normal(0.5, 1.0, n), rng.normal(0.0, 0.3, n),
+                                         rng.normal(-0.4, 1.0, n), rng.normal(0.0, 1.0, n))]
+        self.rows = rows
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.hist([r["eff"] for r in rows])
+        ctx.figure(fig, "eff")
+        return H.Output(rows=rows, notes=["toy note"])
+
+
+def fake_model(scale=1.0):
+    params = {"layer": {"w": np.arange(6.0).reshape(2, 3) * scale, "b": np.zeros(2, np.float32)}}
+    return types.SimpleNamespace(params=params, source="toy:seeded")
+
+
+@pytest.fixture
+def register(monkeypatch):
+    def reg(*toys):
+        monkeypatch.setattr(H, "registry", lambda: {t.DESIGN.id: t.module() for t in toys})
+    return reg
+
+
+def one_line(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One full run on every test prompt of the corpus (module scope: ~360 prompts, BCa 4999)."""
+    mp = pytest.MonkeyPatch()
+    toy = Toy()
+    mp.setattr(H, "registry", lambda: {"toy1": toy.module()})
+    root = tmp_path_factory.mktemp("results")
+    dest = H.run_experiment("toy1", out=root / "toy1", loaded_model=fake_model())
+    mp.undo()
+    return toy, dest, json.loads((dest / "result.json").read_text())
+
+
+def test_statistics_match_direct_computation(full_run):
+    toy, dest, res = full_run
+    d = toy.DESIGN
+    tests = {t["column"]: t for t in res["tests"]}
+    assert set(tests) == {"eff", "null", "sec_a", "sec_b"}
+    direct = {c: S.summarize_paired([r[c] for r in toy.rows], n_boot=4999, seed=d.seed, margin=MARGIN)
+              for c in tests}
+    for c, t in tests.items():
+        r = direct[c]
+        assert t["n"] == r["n"] == len(toy.rows)
+        for k_h, k_s in (("estimate", "mean"), ("lo", "lo"), ("hi", "hi"), ("p", "p"),
+                         ("p_tost", "p_tost"), ("d_z", "d_z")):
+            assert t[k_h] == pytest.approx(r[k_s], rel=1e-12, abs=1e-15), (c, k_h)
+    # correction within each declared family, with the family's method
+    prim = S.correct([direct["eff"]["p"], direct["null"]["p"]], "holm").p_adj
+    prim_t = S.correct([direct["eff"]["p_tost"], direct["null"]["p_tost"]], "holm").p_adj
+    sec = S.correct([direct["sec_a"]["p"], direct["sec_b"]["p"]], "fdr_bh").p_adj
+    assert tests["eff"]["p_adj"] == pytest.approx(prim[0]) and tests["null"]["p_adj"] == pytest.approx(prim[1])
+    assert tests["null"]["p_tost_adj"] == pytest.approx(prim_t[1])
+    assert tests["sec_a"]["p_adj"] == pytest.approx(sec[0]) and tests["sec_b"]["p_adj"] == pytest.approx(sec[1])
+    assert tests["sec_a"]["family"] == "secondary"
+    # verdicts: planted effect found, planted null equivalent within the margin at this n
+    assert tests["eff"]["verdict"].startswith("differs (+)")
+    assert tests["null"]["verdict"] == f"no effect within +-{MARGIN:.3g}"
+    assert tests["sec_a"]["verdict"].startswith("differs (-)")
+
+
+def test_outputs_and_provenance(full_run):
+    toy, dest, res = full_run
+    for f in ("result.json", "rows.csv", "summary.md", "fig_eff.png"):
+        assert (dest / f).is_file(), f
+    assert not list(dest.parent.glob("*.partial")) and not list(dest.parent.glob("*.old"))
+    prov = res["provenance"]
+    for k in ("model", "params_hash", "commit", "dirty", "corpus_hash", "split", "seed", "versions",
+              "run_seconds", "n_prompts", "prompt_ids", "command"):
+        assert k in prov, k
+    assert prov["params_hash"] == H.params_hash(fake_model().params)
+    from experiments import corpus
+
+    assert prov["corpus_hash"] == corpus.corpus_hash() and prov["split"] == "test"
+    assert prov["n_prompts"] == len(corpus.load(split="test")) == len(toy.rows)
+    for lib in ("python", "jax", "flax", "numpy", "scipy", "statsmodels"):
+        assert prov["versions"].get(lib), lib
+    assert res["design"]["id"] == "toy1" and res["design"]["margin"] == MARGIN
+    lines = (dest / "rows.csv").read_text().splitlines()
+    assert lines[0].startswith("prompt_id,genre,eff") and len(lines) == len(toy.rows) + 1
+    assert "toy note" in (dest / "summary.md").read_text()
+
+
+def test_findings_wording_big_n_null_vs_tiny_n_null(full_run, register, tmp_path):
+    _, dest, _ = full_run
+    toy = Toy()
+    register(toy)
+    results = tmp_path / "results"
+    import shutil
+
+    shutil.copytree(dest, results / "toy1")
+    quick = H.run_experiment("toy1", quick=True, out=results / "toy1q", loaded_model=fake_model())
+    q = json.loads((quick / "result.json").read_text())
+    assert q["provenance"]["n_prompts"] == 3  # quick_n = 1 per genre
+    assert {t["column"]: t for t in q["tests"]}["null"]["verdict"] == "cannot tell at this n"
+    path = H.write_findings(results, tmp_path / "FINDINGS.md")
+    text = path.read_text()
+    assert "Generated by `tempo-jax research report`" in text
+    assert f"no effect within +-{MARGIN:.3g}" in text and "cannot tell at this n" in text
+    assert "results/toy1/result.json" in text and "synthetic data" in text
+
+
+def test_params_hash_is_order_free_and_sensitive():
+    a = {"x": np.ones(3), "y": {"z": np.arange(4.0)}}
+    b = {"y": {"z": np.arange(4.0)}, "x": np.ones(3)}
+    assert H.params_hash(a) == H.params_hash(b)
+    c = {"x": np.ones(3), "y": {"z": np.arange(4.0) + 1e-7}}
+    assert H.params_hash(a) != H.params_hash(c)
+    assert H.params_hash({"x": np.ones(3, np.float32)}) != H.params_hash({"x": np.ones(3, np.float64)})
+
+
+def test_refusals_are_one_line_and_before_compute(register, tmp_path):
+    toy = Toy()
+    register(toy)
+    with pytest.raises(ValueError) as e:
+        H.run_experiment("nope", out=tmp_path / "x", loaded_model=fake_model())
+    assert "unknown experiment 'nope'" in one_line(e) and "toy1" in one_line(e)
+
+    bad = Toy(toy_design(hypotheses=(H.Hypothesis("E", "s", "zzz", ">0"),)))
+    register(bad)
+    with pytest.raises(ValueError) as e:
+        H.run_experiment("toy1", out=tmp_path / "x", loaded_model=fake_model())
+    assert "unknown metric 'zzz'" in one_line(e) and bad.calls == 0
+
+    register(toy)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n\n")
+    with pytest.raises(ValueError) as e:
+        H.run_experiment("toy1", prompt_file=blank, out=tmp_path / "x", loaded_model=fake_model())
+    assert "no usable prompt" in one_line(e) and toy.calls == 0
+
+
+def test_existing_results_of_another_model_or_corpus_refused(register, tmp_path):
+    toy = Toy()
+    register(toy)
+    dest = tmp_path / "results" / "toy1"
+    H.run_experiment("toy1", quick=True, out=dest, loaded_model=fake_model())
+    assert toy.calls == 1
+    with pytest.raises(ValueError) as e:
+        H.run_experiment("toy1", quick=True, out=dest, loaded_model=fake_model(scale=2.0))
+    assert "another model" in one_line(e) and toy.calls == 1
+    assert not list(dest.parent.glob("*.partial"))
+    res = json.loads((dest / "result.json").read_text())
+    res["provenance"]["corpus_hash"] = "0" * 64
+    (dest / "result.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError) as e:
+        H.run_experiment("toy1", quick=True, out=dest, loaded_model=fake_model())
+    assert "another corpus" in one_line(e) and toy.calls == 1
+    H.run_experiment("toy1", quick=True, out=dest, loaded_model=fake_model(scale=2.0), force=True)
+    assert toy.calls == 2
+    assert json.loads((dest / "result.json").read_text())["provenance"]["params_hash"] == \
+        H.params_hash(fake_model(scale=2.0).params)
+
+
+def test_interrupted_run_leaves_earlier_results_intact(register, tmp_path):
+    dest = tmp_path / "results" / "toy1"
+    register(Toy())
+    H.run_experiment("toy1", quick=True, out=dest, loaded_model=fake_model())
+    before = {f.name: f.read_bytes() for f in dest.iterdir()}
+    failing = Toy(fail=True)
+    register(failing)
+    with pytest.raises(RuntimeError, match="interrupted inside run"):
+        H.run_experiment("toy1", quick=True, out=dest, loaded_model=fake_model())
+    assert failing.calls == 1
+    assert {f.name: f.read_bytes() for f in dest.iterdir()} == before
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["toy1"]
+
+
+def test_quick_run_never_writes_the_committed_results(register, tmp_path):
+    register(Toy())
+    with pytest.raises(ValueError) as e:
+        H.run_experiment("toy1", quick=True, out=H.RESULTS / "toy1", loaded_model=fake_model())
+    assert "committed results" in one_line(e)
+    assert not (H.RESULTS / "toy1").exists()
+
+
+def test_research_list_discovers_designs(capsys):
+    """The real registry: every rq*.py with a DESIGN is listed; modules without one are skipped."""
+    import argparse
+
+    from tempo_jax import research_cli
+
+    p = argparse.ArgumentParser()
+    research_cli.add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["research", "list"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    reg = H.registry()
+    assert reg and all(k in out for k in reg)
+    for path in (ROOT / "experiments" / "research").glob("rq*.py"):
+        if "DESIGN" not in path.read_text():
+            assert path.stem not in {m.__name__.rsplit(".", 1)[-1] for m in reg.values()}
+
+
+def test_prompt_file_runs_and_another_file_is_refused(register, tmp_path):
+    toy = Toy()
+    register(toy)
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("The cat sat on the\n\nOnce upon a time\n")
+    dest = tmp_path / "out" / "toy1"
+    H.run_experiment("toy1", prompt_file=pf, out=dest, loaded_model=fake_model())
+    res = json.loads((dest / "result.json").read_text())
+    assert res["provenance"]["n_prompts"] == 2 and res["provenance"]["split"] == "custom"
+    assert res["provenance"]["prompt_file"] == "prompts.txt"  # no machine path recorded
+    assert {t["column"]: t for t in res["tests"]}["null"]["verdict"] == "cannot tell at this n"
+    pf.write_text("A different prompt\nand another one\n")
+    with pytest.raises(ValueError) as e:
+        H.run_experiment("toy1", prompt_file=pf, out=dest, loaded_model=fake_model())
+    assert "another corpus" in one_line(e) and toy.calls == 1
+
+
+def test_findings_orders_mixed_ids(tmp_path):
+    for i, eid in enumerate(["rq10.1", "rq2.1b", "rq2.1"]):
+        d = tmp_path / eid
+        d.mkdir()
+        design = json.loads(json.dumps(H.dataclasses.asdict(toy_design(id=eid))))
+        prov = {"n_prompts": 3, "split": "test", "genres": ["prose"]}
+        (d / "result.json").write_text(json.dumps({"id": eid, "questions": ["9.9"], "title": eid,
+                                                   "design": design, "provenance": prov, "tests": [],
+                                                   "answer": f"answer {eid}"}))
+    text = H.write_findings(tmp_path, tmp_path / "FINDINGS.md").read_text()
+    assert text.index("## rq2.1 ") < text.index("## rq2.1b") < text.index("## rq10.1")
