@@ -6,8 +6,8 @@
 Reads the ``prompt_NNN/metrics.npz`` folders written by analyze_attention_mech_interp.py. For each
 prompt and layer: ``delta = mean over steps whose context holds a parallel slot of
 mean over heads of (parallel per-token - non-parallel per-token attention)`` (sink excluded from both).
-The prompt is the unit: over prompts it reports the mean delta, a percentile bootstrap CI, a
-sign-flip permutation p-value and paired Cohen's d, per layer and overall (mean over layers).
+The prompt is the unit: over prompts it reports the mean delta, a BCa bootstrap CI, a
+sign-flip permutation p-value and d_z (mean / sd of the deltas), per layer and overall (mean over layers).
 Writes ``stats.json`` and ``stats.md`` into the data dir and prints the table.
 """
 
@@ -108,15 +108,15 @@ def _main(args) -> int:
                 "effect sizes need several prompts (the prompt is the unit of analysis); per-prompt "
                 "values are shown, no inference is made.")
     elif n_valid < 6:
-        note = (f"only {n_valid} prompts: the percentile bootstrap CI is unreliable and the exact "
+        note = (f"only {n_valid} prompts: the BCa bootstrap CI is unreliable and the exact "
                 f"sign-flip p cannot go below 2/2^{n_valid} = {2 / 2 ** n_valid:.3g}; use more prompts.")
     pct = int(round(args.ci * 100))
     lines = ["# Parallel vs non-parallel attention (per token), clustered by prompt", "",
              f"delta = parallel - non-parallel attention per token (sink excluded), mean over heads "
              f"and over steps with parallel context, one value per prompt. Prompts: {len(names)} "
-             f"({n_valid} with parallel context). Bootstrap: percentile, {args.n_boot} resamples, "
-             f"seed {args.seed}; p: two-sided sign-flip permutation test over prompts; d: paired "
-             f"Cohen's d = mean/sd of per-prompt deltas.", ""]
+             f"({n_valid} with parallel context). Bootstrap: BCa, {args.n_boot} resamples, "
+             f"seed {args.seed}; p: two-sided sign-flip permutation test over prompts; d: d_z "
+             f"= mean/sd of per-prompt deltas.", ""]
     if note:
         lines += [f"**Note:** {note}", ""]
     lines += [f"| unit | n | mean delta | {pct}% CI | p | d |", "|---|---|---|---|---|---|"]
