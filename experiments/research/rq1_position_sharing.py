@@ -84,8 +84,9 @@ def run(ctx) -> Output:
     nat = len(DELTAS)  # the natural world (probe at P + 1)
     i1, i20 = NS.index(1), NS.index(20)
     sums = {k: [] for k in ("tok", "set")}
-    for p in ctx.progress(ctx.prompts, "prompts"):
-        r = measure_prompt(m.params, m.cfg, m.tokenizer(p.prompt).input_ids, NS, DELTAS, PROBE_GAP)
+    measure = lambda p: measure_prompt(m.params, m.cfg, m.tokenizer(p.prompt).input_ids, NS, DELTAS,
+                                       PROBE_GAP)
+    for p, r in ctx.map(measure):
         tok, st, kl = r["per_token"], r["per_set"], r["kl"]  # [n, world, L, H], [n, world]
         mt, ms = tok.mean((2, 3)), st.mean((2, 3))  # [n, world]
         row = {"prompt_id": p.id, "genre": p.genre, "probe_token": r["probe_token"]}

@@ -94,8 +94,8 @@ def run(ctx) -> Output:
     layers = tuple(l for l in LAYERS if l < m.cfg.num_layers) or (m.cfg.num_layers - 1,)
     g = GenerationConfig(**GEN, seed=ctx.seed)
     rows, parts = [], []
-    for k, p in enumerate(ctx.progress(ctx.prompts, "prompts")):
-        j, _ = judged_members(m.params, m.cfg, m.tokenizer(p.prompt).input_ids, g, layers)
+    judge = lambda p: judged_members(m.params, m.cfg, m.tokenizer(p.prompt).input_ids, g, layers)[0]
+    for k, (p, j) in enumerate(ctx.map(judge)):
         row = {"prompt_id": p.id, "genre": p.genre, "n_judged": len(j.survived),
                "survival_rate": float(j.survived.mean()) if len(j.survived) else np.nan}
         surv, pr = j.early_attn[j.survived], j.early_attn[~j.survived]
