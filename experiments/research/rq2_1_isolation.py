@@ -52,7 +52,7 @@ DESIGN = Design(
     metrics=("lppl_*", "correct_*", "parses_*", "repeat3_*", "setsize_*", "lpar_*", "leak_*"),
     families={"primary": "holm", "facts": "holm", "code": "holm", "secondary": "holm",
               "attention": "holm"},
-    n_per_genre=40,
+    n_per_genre=30,
     quick_n=2,
     caveats=(
         "Isolated is TEMPO's default and the reference; under isolation leakage is 0 by construction.",
