@@ -73,10 +73,10 @@ def _cmd_convert(args) -> int:
 
 GENERATE_EXAMPLES = """examples:
   tempo-jax generate --prompt "The cat sat on the"
-  tempo-jax generate --prompt "Once upon a time" --threshold 0.05 --max-width 8 --prune
+  tempo-jax generate --prompt "Once upon a time" --max-steps 16 --prune --prune-rho 0.8
   tempo-jax generate --prompt-file prompts.txt --siblings visible --positions offset --offset-delta 0.01
   tempo-jax generate --prompt "The cat sat on the" --method beam --beam-width 4
-  tempo-jax generate --prompt "The cat sat on the" --compat upstream --threshold 0.25
+  tempo-jax generate --prompt "Once upon a time" --compat upstream --threshold 0.25
 """
 
 
