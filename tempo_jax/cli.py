@@ -56,6 +56,8 @@ def _load(spec):
 
 
 def _cmd_convert(args) -> int:
+    if not Path(args.src).exists():
+        raise UsageError(f"{args.src}: no such file or folder")
     from conversion.convert import convert
 
     import jax.numpy as jnp
