@@ -162,7 +162,7 @@ def prune(spec: StaticSpec, inputs: EngineInputs, st: TempoState, slot_maps: dic
                 pruned_at=jnp.where(pruned, s, st.pruned_at), alive=slot_maps["alive"] & ~pruned)
 
 
-def finish(spec: StaticSpec, inputs: EngineInputs, st: TempoState, cand: CandidateSet, tau, *,
+def finish(spec: StaticSpec, st: TempoState, cand: CandidateSet, tau, *,
            cache, nxt, done, tokens, pos, n_feed, advance, slots_row, positions_row, next_n,
            updates: dict) -> TempoState:
     """The state after step s: record the set and what was fed, advance the counters."""
@@ -223,7 +223,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     hit = eos_hit(spec.eos, cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
     done = (s + 1 >= spec.steps) | (hit & (s + 1 >= inputs.min_steps))
     iw = jnp.arange(W)
-    new = finish(spec, inputs, st, cand, tau, cache=cache, nxt=nxt, done=done, tokens=tokens, pos=pos,
+    new = finish(spec, st, cand, tau, cache=cache, nxt=nxt, done=done, tokens=tokens, pos=pos,
                  n_feed=cand.n, advance=jnp.where(inputs.advance_by_members, cand.n, 1).astype(jnp.float32),
                  slots_row=jnp.where(cand.valid, st.n_written + iw, -1),
                  positions_row=jnp.pad(pos, [(0, W - F)]),

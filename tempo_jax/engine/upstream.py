@@ -58,7 +58,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     hit = eos_hit(EosRule.ANY, cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
     done = (s + 1 >= spec.steps) | (hit & (s + 1 >= inputs.min_steps))
     iw = jnp.arange(W)
-    new = finish(spec, inputs, st, cand, tau, cache=cache, nxt=jax.nn.softmax(logits[0]), done=done,
+    new = finish(spec, st, cand, tau, cache=cache, nxt=jax.nn.softmax(logits[0]), done=done,
                  tokens=tokens, pos=pos, n_feed=n_feed, advance=jnp.float32(1.0),
                  slots_row=jnp.where(iw == last, st.n_written, -1),
                  positions_row=jnp.broadcast_to(st.next_pos, (W,)), next_n=jnp.int32(1),
