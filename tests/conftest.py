@@ -1,10 +1,37 @@
-"""Shared fixtures: the default model (loaded once per session; fetched and converted on first use)."""
+"""Shared fixtures and the layout of the suite.
+
+tests/unit/       fast unit, invariant and end-to-end tests (tiny random models, hand-computed cases)
+tests/reference/  tests against independent references: HF transformers in torch float32, HF's GGUF
+                  loader, the real default model
+Both run by default (`python -m pytest -q`); `-m "not reference"` runs the first group only, and
+`-m "not slow"` leaves out the tests that load the real default model. Helpers shared by both
+(``tinymodel.py``, ``golden_traces.py``, ``data/``) live here, and this folder is on ``sys.path``.
+"""
+
+from pathlib import Path
 
 import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (HERE / "reference") in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.reference)
 
 
 @pytest.fixture(scope="session")
 def default_model():
+    """The default model (SmolLM2-135M-Instruct), loaded once; fetched and converted on first use."""
     from tempo_jax.loading import load_model
 
     return load_model(verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """(hf_model, cfg, params) of the tiny random Llama of ``tinymodel.tiny(0)``."""
+    from tinymodel import tiny
+
+    return tiny(0)

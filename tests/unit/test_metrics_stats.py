@@ -13,7 +13,7 @@ import pytest
 
 from tempo_jax import metrics as M
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # --- a hand-built step -------------------------------------------------------------------------
 # slots: 0,1,2 prompt; 3,4 step 0 (2 members); 5 step 1 (1 member); 6,7 step 2 (current, 2 members);

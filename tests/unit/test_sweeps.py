@@ -17,7 +17,7 @@ import yaml
 
 from tempo_jax.sweeps import SweepSpec, expand, load_results, run_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC = {
     "prompts": [[5, 9, 13, 17, 21], [7, 8, 9]],
     "thresholds": [0.05, 0.2],

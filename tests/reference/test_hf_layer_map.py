@@ -45,7 +45,7 @@ def _params(cfg: ModelConfig, seed: int = 0) -> dict:
 
 
 def _hf_reference_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_reference.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "hf_reference.py"
     spec = importlib.util.spec_from_file_location("hf_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -13,7 +13,7 @@ import pytest
 
 from tempo_jax.trace import Trace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "experiments" / "analysis"
 CLI = [sys.executable, "-m", "tempo_jax.cli"]
 # run as if torch were not installed: transformers then prints its "PyTorch was not found" notice
