@@ -465,7 +465,7 @@ def summary_md(result: dict) -> str:
            f"**Answer.** {result['answer']}", "",
            f"Questions {', '.join(result['questions'])}; unit: {d['unit']}; n = {prov['n_prompts']} "
            f"prompts ({prov['split']} split, genres {', '.join(prov['genres'])}); alpha {d['alpha']}; "
-           f"equivalence margin +-{d['margin']} ({d['margin_note']}). CIs of declared paired tests "
+           f"equivalence margin +-{fmt(d['margin'])} ({d['margin_note']}). CIs of declared paired tests "
            "are BCa bootstrap over prompts; p is the sign-flip permutation p; precomputed tests say "
            "their method in result.json (`note`).", "",
            f"Primary metric: {d['primary_metric']}. Contrast: {d['contrast']}.", ""]
@@ -482,11 +482,31 @@ def summary_md(result: dict) -> str:
     return "\n".join(out)
 
 
+def reword(result: dict, path: Path | None = None) -> dict:
+    """Re-derive the answer sentence (and summary.md) from the STORED statistics with the
+    experiment's current ``answer`` function: wording can be corrected without recomputing."""
+    try:
+        mod = get(result["id"])
+    except ValueError:
+        return result
+    if not hasattr(mod, "answer"):
+        return result
+    fields = {f.name for f in dataclasses.fields(TestResult)}
+    tests = [TestResult(**{k: (float("nan") if v is None else v) for k, v in t.items() if k in fields})
+             for t in result["tests"]]
+    answer = mod.answer(tests, mod.DESIGN)
+    if answer != result.get("answer") and path is not None:
+        result["answer"] = answer
+        path.write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        (path.parent / "summary.md").write_text(summary_md(result))
+    return result
+
+
 def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
     """Regenerate FINDINGS.md from every ``results_dir/*/result.json``."""
     results = []
     for f in sorted(results_dir.glob("*/result.json")):
-        results.append(json.loads(f.read_text()))
+        results.append(reword(json.loads(f.read_text()), f))
     results.sort(key=lambda r: [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in
                                 r["id"].replace("rq", "").replace(".", " ").split()])
     out = ["# Findings", "",
@@ -502,7 +522,7 @@ def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
         out += [f"## {r['id']} — {r['title']} (questions {', '.join(r['questions'])})", "",
                 f"**Answer.** {r['answer']}", "",
                 f"n = {prov['n_prompts']} prompts, {prov['split']} split, genres {', '.join(prov['genres'])}; "
-                f"primary metric: {d['primary_metric']}; margin +-{d['margin']} ({d['margin_note']}). "
+                f"primary metric: {d['primary_metric']}; margin +-{fmt(d['margin'])} ({d['margin_note']}). "
                 f"Files: [summary]({rel}/summary.md), [result.json]({rel}/result.json), "
                 f"[per-prompt rows]({rel}/rows.csv).", "",
                 tests_table(r["tests"], "primary"), ""]

@@ -195,8 +195,8 @@ def answer(tests, design) -> str:
          f"{', '.join(map(str, eq_pos))}" if eq_pos else "no set size is equivalent within +-10%")
         + (f", but raise per-token attention for n = {', '.join(map(str, diff_pos))} "
            f"(n = 20: {pct(pos[-1])}; {len(lp)} of 30 layers significant after Holm)" if diff_pos else ""),
-        f"causally, removing the member edges changes the probe's prediction "
-        f"{'equally (within +-10%)' if by['klpos_n2'].verdict.startswith('no effect') else 'differently'} "
-        f"at n = 2 and {by['klpos_n20'].verdict} at n = 20 ({pct(by['klpos_n20'])} KL, distinct vs shared)",
+        f"causally, what the members change in the probe's next-token distribution (KL to the "
+        f"probe without member edges), distinct vs shared: n = 2 {pct(by['klpos_n2'])} "
+        f"({by['klpos_n2'].verdict}), n = 20 {pct(by['klpos_n20'])} ({by['klpos_n20'].verdict})",
     ]
     return "; ".join(parts) + "."
