@@ -136,7 +136,14 @@ def _cmd_generate(args) -> int:
             trace = beam_search(m.params, m.cfg, ids, width=args.beam_width, max_steps=args.max_steps,
                                 length_penalty=args.length_penalty, model_id=m.source)
         else:
-            trace = generate(m.params, m.cfg, ids, gcfg, progress=True, model_id=m.source)
+            writer = None
+            if args.html:  # full attention streamed to disk for the report
+                from tempo_jax.capture import CaptureWriter
+                from tempo_jax.report import capture_dir
+
+                writer = CaptureWriter(capture_dir(out, f"trace_{k:03d}"))
+            trace = generate(m.params, m.cfg, ids, gcfg, progress=True, model_id=m.source,
+                             on_step=writer, capture="full" if args.html else None)
         stem = f"trace_{k:03d}"
         j, z = trace.save(out, stem)
         clean = trace.clean_text(decode, eos_ids=eos)
@@ -146,6 +153,10 @@ def _cmd_generate(args) -> int:
         sizes = [len(st["members"]) for st in trace.steps()]
         print(f"steps {len(sizes)}, mean set size {sum(sizes) / max(len(sizes), 1):.2f}, "
               f"max {max(sizes, default=0)}; files: {j}, {z}, {out / (stem + '.txt')}\n")
+        if args.html:
+            from tempo_jax.report import write_run_report
+
+            print(f"report: {write_run_report(out, stem=stem, decode=decode, eos_ids=eos)}\n")
     return 0
 
 
@@ -280,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="PRNG seed (sampling; recorded in the trace)")
     g.add_argument("--out", default="runs/latest", help="output directory for trace files")
     g.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
+    g.add_argument("--html", action="store_true",
+                   help="also capture full attention (OUT/capture/) and write OUT/trace_NNN.html")
     g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser("forward", help="one forward pass: next-token top-k and per-layer attention",
@@ -318,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tempo_jax.research_cli import add_parser as add_research
 
     add_research(sub)
+    from tempo_jax.report.cli import add_parser as add_report
+
+    add_report(sub)
     return p
 
 

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     run.add_argument("--seed", type=int, default=None, help="override the design's seed")
     rep = rs.add_parser("report", help="regenerate experiments/FINDINGS.md from all results")
     rep.add_argument("--results", default=None, help="results folder (default: experiments/results)")
+    rep.add_argument("--html", action="store_true",
+                     help="also write FINDINGS.html beside it (figures embedded, one self-contained file)")
     r.set_defaults(func=main)
 
 
@@ -42,6 +44,10 @@ def main(args) -> int:
         res = Path(args.results) if args.results else harness.RESULTS
         path = harness.write_findings(res) if args.results is None else harness.write_findings(res, res / "FINDINGS.md")
         print(f"wrote {path}")
+        if args.html:
+            from tempo_jax.report import write_findings_html
+
+            print(f"wrote {write_findings_html(path, res)}")
         return 0
     dest = harness.run_experiment(args.id, quick=args.quick, prompt_file=args.prompt_file, out=args.out,
                                   force=args.force, model=args.model, seed=args.seed)
