@@ -515,7 +515,9 @@ def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
            "alpha, correction family, equivalence margin) and is computed on the corpus split named, "
            "with the prompt as the unit of analysis. Verdicts: *differs* (corrected p < alpha), "
            "*no effect within +-m* (not significant and TOST-equivalent within the margin), *cannot "
-           "tell at this n* (neither).", ""]
+           "tell at this n* (neither). Paired p-values are sign-flip permutation p-values from 4,999 "
+           "random sign vectors (the smallest possible raw p is 2e-4), then corrected within each "
+           "declared family; CIs are BCa bootstrap over prompts unless a test's note says otherwise.", ""]
     for r in results:
         d, prov = r["design"], r["provenance"]
         rel = f"results/{r['id']}"
