@@ -118,6 +118,17 @@ def test_report_command_and_errors(full_run, tmp_path, capsys):
     assert main(["report", str(full_run), str(full_run)]) == 2  # a comparison needs --out
 
 
+def test_beam_search_run_gets_a_report_without_attention(tiny_folder, tmp_path):
+    from tempo_jax.trace import Trace
+
+    _generate(tiny_folder, tmp_path, "--method", "beam", "--beam-width", "2", "--html")
+    html = (tmp_path / "trace_000.html").read_text()
+    assert 'id="no-capture"' in html and 'type="application/octet-stream"' not in html
+    data = json.loads(html.split('id="run-data">', 1)[1].split("</script>", 1)[0])
+    assert [m["t"] for st in data["steps"] for m in st["members"]] == \
+        [m["token"] for st in Trace.load(tmp_path, "trace_000").steps() for m in st["members"]]
+
+
 def test_small_budget_downsamples_with_a_note(full_run, tmp_path):
     from tempo_jax.report import write_run_report
 

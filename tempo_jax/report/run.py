@@ -97,7 +97,14 @@ def run_data(run_dir, stem: str = "trace_000", decode: Decode | None = None,
             decode, found_eos = found
             eos_ids = eos_ids or found_eos
     tok = _decoder(decode)
-    a = trace.arrays
+    a = dict(trace.arrays)
+    empty_i = np.zeros(0, np.int32)
+    for name in ("slot_step", "slot_member", "slot_token", "pruned_at"):  # beam traces have no slot maps
+        a.setdefault(name, empty_i)
+    a.setdefault("slot_pos", np.zeros(0, np.float32))
+    a.setdefault("n_written", np.int32(len(a["slot_step"])))
+    for name in ("cache_len", "fed_n"):
+        a.setdefault(name, np.zeros(trace.n_steps, np.int32))
     steps = trace.steps()
     clean = _clean_members(trace, steps, eos_ids)
     eos = {int(t) for t in eos_ids}
