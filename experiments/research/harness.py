@@ -236,8 +236,12 @@ def evaluate(design: Design, out: Output) -> list[TestResult]:
     tests = []
     for h in design.hypotheses:
         matched = [c for c in cols if fnmatch.fnmatchcase(c, h.column)]
-        if not matched:
-            raise ValueError(f"{design.id}: hypothesis {h.name}: no row column matches {h.column!r}")
+        if not matched:  # no prompt produced this statistic: reported, not dropped
+            nan = float("nan")
+            tests.append(TestResult(h.name, h.column, h.family, h.expect, 0, nan, nan, nan, nan, nan,
+                                    margin=design.margin if h.margin is None else h.margin,
+                                    note="no prompt produced this statistic"))
+            continue
         for c in matched:
             vals = [r.get(c, np.nan) for r in out.rows]
             margin = design.margin if h.margin is None else h.margin
