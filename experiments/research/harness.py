@@ -190,6 +190,16 @@ class Context:
         return path
 
 
+def quality_of(m, prompt, trace) -> dict[str, float]:
+    """:func:`tempo_jax.quality.measure` of a corpus prompt's trace under loaded model ``m``
+    (references, aliases and genre from the corpus record; EOS ids from the model)."""
+    from tempo_jax import quality
+
+    return quality.measure(trace, genre=prompt.genre, reference=prompt.reference,
+                           aliases=prompt.aliases, tokenizer=m.tokenizer, prompt_text=prompt.prompt,
+                           params=m.params, cfg=m.cfg, eos_ids=m.cfg.eos_token_ids or ())
+
+
 # --- registry -----------------------------------------------------------------------------------
 def registry() -> dict[str, Any]:
     """Experiment id -> module, from ``experiments/research/rq*.py`` modules that define DESIGN."""

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
-from tempo_jax import quality
+from experiments.research.harness import Design, Hypothesis, Output, quality_of
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.slots import slot_groups
 
@@ -87,9 +86,7 @@ def _one(m, p, rule, seed):
         rows.append((per_tok, leak))
 
     tr = generate(m.params, m.cfg, ids, g, capture="summary", on_step=on_step)
-    q = quality.measure(tr, genre=p.genre, reference=p.reference, aliases=p.aliases,
-                        tokenizer=m.tokenizer, prompt_text=p.prompt, params=m.params, cfg=m.cfg,
-                        eos_ids=m.cfg.eos_token_ids or ())
+    q = quality_of(m, p, tr)
     q["set_size"] = float(np.mean(tr.arrays["set_n"]))
     q["par_attn"], q["leak"] = _attention(rows)
     return q
@@ -124,20 +121,12 @@ def run(ctx) -> Output:
 
 
 def _figure(ctx, rows):
-    from experiments.plotting import pyplot
+    from experiments.plotting import condition_boxplots
 
-    plt = pyplot()
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
-    for a, key, label in ((ax[0], "ppl", "self-perplexity (log scale)"),
-                          (ax[1], "leak", "sibling leakage"),
-                          (ax[2], "par_attn", "per-token attention to earlier members")):
-        data = [[r[f"{key}_{rule}"] for r in rows if np.isfinite(r[f"{key}_{rule}"])] for rule in RULES]
-        a.boxplot(data, tick_labels=RULES, showfliers=False)
-        a.set_title(label)
-        if key == "ppl":
-            a.set_yscale("log")
-    fig.suptitle(f"RQ 2.1: sibling rules over {len(rows)} prompts (test split)")
-    ctx.figure(fig, "rules")
+    condition_boxplots(ctx, rows, RULES, [("ppl", "self-perplexity (log scale)", True),
+                                          ("leak", "sibling leakage", False),
+                                          ("par_attn", "per-token attention to earlier members", False)],
+                       f"RQ 2.1: sibling rules over {len(rows)} prompts (test split)", "rules")
 
 
 def answer(tests, design) -> str:

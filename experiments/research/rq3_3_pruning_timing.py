@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
-from tempo_jax import quality
+from experiments.research.harness import Design, Hypothesis, Output, quality_of
 from tempo_jax.engine import GenerationConfig, generate
 
 BASE = dict(max_steps=24, threshold=0.05, max_width=8, prune=True, prune_rule="relative",
@@ -76,9 +75,7 @@ def _one(m, p, name, seed):
     alive = [sum(1 for mem in st["members"] if not mem["pruned"]) for st in tr.steps()]
     out = {"pruned": pruned / judged if judged else np.nan, "kept": float(np.mean(alive)),
            "sec_per_step": tr.timings.get("total_s", np.nan) / max(tr.n_steps, 1)}
-    q = quality.measure(tr, genre=p.genre, reference=p.reference, aliases=p.aliases,
-                        tokenizer=m.tokenizer, prompt_text=p.prompt, params=m.params, cfg=m.cfg,
-                        eos_ids=m.cfg.eos_token_ids or ())
+    q = quality_of(m, p, tr)
     out["self_ppl"] = q.get("self_ppl", np.nan)
     if p.genre == "facts":
         out["gold_any"], out["gold_alive"] = q["coverage_any"], q["coverage_alive"]
@@ -106,18 +103,11 @@ def run(ctx) -> Output:
 
 
 def _figure(ctx, rows):
-    from experiments.plotting import pyplot
+    from experiments.plotting import condition_boxplots
 
-    plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
-    names = list(CONFIGS)
-    for a, key, label in ((ax[0], "pruned", "fraction of judged members pruned"),
-                          (ax[1], "kept", "alive members per step")):
-        data = [[r[f"{key}_{c}"] for r in rows if np.isfinite(r[f"{key}_{c}"])] for c in names]
-        a.boxplot(data, tick_labels=names, showfliers=False)
-        a.set_title(label)
-    fig.suptitle(f"RQ 3.3: pruning window / timing over {len(rows)} prompts")
-    ctx.figure(fig, "window_timing")
+    condition_boxplots(ctx, rows, list(CONFIGS), [("pruned", "fraction of judged members pruned", False),
+                                                  ("kept", "alive members per step", False)],
+                       f"RQ 3.3: pruning window / timing over {len(rows)} prompts", "window_timing")
 
 
 def answer(tests, design) -> str:
