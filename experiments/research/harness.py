@@ -503,8 +503,8 @@ def reword(result: dict, path: Path | None = None) -> dict:
         mod = get(result["id"])
     except ValueError:
         return result
-    if not hasattr(mod, "answer"):
-        return result
+    if not hasattr(mod, "answer") or result.get("title") != mod.DESIGN.title:
+        return result  # not this experiment's current design: keep the stored wording
     fields = {f.name for f in dataclasses.fields(TestResult)}
     tests = [TestResult(**{k: (float("nan") if v is None else v) for k, v in t.items() if k in fields})
              for t in result["tests"]]

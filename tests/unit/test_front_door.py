@@ -4,6 +4,7 @@ clean text that stops at its own EOS, and help that shows defaults."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _run(cmd, timeout=180):
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    # a fresh user's environment: an in-process CLI call elsewhere in the suite may have set
+    # TRANSFORMERS_VERBOSITY in this process, which children would inherit
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def assert_user_error(r, *words):
