@@ -40,7 +40,7 @@ def full_run(tiny_folder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     if not (CHROMIUM.exists() and DRIVER.exists()):
-        pytest.skip("needs /usr/bin/chromium and /usr/bin/chromedriver "
+        pytest.skip(reason="needs /usr/bin/chromium and /usr/bin/chromedriver "
                     "(apt-get install -y chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
