@@ -17,8 +17,9 @@ EXIT_USAGE = 2
 PROG = "tempo-jax"
 
 
-class UsageError(Exception):
-    """Something the user gave (an option, a file, a prompt, a model path) cannot be used."""
+class UsageError(ValueError):
+    """Something the user gave (an option, a file, a prompt, a model path) cannot be used.
+    A ValueError, so library callers can catch it as one; the command line prints it in one line."""
 
 
 def one_line(message: object) -> str:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from tempo_jax import stats as S
+from tempo_jax.errors import UsageError, user_input
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "results"
@@ -85,17 +86,17 @@ class Design:
         """One-line ValueErrors for a malformed design (before any compute)."""
         for h in self.hypotheses:
             if not any(fnmatch.fnmatchcase(h.column, m) or h.column == m for m in self.metrics):
-                raise ValueError(f"{self.id}: hypothesis {h.name} names unknown metric {h.column!r}; "
+                raise UsageError(f"{self.id}: hypothesis {h.name} names unknown metric {h.column!r}; "
                                  f"declared: {', '.join(self.metrics)}")
             if h.expect not in ("<0", ">0", "=0"):
-                raise ValueError(f"{self.id}: hypothesis {h.name} expect must be <0, >0 or =0")
+                raise UsageError(f"{self.id}: hypothesis {h.name} expect must be <0, >0 or =0")
             if h.family not in self.families:
-                raise ValueError(f"{self.id}: hypothesis {h.name} is in undeclared family {h.family!r}")
+                raise UsageError(f"{self.id}: hypothesis {h.name} is in undeclared family {h.family!r}")
         for fam, method in self.families.items():
             if method not in ("holm", "fdr_bh"):
-                raise ValueError(f"{self.id}: family {fam} has unknown correction {method!r}")
+                raise UsageError(f"{self.id}: family {fam} has unknown correction {method!r}")
         if not self.margin > 0:
-            raise ValueError(f"{self.id}: the equivalence margin must be > 0")
+            raise UsageError(f"{self.id}: the equivalence margin must be > 0")
 
 
 @dataclasses.dataclass
@@ -215,7 +216,7 @@ def registry() -> dict[str, Any]:
 def get(exp_id: str):
     reg = registry()
     if exp_id not in reg:
-        raise ValueError(f"unknown experiment {exp_id!r}; known: {', '.join(sorted(reg)) or 'none'}")
+        raise UsageError(f"unknown experiment {exp_id!r}; known: {', '.join(sorted(reg)) or 'none'}")
     return reg[exp_id]
 
 
@@ -340,7 +341,8 @@ def select_prompts(design: Design, quick: bool, prompt_file: str | None) -> tupl
     from experiments import corpus
 
     if prompt_file is not None:
-        prompts = corpus.load_prompt_file(prompt_file)
+        with user_input():  # a missing, unreadable or empty prompt file is the user's to fix
+            prompts = corpus.load_prompt_file(prompt_file)
         # the prompt file's own sha256 stands in for the corpus hash (checked against earlier results)
         src = {"prompt_file": Path(prompt_file).name,
                "corpus_hash": hashlib.sha256(Path(prompt_file).read_bytes()).hexdigest(),
@@ -351,7 +353,7 @@ def select_prompts(design: Design, quick: bool, prompt_file: str | None) -> tupl
         src = {"corpus": "experiments/corpus/prompts.jsonl", "corpus_hash": corpus.corpus_hash(),
                "split": design.split}
     if not prompts:
-        raise ValueError(f"{design.id}: no prompt selected (genres {', '.join(design.genres)})")
+        raise UsageError(f"{design.id}: no prompt selected (genres {', '.join(design.genres)})")
     return prompts, src
 
 
@@ -363,10 +365,10 @@ def check_existing(dest: Path, model_id: str, p_hash: str, corpus_hash: str | No
     if not prov:  # nothing recorded to compare against
         return
     if prov.get("params_hash") != p_hash:
-        raise ValueError(f"{dest} holds results of another model ({prov.get('model')}, params hash "
+        raise UsageError(f"{dest} holds results of another model ({prov.get('model')}, params hash "
                          f"{str(prov.get('params_hash'))[:12]}); use --force or another --out")
     if prov.get("corpus_hash") != corpus_hash:
-        raise ValueError(f"{dest} holds results of another corpus (hash {str(prov.get('corpus_hash'))[:12]}); "
+        raise UsageError(f"{dest} holds results of another corpus (hash {str(prov.get('corpus_hash'))[:12]}); "
                          "use --force or another --out")
 
 
@@ -391,7 +393,7 @@ def run_experiment(exp_id: str, *, quick: bool = False, prompt_file: str | None 
         dest = RESULTS / exp_id
     official = dest.resolve() == (RESULTS / exp_id).resolve()
     if official and (quick or prompt_file is not None):
-        raise ValueError("quick or prompt-file runs may not overwrite the committed results; give --out")
+        raise UsageError("quick or prompt-file runs may not overwrite the committed results; give --out")
     seed = design.seed if seed is None else seed
     tmp = dest.with_name(dest.name + ".partial")
     ctx = Context(design=design, prompts=prompts, out_dir=tmp, seed=seed, quick=quick,

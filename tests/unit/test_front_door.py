@@ -188,3 +188,21 @@ def test_beam_trace_json_is_strict(tmp_path, capsys):
     meta = _strict_loads(text)
     assert len(meta["steps"]) == 3 and all(st["entropy"] is None for st in meta["steps"])
     assert "clean text: The cat sat on the" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["research", "run", "rq9"], ["unknown experiment 'rq9'", "rq1.1"]),
+    (["research", "run", "rq1.1", "--quick", "--out", "experiments/results/rq1.1"],
+     ["may not overwrite the committed results"]),
+], ids=["unknown-experiment", "quick-into-results"])
+def test_research_command_refuses_bad_input(args, words):
+    r = _run([sys.executable, "-m", "tempo_jax.cli", *args], timeout=120)
+    assert_user_error(r, *words)
+
+
+def test_research_command_refuses_an_empty_prompt_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    r = _run([sys.executable, "-m", "tempo_jax.cli", "research", "run", "rq1.1", "--prompt-file",
+              str(empty)], timeout=120)
+    assert_user_error(r, "no usable prompt")
