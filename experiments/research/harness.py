@@ -547,6 +547,8 @@ def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
         figs = sorted((results_dir / r["id"]).glob("fig_*.png"))
         if figs:
             out += ["Figures: " + ", ".join(f"[{f.stem[4:]}]({rel}/{f.name})" for f in figs), ""]
+        if r.get("notes"):
+            out += ["Notes: " + " ".join(r["notes"]), ""]
         if d["caveats"]:
             out += ["Caveats: " + " ".join(d["caveats"]), ""]
     path.write_text("\n".join(out) + "\n")

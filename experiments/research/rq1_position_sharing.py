@@ -79,7 +79,7 @@ def _lr(a, b):
 def run(ctx) -> Output:
     m = ctx.model
     L, H = m.cfg.num_layers, m.cfg.num_heads
-    rows, per_head_pos = [], []
+    rows, per_head_pos, per_head_off = [], [], []
     d1, d0 = DELTAS.index(1.0), 0
     nat = len(DELTAS)  # the natural world (probe at P + 1)
     i1, i20 = NS.index(1), NS.index(20)
@@ -108,6 +108,7 @@ def run(ctx) -> Output:
             row[f"L{layer:02d}_tok_n20"] = _lr(lt[i20, d0, layer], lt[i1, d0, layer])
             row[f"L{layer:02d}_pos_n20"] = _lr(lt[i20, d1, layer], lt[i20, d0, layer])
         per_head_pos.append(np.log(tok[i20, d1]) - np.log(tok[i20, d0]))  # [L,H]
+        per_head_off.append(np.log(tok[i20, :nat]) - np.log(tok[i20, d1]))  # [D,L,H] vs distinct
         sums["tok"].append(mt[:, d0])
         sums["set"].append(ms[:, d0])
         rows.append(row)
@@ -121,8 +122,59 @@ def run(ctx) -> Output:
                                     margin=MARGIN))
             table.append({"layer": layer, "head": h, "mean_log_ratio": s["mean"], "lo": s["lo"],
                           "hi": s["hi"], "p": s["p"], "p_tost": s["p_tost"]})
+    crit, crit_table = critical_offsets(np.stack(per_head_off), ctx.seed)
     _figures(ctx, rows, np.stack(sums["tok"]), np.stack(sums["set"]), heads, L)
-    return Output(rows=rows, tests=tests, tables={"heads_pos_n20": table})
+    _critical_figure(ctx, crit)
+    return Output(rows=rows, tests=tests, tables={"heads_pos_n20": table,
+                                                  "critical_offset_n20": crit_table},
+                  notes=[_critical_note(crit)])
+
+
+def critical_offsets(x, seed):
+    """1.2's critical offset per head at n = 20: the smallest delta whose per-token attention is
+    TOST-equivalent (within +-log 1.1, Benjamini-Hochberg over every head x delta) to the distinct
+    positions (delta 1). ``x[N,D,L,H]`` = per-prompt log(attention at delta / at delta 1).
+    Returns (``crit[L,H]``, NaN where no delta below 1 qualifies, and the per-head table)."""
+    N, D, L, H = x.shape
+    p = np.full((D, L, H), np.nan)
+    for k in range(D - 1):  # the last world is delta 1 itself
+        for layer in range(L):
+            for h in range(H):
+                p[k, layer, h] = S.tost(x[:, k, layer, h], MARGIN)["p"]
+    padj = S.correct(p.ravel(), "fdr_bh").p_adj.reshape(p.shape)
+    crit = np.full((L, H), np.nan)
+    table = []
+    for layer in range(L):
+        for h in range(H):
+            ok = [k for k in range(D - 1) if padj[k, layer, h] < 0.05]
+            # the smallest delta from which every larger delta is also equivalent
+            first = next((k for k in range(D - 1) if all(j in ok for j in range(k, D - 1))), None)
+            crit[layer, h] = DELTAS[first] if first is not None else np.nan
+            table.append({"layer": layer, "head": h, "critical_delta": crit[layer, h],
+                          **{f"mean_log_ratio_d{DELTAS[k]:g}": float(np.mean(x[:, k, layer, h]))
+                             for k in range(D - 1)}})
+    return crit, table
+
+
+def _critical_note(crit) -> str:
+    vals, counts = np.unique(np.where(np.isnan(crit), -1.0, crit), return_counts=True)
+    parts = [f"{'none < 1' if v < 0 else f'delta {v:g}'}: {c} heads" for v, c in zip(vals, counts)]
+    return ("Critical offset at n = 20 (smallest delta whose per-token attention is within +-10% of "
+            "distinct positions, TOST, BH over heads x deltas): " + ", ".join(parts) + ".")
+
+
+def _critical_figure(ctx, crit):
+    from experiments.plotting import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 8))
+    shown = np.log10(np.where(np.isnan(crit), 1.0, np.where(crit == 0, 1e-4, crit)))
+    im = ax.imshow(shown, cmap="viridis", vmin=-4, vmax=0, aspect="auto")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("RQ 1.2: critical offset per head, n = 20\n(log10 delta; 0 = only delta 1; -4 = delta 0)")
+    fig.colorbar(im, ax=ax)
+    ctx.figure(fig, "critical_offset_n20")
 
 
 def _figures(ctx, rows, tok, st, heads, L):
