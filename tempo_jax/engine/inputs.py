@@ -33,7 +33,8 @@ class EngineInputs:
         temperature, top_p: [] float32; top_k: [] int32 (sampling).
         key: [2] uint32, PRNG key data (sampling, sigmoid pruning).
         interventions: :class:`~tempo_jax.interventions.Interventions` applied to every forward of
-            the run (batch axis 1, K = the run's capacity), or None.
+            the run (batch axis 1, K = the run's capacity), or None. ``resid_patch`` needs one T for
+            every forward, which prefill and steps do not share: patch through ``model.forward``.
     """
 
     thresholds: jax.Array

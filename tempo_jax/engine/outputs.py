@@ -17,7 +17,10 @@ from tempo_jax.slots import slot_groups
 
 @flax.struct.dataclass
 class StepCapture:
-    """One step's captured data (W query rows; rows of padding queries are 0).
+    """One step's captured data (W query rows). Rows F..W-1 (beyond the fed width) are 0; in
+    ``attn`` and ``resid`` the fed rows n..F-1 hold the padding queries' real values (next-ranked
+    tokens that missed the threshold), so slice by the step's ``set_n`` / ``fed_n``; the summary
+    fields are 0 for every row >= n.
 
     capture "full":    attn[L,H,W,K] attention probabilities of the step's queries.
     capture "summary": received[L,H,K] (sum over real queries of attention on each slot),
