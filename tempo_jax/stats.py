@@ -19,6 +19,7 @@ Tests: sign_flip_test (paired permutation, scipy.stats.permutation_test; exact e
 (``p_t`` in summarize_paired), tost (two one-sided t tests for equivalence within +-margin,
 statsmodels), correct (Holm / Benjamini-Hochberg, statsmodels.stats.multitest). Effect size
 d_z = mean(d) / sd(d) of paired differences (``cohens_d_paired`` is the older name).
+Partial correlation: partial_spearman (ranks with covariate ranks regressed out).
 Predictors: auroc (Mann-Whitney U / (n1 n0)), grouped_cv_splits (folds of whole prompts),
 cv_compare (out-of-fold AUROC of a fitted predictor against baselines, cluster CIs).
 """
@@ -375,3 +376,17 @@ def cluster_corr(x, y, groups, method: str = "spearman", n_boot: int = 2000, see
     r = cluster_bootstrap(fn, groups, n_boot, seed, ci)
     r["n"] = int(len(x))
     return r
+
+
+def partial_spearman(x, y, z) -> float:
+    """Partial Spearman rho of ``x[n]`` and ``y[n]`` given covariates ``z[n]`` or ``z[n, c]``: the
+    Pearson correlation of the residuals of rank(x) and rank(y) after least-squares regression on
+    an intercept and the ranks of each non-constant covariate. Equals scipy's Spearman rho when no
+    covariate varies; NaN when a residual is constant (e.g. x is a function of z)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    z = np.asarray(z, np.float64).reshape(len(x), -1)
+    design = np.column_stack([np.ones(len(x))] + [sps.rankdata(c) for c in z.T if np.ptp(c) > 0])
+    resid = lambda v: v - design @ np.linalg.lstsq(design, v, rcond=None)[0]
+    ex, ey = resid(sps.rankdata(x)), resid(sps.rankdata(y))
+    den = np.sqrt((ex ** 2).sum() * (ey ** 2).sum())
+    return float((ex * ey).sum() / den) if den > 1e-9 * len(x) ** 2 else float("nan")

@@ -99,19 +99,6 @@ def renorm(a):
     return np.where(tot > 0, a / np.where(tot > 0, tot, 1.0), 1.0 / a.shape[-1])
 
 
-def partial_spearman(x, y, z) -> float:
-    """Spearman rho of x and y after regressing the ranks of both on the ranks of covariates
-    ``z[n, c]`` (Pearson of the rank residuals)."""
-    from scipy.stats import rankdata
-
-    rx, ry = rankdata(x), rankdata(y)
-    zr = np.column_stack([np.ones(len(x))] + [rankdata(c) for c in np.asarray(z).reshape(len(x), -1).T])
-    res = lambda v: v - zr @ np.linalg.lstsq(zr, v, rcond=None)[0]
-    ex, ey = res(rx), res(ry)
-    den = np.sqrt((ex ** 2).sum() * (ey ** 2).sum())
-    return float((ex * ey).sum() / den) if den > 0 else np.nan
-
-
 def _steps(m, p, seed):
     """Multi-member steps of one generation: list of (s, tokens[n], logprobs[n], slot_step of the
     context slots [C], raw attention over context slots [L,H,n,C])."""
@@ -193,7 +180,7 @@ def run(ctx) -> Output:
                 from scipy.stats import spearmanr
 
                 row["rho_cos_js"] = float(spearmanr(cos, js)[0])
-                row["prho_cos_js"] = partial_spearman(cos, js, gap[:, None])
+                row["prho_cos_js"] = S.partial_spearman(cos, js, gap[:, None])
         for s, c, g, jl in r["pairs"]:
             pair_rows.append({"prompt": k, "step": s, "cos": c, "lp_gap": g, "js": float(jl.mean()),
                               **{f"js_L{l}": float(jl[l]) for l in range(L)}})
@@ -220,7 +207,7 @@ def _pooled(pair_rows, seed, L):
 
     tests = []
     for name, col, fn in (("SemPool", "pooled_rho_cos_js", lambda i: spearmanr(cos[i], js[i])[0]),
-                          ("SemPoolP", "pooled_prho_cos_js", lambda i: partial_spearman(cos[i], js[i], gap[i, None]))):
+                          ("SemPoolP", "pooled_prho_cos_js", lambda i: S.partial_spearman(cos[i], js[i], gap[i, None]))):
         est = float(fn(np.arange(len(cos))))
         vals = S._cluster_resamples(fn, grp, N_BOOT, seed)
         lo, hi = np.quantile(vals, [0.025, 0.975])

@@ -95,20 +95,6 @@ class _Stop(Exception):
     """Raised from ``on_step`` to end a generation once the step of interest is captured."""
 
 
-def partial_spearman(x, y, z) -> float:
-    """Spearman rho of x and y after regressing the ranks of both on the ranks of covariates
-    ``z[n, c]`` (Pearson of the rank residuals); NaN if a residual is constant."""
-    from scipy.stats import rankdata
-
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    z = np.asarray(z, np.float64).reshape(len(x), -1)
-    zr = np.column_stack([np.ones(len(x))] + [rankdata(c) for c in z.T if np.ptp(c) > 0])
-    res = lambda v: v - zr @ np.linalg.lstsq(zr, v, rcond=None)[0]
-    ex, ey = res(rankdata(x)), res(rankdata(y))
-    den = np.sqrt((ex ** 2).sum() * (ey ** 2).sum())
-    return float((ex * ey).sum() / den) if den > 1e-12 else np.nan
-
-
 def high_entropy_heads(m, prompts) -> np.ndarray:
     """Boolean ``[L,H]``: the top HIGH_FRAC of heads by mean attention entropy of the last prompt
     token over ``prompts`` (one causal forward each, padded to BUCKET)."""
@@ -193,10 +179,10 @@ def run(ctx) -> Output:
         size = np.array([r["next_size"] for r in st])
         sidx = np.array([r["s"] for r in st], np.float64)
         row = {"prompt_id": p.id, "genre": p.genre, "n_steps": len(st), "n_judged": len(d["judged"])}
-        row["rho_next"] = partial_spearman(A.mean(1), nxt, sidx[:, None])
-        row["rho_size"] = partial_spearman(A.mean(1), size, sidx[:, None])
+        row["rho_next"] = S.partial_spearman(A.mean(1), nxt, sidx[:, None])
+        row["rho_size"] = S.partial_spearman(A.mean(1), size, sidx[:, None])
         for l in range(L):
-            row[f"L{l}_rho_next"] = partial_spearman(A[:, l], nxt, sidx[:, None])
+            row[f"L{l}_rho_next"] = S.partial_spearman(A[:, l], nxt, sidx[:, None])
         if d["vis"] is not None:
             dv = d["vis"]["vis"] - d["vis"]["iso"]  # [L,H]
             row["s_star"] = d["vis"]["s_star"]
@@ -246,21 +232,21 @@ def _pooled_tests(data, L, seed):
            "percentile prompt-cluster bootstrap CI, bootstrap p and TOST p"
     am = A.mean(1)
     tests = [
-        _boot("Pn", "pooled_prho_next", "primary", lambda i: partial_spearman(am[i], nxt[i], cov[i]), grp,
+        _boot("Pn", "pooled_prho_next", "primary", lambda i: S.partial_spearman(am[i], nxt[i], cov[i]), grp,
               seed, N_BOOT, RHO_MARGIN, ">0", note),
-        _boot("Ps", "pooled_prho_size", "primary", lambda i: partial_spearman(am[i], size[i], cov[i]), grp,
+        _boot("Ps", "pooled_prho_size", "primary", lambda i: S.partial_spearman(am[i], size[i], cov[i]), grp,
               seed, N_BOOT, RHO_MARGIN, ">0", note),
         _boot("Pc", "pooled_prho_size_given_next", "primary",
-              lambda i: partial_spearman(am[i], size[i], np.column_stack([cov[i], nxt[i]])), grp, seed, N_BOOT,
+              lambda i: S.partial_spearman(am[i], size[i], np.column_stack([cov[i], nxt[i]])), grp, seed, N_BOOT,
               RHO_MARGIN, ">0", note + "; next-token entropy also controlled"),
     ]
     table = []
     for l in range(L):
         al = A[:, l]
-        tn = _boot("Pl", f"L{l}_pooled_prho_next", "layers_pooled", lambda i: partial_spearman(al[i], nxt[i], cov[i]),
+        tn = _boot("Pl", f"L{l}_pooled_prho_next", "layers_pooled", lambda i: S.partial_spearman(al[i], nxt[i], cov[i]),
                    grp, seed, N_BOOT_LAYER, RHO_MARGIN, ">0", note)
         ts = _boot("Pls", f"L{l}_pooled_prho_size", "layers_pooled",
-                   lambda i: partial_spearman(al[i], size[i], cov[i]), grp, seed, N_BOOT_LAYER, RHO_MARGIN, ">0", note)
+                   lambda i: S.partial_spearman(al[i], size[i], cov[i]), grp, seed, N_BOOT_LAYER, RHO_MARGIN, ">0", note)
         tests += [tn, ts]
         from scipy.stats import spearmanr
 
