@@ -1,4 +1,4 @@
-"""Command line: ``tempo-jax generate | forward | convert | sweep``."""
+"""Command line: ``tempo-jax generate | forward | convert | sweep | explain``."""
 
 from __future__ import annotations
 
@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tempo_jax.research_cli import add_parser as add_research
 
     add_research(sub)
+    from tempo_jax.explain import add_parser as add_explain
+
+    add_explain(sub)
     from tempo_jax.report.cli import add_parser as add_report
 
     add_report(sub)
