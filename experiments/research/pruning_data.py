@@ -5,7 +5,8 @@ set had more than one member and its look-ahead window closed inside the run. Fo
 the label (survived = never pruned), the selection-time features (probability, rank, set size,
 probability relative to the set), the attention it received from the FIRST look-ahead step only
 (weighted like the pruning score: mean over layers and heads of the step's queries' attention on its
-slot), and its residual stream after chosen layers.
+slot), the full pruning score it got (the window's score, as the engine computed it) and its
+residual stream after chosen layers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Judged:
     rel_prob: np.ndarray  # [N] prob / sum of the set's probs
     early_attn: np.ndarray  # [N] mean attention received from step s+1's queries
     step: np.ndarray  # [N] the set's step
+    score: np.ndarray  # [N] the engine's pruning score (whole look-ahead window; NaN if never scored)
     resid: np.ndarray  # [N, layers, E]
 
 
@@ -59,6 +61,7 @@ def judged_members(params, mcfg, ids, gcfg: GenerationConfig, layers) -> tuple[J
             rows["rel_prob"].append(probs[i] / probs.sum())
             rows["early_attn"].append(received[s + 1][slot])
             rows["step"].append(s)
+            rows["score"].append(a["prune_score"][slot])
             rows["resid"].append(resid[s][:, i])
     e = mcfg.hidden_size
     out = Judged(**{k: (np.asarray(v) if v else np.zeros((0, len(layers), e) if k == "resid" else 0))
