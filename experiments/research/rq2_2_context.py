@@ -52,6 +52,9 @@ DESIGN = Design(
                    "lratio_mean", "<0"),
         Hypothesis("Dl", "per layer: siblings diverge less than cross-step pairs", "L*_lratio",
                    "<0", family="layers"),
+        Hypothesis("Dw", "the same with heads weighted by the pairs' attention mass on the common "
+                         "support (robustness to renormalising near-empty rows)", "lratio_w_mean", "<0",
+                   family="robustness"),
         Hypothesis("Sem", "semantically closer siblings (input-embedding cosine) attend more alike: "
                           "per-prompt Spearman rho(cosine, JS) < 0", "rho_cos_js", "<0",
                    family="semantic", margin=RHO_MARGIN),
@@ -61,9 +64,9 @@ DESIGN = Design(
     ),
     margin=LOG_MARGIN,
     margin_note="log(1.25) for JS log ratios; 0.1 for Spearman rho",
-    metrics=("lratio_mean", "L*_lratio", "rho_cos_js", "prho_cos_js", "js_sib_mean", "L*_js_sib",
+    metrics=("lratio_mean", "lratio_w_mean", "L*_lratio", "rho_cos_js", "prho_cos_js", "js_sib_mean", "L*_js_sib",
              "n_pairs", "n_multi"),
-    families={"primary": "holm", "layers": "fdr_bh", "semantic": "holm"},
+    families={"primary": "holm", "layers": "fdr_bh", "semantic": "holm", "robustness": "holm"},
     n_per_genre=10,
     quick_n=2,
     caveats=(
@@ -71,7 +74,8 @@ DESIGN = Design(
         "them (no ablation here).",
         "Distributions are renormalised over context slots; a head that puts almost all its mass "
         "on the sink still gets a full distribution over context, so its JS can be large while "
-        "the mass involved is small (the per-pair context mass is in table_layers).",
+        "the mass involved is small (context mass per layer is in table_layers; test Dw weights "
+        "heads by that mass).",
         "The cross-step null also differs in position (s - s' steps) and in the recent context "
         "slots, which the common support leaves out: it is a reference scale, not a token-only "
         "counterfactual.",
@@ -123,6 +127,7 @@ def _steps(m, p, seed):
 def prompt_stats(steps, embed) -> dict:
     """Per-prompt reductions of :func:`_steps` output (``embed[V, E]`` input embeddings)."""
     js_sib, js_sib_head, mass, sib_S, cross_S, top_sib, top_cross, pairs = [], [], [], [], [], [], [], []
+    sib_W, cross_W = [], []
     prev = None
     for s, tok, lp, ss, a in steps:
         n = a.shape[2]
@@ -142,9 +147,15 @@ def prompt_stats(steps, embed) -> dict:
             keep0 = ss0 < s0  # all of them (context of s0 is slot_step < s0)
             if keep.sum() >= 2 and keep.sum() == keep0.sum():
                 qs, q0 = renorm(a[..., keep].astype(np.float64)), renorm(a0[..., keep0].astype(np.float64))
-                sib_S.append(js_bits(qs[:, :, I], qs[:, :, J]).mean((1, 2)))
+                js_s = js_bits(qs[:, :, I], qs[:, :, J])  # [L,H,P]
+                sib_S.append(js_s.mean((1, 2)))
+                # robustness: heads weighted by the pair's attention mass on the common support
+                ms, m0 = a[..., keep].sum(-1).astype(np.float64), a0[..., keep0].sum(-1).astype(np.float64)
+                sib_W.append(_wmean(js_s, 0.5 * (ms[:, :, I] + ms[:, :, J])))
                 ci, cj = map(np.ravel, np.meshgrid(np.arange(n), np.arange(q0.shape[2]), indexing="ij"))
-                cross_S.append(js_bits(qs[:, :, ci], q0[:, :, cj]).mean((1, 2)))
+                js_c = js_bits(qs[:, :, ci], q0[:, :, cj])
+                cross_S.append(js_c.mean((1, 2)))
+                cross_W.append(_wmean(js_c, 0.5 * (ms[:, :, ci] + m0[:, :, cj])))
                 top = lambda x, y: (x.argmax(-1) == y.argmax(-1)).mean((1, 2))
                 top_sib.append(top(qs[:, :, I], qs[:, :, J]))
                 top_cross.append(top(qs[:, :, ci], q0[:, :, cj]))
@@ -153,7 +164,12 @@ def prompt_stats(steps, embed) -> dict:
     return {"js_sib": mean(js_sib), "js_sib_head": mean(js_sib_head), "ctx_mass": mean(mass),
             "js_sib_S": mean(sib_S), "js_cross_S": mean(cross_S), "top_sib": mean(top_sib),
             "top_cross": mean(top_cross), "pairs": pairs, "n_multi": len(steps),
-            "n_null": len(sib_S)}
+            "n_null": len(sib_S), "js_sib_W": mean(sib_W), "js_cross_W": mean(cross_W)}
+
+
+def _wmean(js, w):
+    """Mean of ``js[L,H,P]`` over heads and pairs weighted by ``w[L,H,P]`` -> ``[L]``."""
+    return (js * w).sum((1, 2)) / np.maximum(w.sum((1, 2)), 1e-12)
 
 
 def run(ctx) -> Output:
@@ -170,6 +186,7 @@ def run(ctx) -> Output:
         if r["js_cross_S"] is not None:
             lr = np.log(r["js_sib_S"]) - np.log(r["js_cross_S"])
             row["lratio_mean"] = float(np.log(r["js_sib_S"].mean()) - np.log(r["js_cross_S"].mean()))
+            row["lratio_w_mean"] = float(np.log(r["js_sib_W"].mean()) - np.log(r["js_cross_W"].mean()))
             for l in range(L):
                 row[f"L{l}_lratio"] = float(lr[l])
         if len(r["pairs"]) >= MIN_PAIRS:
@@ -289,8 +306,10 @@ def answer(tests, design) -> str:
     n_more = sum(t.verdict.startswith("differs (+)") for t in lay)
     r, pr = by["rho_cos_js"], by["prho_cos_js"]
     f = lambda t: f"{t.estimate:+.2f} [{t.lo:+.2f}, {t.hi:+.2f}]"
-    return (f"Siblings' context attention diverges {pct(d)} relative to cross-step pairs on the same "
-            f"support (layer mean; {d.verdict}); per layer, siblings diverge less in {n_less} and more in "
+    w = by.get("lratio_w_mean")
+    wtxt = f", mass-weighted {pct(w)} ({w.verdict})" if w is not None and w.n else ""
+    return (f"Siblings' Jensen-Shannon divergence over context slots differs by {pct(d)} from that of cross-step pairs on the same "
+            f"support (layer mean; {d.verdict}{wtxt}); per layer, siblings diverge less in {n_less} and more in "
             f"{n_more} of {len(lay)} layers (BH). Semantic similarity: mean per-prompt Spearman "
             f"rho(embedding cosine, JS) {f(r)} ({r.verdict}), controlling for the probability gap "
             f"{f(pr)} ({pr.verdict}).")

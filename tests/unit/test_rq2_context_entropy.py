@@ -54,6 +54,7 @@ def test_prompt_stats_sibling_and_cross_step_on_common_support():
     assert r["js_sib_S"][0] == pytest.approx(0.0, abs=1e-9)  # identical siblings
     assert r["js_cross_S"][0] == pytest.approx(1.0)  # slot B vs slot A: disjoint on the support
     assert r["top_sib"][0] == 1.0 and r["top_cross"][0] == 0.0
+    assert r["js_sib_W"][0] == pytest.approx(0.0, abs=1e-9) and r["js_cross_W"][0] == pytest.approx(1.0)
     # per-pair records: step, cosine, |log p gap|, JS per layer
     assert [(s, c) for s, c, _, _ in r["pairs"]] == [(2, pytest.approx(0.0)), (5, pytest.approx(1.0))]
     assert r["pairs"][0][3][0] == pytest.approx(0.0, abs=1e-9)  # step 2: both all on slot A
