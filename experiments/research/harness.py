@@ -205,7 +205,7 @@ def quality_of(m, prompt, trace) -> dict[str, float]:
 def registry() -> dict[str, Any]:
     """Experiment id -> module, from ``experiments/research/rq*.py`` modules that define DESIGN."""
     out = {}
-    for path in sorted(Path(__file__).parent.glob("rq*.py")):
+    for path in sorted([*Path(__file__).parent.glob("rq*.py"), *Path(__file__).parent.glob("rep*.py")]):
         mod = importlib.import_module(f"experiments.research.{path.stem}")
         design = getattr(mod, "DESIGN", None)
         if isinstance(design, Design):
