@@ -229,16 +229,31 @@ def _figures(ctx, rows, recs, f_all, L):
 
 def answer(tests, design) -> str:
     by = {t.column: t for t in tests}
-    fmt = lambda t: f"{t.estimate:+.2f} [{t.lo:+.2f}, {t.hi:+.2f}], {t.verdict}"
-    ld = [t for t in tests if t.family == "layers_deliv" and t.verdict.startswith("differs (+)")]
-    lb = [t for t in tests if t.family == "layers_boost" and t.verdict.startswith("differs (+)")]
-    lc = [t for t in tests if t.family == "layers_ctrl" and t.verdict.startswith("differs (+)")]
-    lay = lambda ts: ", ".join(str(int(t.column[1:3])) for t in sorted(ts, key=lambda t: t.column)) or "none"
+    ci = lambda t: f"{t.estimate:+.2f} [{t.lo:+.2f}, {t.hi:+.2f}]"
+    sig = lambda fam, sign: [t for t in tests if t.family == fam and t.verdict.startswith(f"differs ({sign})")]
+    layer = lambda t: int(t.column[1:3])
+    lay = lambda ts: ", ".join(str(x) for x in sorted(layer(t) for t in ts)) or "none"
+
+    def said(t, more, less, same="does not differ detectably"):
+        if t.verdict.startswith("differs (+)"):
+            return more
+        if t.verdict.startswith("differs (-)"):
+            return less
+        return same
+
     h1, h2, h3 = by["deliv_early_minus_late"], by["boost_early_minus_late"], by["boost_vs_ctrl"]
-    return (f"Share of the set's effect on the probe delivered by member edges in layers 0-9 minus "
-            f"layers 20-29: {fmt(h1)}; layers whose member edges add a significant share (BH): "
-            f"{lay(ld)}; a one-layer boost of member attention to the single-token level, early minus "
-            f"late layers (mean log KL): {fmt(h2)}; layers where the boost moves the prediction more "
-            f"than the layer average (BH): {lay(lb)}; member boost vs a mass-matched boost of other "
-            f"prompt tokens (mean log KL ratio over layers): {fmt(h3)}, significant at layers "
-            f"{lay(lc)}.")
+    ld = sig("layers_deliv", "+")
+    top = sorted(ld, key=lambda t: -t.estimate)[:3]
+    n_ld = sum(t.family == "layers_deliv" for t in tests)
+    return (f"Member edges in layers 0-9 {said(h1, 'deliver more', 'deliver less')} of the set's "
+            f"effect on a later query's prediction than layers 20-29 (difference of delivered "
+            f"fractions {ci(h1)}, {h1.verdict}); {len(ld)} of {n_ld} layers add a significant share "
+            f"(BH), the largest "
+            + ", ".join(f"layer {layer(t)} ({t.estimate:.2f})" for t in top)
+            + f". Boosting the query's attention to the members to the single-token level at ONE "
+            f"layer moves the prediction {said(h2, 'more', 'less', 'about as much')} in layers 0-9 than "
+            f"in 20-29 (mean log KL {ci(h2)}, {h2.verdict}), more than the layer average at layers "
+            f"{lay(sig('layers_boost', '+'))} (BH); against moving the same attention mass onto 5 "
+            f"other prompt tokens the member boost is {said(h3, 'larger', 'smaller', 'not detectably larger')}"
+            f" on average over layers (mean log KL ratio {ci(h3)}, {h3.verdict}) and larger at layers "
+            f"{lay(sig('layers_ctrl', '+'))} (BH).")
