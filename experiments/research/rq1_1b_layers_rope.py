@@ -17,7 +17,9 @@ measured q/k spectra (member j moves from P to P + j; the probe stays at P + 20)
 - direct (reference): per prompt, the first-order attention change from rotating each member's own
   key (everything else held), mean over prompts: how much of the effect the probe-member logits alone
   carry, before anything downstream of layer inputs changes.
-Rank correlations (Spearman) over the 270 heads, percentile bootstrap over heads.
+Rank correlations (Spearman) over the 270 heads, percentile bootstrap over heads; the
+``within_layer`` family repeats two of them after removing each layer's mean from both sides (does
+the prediction rank heads within a layer, not only layers?).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ DESIGN = Design(
     margin_note="log(1.1): a 10% relative change in attention; 0.1 in Spearman rho for the RoPE "
                 "predictions",
     metrics=("L*_pos", "L*_tok", "early_minus_late_pos", "pos_n20"),
-    families={"primary": "holm", "early_late": "holm", "layers_pos": "holm", "layers_tok": "holm"},
+    families={"primary": "holm", "within_layer": "holm", "early_late": "holm", "layers_pos": "holm",
+              "layers_tok": "holm"},
     n_per_genre=40,
     caveats=(
         "Forced sets of the top-20 tokens at one step, isolated siblings, probe 20 positions later "
@@ -130,10 +133,15 @@ def run(ctx) -> Output:
     j = np.arange(N)[:, None]
     energy = np.sqrt((e[:, :, None, :] * (1 - np.cos(theta * j))[None, None]).sum(-1)).mean(-1) / np.sqrt(D)
     direct = np.stack(direct).mean(0)
+    within = lambda x: x - x.mean(1, keepdims=True)  # remove each layer's mean: heads vs their layer
     tests = [
         _spearman("R1", "rho_spectral_vs_measured", spectral, measured, ctx.seed),
         _spearman("R2", "rho_energy_vs_abs_measured", energy, np.abs(measured), ctx.seed),
         _spearman("R3", "rho_direct_vs_measured", direct, measured, ctx.seed),
+        _spearman("W1", "rho_spectral_vs_measured_within_layer", within(spectral), within(measured),
+                  ctx.seed, family="within_layer"),
+        _spearman("W2", "rho_energy_vs_abs_measured_within_layer", within(energy),
+                  within(np.abs(measured)), ctx.seed, family="within_layer"),
     ]
     head_table = [{"layer": l, "head": h, "measured": measured[l, h], "spectral_dlogit": spectral[l, h],
                    "energy_rms_dlogit": energy[l, h], "direct_pred": direct[l, h]}
@@ -158,7 +166,7 @@ def run(ctx) -> Output:
                           "critical_offset_heads": crit_table, "critical_offset_layers": layer_crit})
 
 
-def _spearman(name, column, x, y, seed) -> TestResult:
+def _spearman(name, column, x, y, seed, family="primary") -> TestResult:
     """Spearman rho over heads; percentile bootstrap CI over heads; permutation p; Fisher-z TOST."""
     x, y = np.ravel(x), np.ravel(y)
     r = S.cluster_corr(x, y, np.arange(len(x)), "spearman", n_boot=2000, seed=seed)
@@ -170,7 +178,7 @@ def _spearman(name, column, x, y, seed) -> TestResult:
     se = np.sqrt(1.06 / (len(x) - 3))
     z, zm = np.arctanh(rho), np.arctanh(RHO_MARGIN)
     p_tost = max(sps.norm.sf((z + zm) / se), sps.norm.cdf((z - zm) / se))
-    return TestResult(name, column, "primary", ">0", len(x), rho, r["lo"], r["hi"], float(p),
+    return TestResult(name, column, family, ">0", len(x), rho, r["lo"], r["hi"], float(p),
                       float(p_tost), margin=RHO_MARGIN,
                       note="Spearman rho over heads; percentile bootstrap over heads (2000); "
                            "permutation p (4999); TOST on Fisher z with se sqrt(1.06/(n-3))")
@@ -261,4 +269,7 @@ def answer(tests, design) -> str:
             f"[{e.lo:+.2f}, {e.hi:+.2f}] ({e.verdict}). Across heads the RoPE spectral prediction "
             f"ranks the measured effect with {r('rho_spectral_vs_measured')}; the phase-free energy "
             f"prediction ranks its size with {r('rho_energy_vs_abs_measured')}; the direct "
-            f"first-order probe-member logit change with {r('rho_direct_vs_measured')}.")
+            f"first-order probe-member logit change with {r('rho_direct_vs_measured')}; within "
+            f"layers (layer means removed) the spectral prediction gives "
+            f"{r('rho_spectral_vs_measured_within_layer')} and the energy prediction "
+            f"{r('rho_energy_vs_abs_measured_within_layer')}.")
