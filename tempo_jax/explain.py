@@ -318,14 +318,18 @@ def _decision(m: dict, members: list[dict], config: dict, step: int, n_steps: in
 
 def explain_step(trace: Trace, step: int, decode: Decode | None = None, attn: np.ndarray | None = None,
                  attention_source: str | None = None, dist: np.ndarray | None = None,
-                 n_groups: int = 3, top: int = 5, near: int = 5) -> StepExplanation:
+                 n_groups: int = 3, top: int = 5, near: int = 5, steps: list[dict] | None = None
+                 ) -> StepExplanation:
     """The explanation of step ``step`` of ``trace`` (``attn[L,H,n,Kc]``: its queries' attention,
-    from a capture or a replay; ``dist[V]``: the distribution the step selected from)."""
+    from a capture or a replay; ``dist[V]``: the distribution the step selected from; ``steps``:
+    ``trace.steps()`` when the caller has it already)."""
     check_step(trace, step)
     tok = (lambda t: decode([int(t)])) if decode is not None else (lambda t: f"#{int(t)}")
-    st = trace.steps()[step]
+    steps = trace.steps() if steps is None else steps
+    st = steps[step]
     a = trace.arrays
-    clean = clean_members(trace)[step]
+    alive = [i for i, m in enumerate(st["members"]) if not m["pruned"]] or [0]
+    clean = alive[0]
     members = []
     for i, m in enumerate(st["members"]):
         members.append(MemberInfo(i, m["token"], tok(m["token"]), m["prob"], m["slot"], i == clean,

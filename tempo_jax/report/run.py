@@ -141,6 +141,8 @@ def run_data(run_dir, stem: str = "trace_000", decode: Decode | None = None,
     cdir = capture_dir(run_dir, stem)
     if max_bytes > 0 and (cdir / "capture.json").exists():
         data["capture"], blocks = _capture_blocks(cdir, a, max_bytes)
+    data["explain"] = step_explanations(trace, steps, run_dir, stem, decode,
+                                        full_capture=bool(data["capture"]) and data["capture"].get("mode") == "full")
     try:
         from importlib.metadata import version
 
@@ -148,6 +150,27 @@ def run_data(run_dir, stem: str = "trace_000", decode: Decode | None = None,
     except Exception:
         data["version"] = None
     return data, blocks
+
+
+MAX_EXPLAINED_STEPS = 256
+
+
+def step_explanations(trace: Trace, steps, run_dir, stem: str, decode: Decode | None,
+                      full_capture: bool, top: int = 3) -> dict:
+    """Per parallel step, what ``tempo-jax explain`` prints (members, probabilities, pruning
+    decisions, and with a full capture the top context slots per layer group): ``{"pruning": words,
+    "steps": [StepExplanation dicts], "left_out": parallel steps beyond MAX_EXPLAINED_STEPS}``."""
+    from tempo_jax.explain import capture_attention, explain_step, pruning_words
+
+    parallel = [s for s, st in enumerate(steps) if len(st["members"]) > 1]
+    out = []
+    for s in parallel[:MAX_EXPLAINED_STEPS]:
+        attn = capture_attention(run_dir, stem, trace, s) if full_capture else None
+        e = explain_step(trace, s, decode, attn, "capture" if attn is not None else None, top=top,
+                         steps=steps)
+        out.append(e.to_dict())
+    return {"pruning": pruning_words(trace.config) if "prune" in trace.config else "off", "steps": out,
+            "left_out": max(0, len(parallel) - MAX_EXPLAINED_STEPS)}
 
 
 def _capture_blocks(cdir: Path, a: dict, max_bytes: int) -> tuple[dict, list[dict]]:

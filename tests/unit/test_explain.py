@@ -171,3 +171,26 @@ def test_a_run_that_does_not_replay_is_refused(runs, loaded, tmp_path):
         pytest.skip(reason="the run has no parallel set, so a greedy replay would match it")
     with pytest.raises(ValueError, match="does not reproduce"):
         X.replay(loaded.params, loaded.cfg, bad)
+
+
+def test_report_lists_every_parallel_step_with_the_trace_numbers(runs):
+    from tempo_jax.report import run_data, write_run_report
+
+    trace = Trace.load(runs["captured"], "trace_000")
+    data, _ = run_data(runs["captured"])
+    parallel = [s for s, st in enumerate(trace.steps()) if len(st["members"]) > 1]
+    ex = data["explain"]["steps"]
+    assert [e["step"] for e in ex] == parallel
+    for e in ex:
+        members = trace.steps()[e["step"]]["members"]
+        assert [m["prob"] for m in e["members"]] == [m["prob"] for m in members]
+        assert e["attention_source"] == "capture"
+        # the same numbers as the command's explanation from the capture
+        attn = X.capture_attention(runs["captured"], "trace_000", trace, e["step"])
+        ref = X.explain_step(trace, e["step"], lambda ids: f"w{ids[0]}", attn, "capture", top=3)
+        assert e["members"][0]["attention"] == ref.to_dict()["members"][0]["attention"]
+    html = write_run_report(runs["captured"], runs["captured"] / "r.html").read_text()
+    for s in parallel:
+        assert f'id="explain-{s}"' in html
+    plain, _ = run_data(runs["plain"])
+    assert all(e["attention_source"] is None for e in plain["explain"]["steps"])
