@@ -551,5 +551,40 @@ def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
             out += ["Notes: " + " ".join(r["notes"]), ""]
         if d["caveats"]:
             out += ["Caveats: " + " ".join(d["caveats"]), ""]
+    out += replication_section(results, results_dir)
     path.write_text("\n".join(out) + "\n")
     return path
+
+
+def replication_section(results: list[dict], results_dir: Path) -> list[str]:
+    """FINDINGS.md's "Replication of the original findings" table (issue 15): one row per ``rep*``
+    result, built by that experiment's ``replication(result, folder)`` from the stored statistics."""
+    rows = []
+    for r in results:
+        if not r["id"].startswith("rep"):
+            continue
+        try:
+            mod = get(r["id"])
+        except ValueError:
+            continue
+        if hasattr(mod, "replication") and r.get("title") == mod.DESIGN.title:
+            rows.append((r["id"], mod.replication(r, results_dir / r["id"])))
+    if not rows:
+        return []
+    cell = lambda x: str(x).replace("|", "/")
+    out = ["## Replication of the original findings", "",
+           "The research questions' \"current findings\" came from the original PyTorch project's "
+           "loop (one fed token per step, no position sharing, displayed-text indices, the sink in "
+           "the non-parallel group; see docs/replication.md). Each row: (1) the original metric "
+           "computed as the original did, on a `compat=\"upstream\"` run of \"The cat sat on the\" "
+           "(tau 0.1, 10 steps) and, where it is a per-prompt statistic, over test prompts; (2) the "
+           "same metric on correct mechanics (siblings fed, shared positions, slot maps, sink "
+           "separate); (3) the sound, pre-registered design. Verdict rules are in each experiment's "
+           "caveats.", "",
+           "| finding | (1) original procedure | (2) same metric, correct mechanics | (3) sound design | verdict |",
+           "|---|---|---|---|---|"]
+    for exp_id, row in rows:
+        out.append(f"| {cell(row['finding'])} ([{exp_id}](results/{exp_id}/summary.md)) | "
+                   f"{cell(row['original'])} | {cell(row['correct'])} | {cell(row['sound'])} | "
+                   f"{cell(row['verdict'])} |")
+    return out + [""]

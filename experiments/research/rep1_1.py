@@ -42,7 +42,7 @@ DESIGN = Design(
     margin_note="log(1.1): a 10% relative difference",
     metrics=("orig_lr", "corr_lr", "corr_sinkin_lr"),
     families={"primary": "holm", "control": "holm"},
-    n_per_genre=12,
+    n_per_genre=8,
     quick_n=2,
     caveats=(
         "Columns 1 and 2 are the original's own statistic (a ratio of means over keys); only the "

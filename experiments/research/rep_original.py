@@ -256,11 +256,11 @@ def tertile_classes(x) -> np.ndarray:
     return np.minimum(3 * ranks // len(x), 2)
 
 
-def cohen_kappa(a, b, k: int = 3) -> float:
-    """Cohen's kappa of two labelings with classes 0..k-1."""
+def cohen_kappa(a, b, labels=(0, 1, 2)) -> float:
+    """Cohen's kappa of two labelings over the classes ``labels``."""
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     po = float(np.mean(a == b))
-    pe = float(sum(np.mean(a == c) * np.mean(b == c) for c in range(k)))
+    pe = float(sum(np.mean(a == c) * np.mean(b == c) for c in labels))
     return (po - pe) / (1 - pe) if pe < 1 else float("nan")
 
 
