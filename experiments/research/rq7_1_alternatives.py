@@ -15,9 +15,10 @@ Measures:
     samples from the model probabilities their traces store, which equals the forward-pass
     self-perplexity); facts clean-path accuracy; code parse rate. Samples: mean over the 4.
   - alternatives (4.1): per logical step, the tokens a decoder computed at that step (TEMPO: the
-    set's members; beam: the 4 final beams' tokens; sampling: the 4 samples' tokens); their distinct
-    count, redundancy (share of computed tokens that repeat another) and semantic spread (mean
-    pairwise cosine distance of input embeddings, steps with >= 2 distinct tokens).
+    set's members; beam: the 4 final beams' tokens; sampling: the tokens of the first |C_s| samples,
+    count-matched per step to TEMPO's set size, and, in the table only, of all 4 samples); their
+    distinct count, redundancy (share of computed tokens that repeat another) and semantic spread
+    (mean pairwise cosine distance of input embeddings, steps with >= 2 distinct tokens).
   - attention (7.1): per layer, sink share and attention entropy of TEMPO's clean-path queries in
     the lattice vs the SAME tokens fed as one causal sequence (what beam search or greedy computes
     for a path: a beam's query sees its own ancestors only), which isolates the effect of the
@@ -63,7 +64,7 @@ DESIGN = Design(
         Hypothesis("QB", "the best beam has lower self-perplexity than TEMPO's clean path "
                          "(log ratio beam / TEMPO)", "lppl_beam", "<0"),
         Hypothesis("SS", "TEMPO's members are semantically closer (lower embedding spread) than the "
-                         "tokens samples write at the same step (TEMPO - sampling)",
+                         "tokens as many samples write at the same step (TEMPO - sampling)",
                    "spread_samp_*", "<0", family="alternatives", margin=0.05),
         Hypothesis("SB", "TEMPO's members are semantically more spread than the tokens beam "
                          "search's final beams hold at the same step (TEMPO - beam)",
@@ -146,6 +147,7 @@ def _one(m, p, seed) -> dict:
     clean = [int(t) for t in tr.arrays["tokens"][:, 0]]
     sink_rep, ent_rep = A.replay_attention(m.params, m.cfg, ids, clean)
     sets = [[mm["token"] for mm in st["members"] if not mm["pruned"]] for st in tr.steps()]
+    set_sizes = [len(x) for x in sets]
     out["tempo"] = dict(q, ppl=q["self_ppl"], alt=A.alternatives(sets, embed), fwd=float(np.mean(tr.arrays["set_n"])),
                         ms=1000 * tr.timings["total_s"] / tr.n_steps, first=set(sets[0]), n0=len(sets[0]))
     out["attn"] = dict(sink_lat=sink_lat, ent_lat=ent_lat, alt_lat=alt_lat, sink_rep=sink_rep,
@@ -172,8 +174,11 @@ def _one(m, p, seed) -> dict:
         qs = [quality.measure(t, **kw) for t in trs]
         mean = {key: float(np.nanmean([x[key] for x in qs])) for key in qs[0]}
         firsts = [int(t.arrays["tokens"][0, 0]) for t in trs]
+        # count-matched per step: at step s the tokens of the first |C_s| samples (TEMPO's set size)
+        matched = [[pp[s] for pp in paths[:n_s] if len(pp) > s] for s, n_s in enumerate(set_sizes)]
         out[f"samp_{k}"] = dict(mean, ppl=float(np.exp(np.nanmean([np.log(A.path_ppl(t, eos)) for t in trs]))),
-                                alt=A.alternatives(A.paths_by_step(paths), embed), fwd=float(N_SAMPLES),
+                                alt=A.alternatives(matched, embed),
+                                alt4=A.alternatives(A.paths_by_step(paths), embed), fwd=float(N_SAMPLES),
                                 ms=ms, first=set(firsts[:out["tempo"]["n0"]]), first_all=set(firsts))
     if p.genre == "facts":
         gold = quality.gold_first_token(m.tokenizer, p.reference)
@@ -195,6 +200,8 @@ def run(ctx) -> Output:
             row.update({f"ppl_{meth}": x["ppl"], f"fwd_{meth}": x["fwd"], f"ms_{meth}": x["ms"],
                         f"distinct_{meth}": x["alt"].distinct, f"redund_{meth}": x["alt"].redundancy,
                         f"spreadv_{meth}": x["alt"].spread, f"branch_{meth}": x["alt"].branching})
+            if "alt4" in x:
+                row[f"spread4_{meth}"], row[f"redund4_{meth}"] = x["alt4"].spread, x["alt4"].redundancy
             for key in ("cov", "cov_all", "correct", "parses", "repeat_3", "distinct_2"):
                 if key in x:
                     row[f"q_{key}_{meth}"] = x[key]
@@ -228,7 +235,9 @@ def _table(rows) -> list[dict]:
     out = []
     for meth in ("tempo", *METHODS):
         rec = {"method": meth}
-        for col in ("fwd", "ms", "ppl", "distinct", "redund", "spreadv", "branch"):
+        for col in ("fwd", "ms", "ppl", "distinct", "redund", "spreadv", "branch", "spread4", "redund4"):
+            if f"{col}_{meth}" not in rows[0]:
+                continue
             v = np.asarray([r[f"{col}_{meth}"] for r in rows], np.float64)
             v = v[np.isfinite(v)]
             rec[f"{col}_{'median' if col in ('ms', 'ppl') else 'mean'}"] = \
@@ -279,7 +288,8 @@ def _figures(ctx, rows, attn, table):
         ax.tick_params(axis="x", labelsize=8)
         if log:
             ax.set_yscale("log")
-    fig.suptitle(f"RQ 7.2 / 4.1: decoders over {len(rows)} prompts (fwd tokens per step: "
+    fig.suptitle(f"RQ 7.2 / 4.1: decoders over {len(rows)} prompts; samples count-matched per step to "
+                 f"TEMPO's set size (fwd tokens per step: "
                  + ", ".join(f"{lab} {rec['fwd_mean']:.2f}" for lab, rec in zip(labels, table)) + ")")
     fig.tight_layout()
     ctx.figure(fig, "decoders")
