@@ -1,0 +1,100 @@
+"""The replication instrument (experiments/research/rep_original.py): the original metrics on
+hand-computed cases, the original loop against the engine's upstream-compatible mode, and the
+verdict and cross-fitting helpers of the rep* experiments."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from experiments.research import rep_original as R
+from tempo_jax.slots import PROMPT, UNWRITTEN
+
+
+def test_displayed_parallel_indices():
+    # prompt of 3 tokens, sets of 1, 2, 1, 3 members: displayed 3 | 4 5 | 6 | 7 8 9
+    assert R.displayed_parallel(3, [1, 2, 1, 3]) == {4, 5, 7, 8, 9}
+    assert R.displayed_parallel(3, [1, 1]) == set()
+
+
+def test_original_ratio_hand_computed():
+    a = np.array([0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    # displayed parallel {4, 5}; the non-parallel group holds the sink and the prompt: 0.8 / 4
+    par, non = R.original_ratio(a, 3, [1, 2])
+    assert par == pytest.approx(0.1) and non == pytest.approx(0.2)
+    # only indices below the key count are read
+    par, non = R.original_ratio(a[:5], 3, [1, 2])
+    assert par == pytest.approx(0.1) and non == pytest.approx(0.2)
+    assert R.original_ratio(a, 3, [1, 1]) is None
+
+
+def test_original_isolation_mask_hits_misaligned_slots():
+    # sets [1, 2], step 1 feeds the last member (displayed 5) at slot P + 2 = 5: displayed 4 hidden
+    assert R.original_isolation_hidden(3, [1, 2], 1) == [4]
+    # sets [1, 1, 3], step 2: displayed 5 6 7, query at slot 6; slots 5 and 6 (itself) are hidden
+    assert R.original_isolation_hidden(3, [1, 1, 3], 2) == [5, 6]
+    # a set after a large one: its displayed indices lie beyond the cache, nothing is hidden
+    assert R.original_isolation_hidden(3, [4, 2], 1) == []
+    assert R.original_isolation_hidden(3, [1, 1], 1) == []
+
+
+def test_slot_ratio_sink_separate_and_included():
+    slot_step = np.array([PROMPT, PROMPT, PROMPT, 0, 0, 1, UNWRITTEN])
+    alive = np.ones(7, bool)
+    a = np.array([0.4, 0.1, 0.1, 0.1, 0.1, 0.2])  # step 1's query over the 6 written slots
+    par, non, sink = R.slot_ratio(a, slot_step, alive, [2, 1], 1)
+    assert (par, non, sink) == pytest.approx((0.1, 0.1, 0.4))
+    par, non, _ = R.slot_ratio(a, slot_step, alive, [2, 1], 1, sink_in_nonparallel=True)
+    assert non == pytest.approx(0.6 / 3) and par / non == pytest.approx(0.5)
+    assert R.slot_ratio(a, slot_step, alive, [2, 1], 0) is None  # no earlier parallel set
+
+
+def test_entropy_bands_locality_classes():
+    assert R.entropy_nats(np.full(4, 0.25)) == pytest.approx(np.log(4))
+    assert R.entropy_nats(np.array([1.0, 0.0])) == 0.0
+    b = R.bands(28)  # the original's 0-5 / 6-15 / 16-27
+    assert list(np.flatnonzero(b == 0)) == list(range(6)) and list(np.flatnonzero(b == 2)) == list(range(16, 28))
+    x = np.where(b == 1, 2.0, np.where(b == 0, 1.0, 0.5))
+    assert R.band_means(x) == pytest.approx([1.0, 2.0, 0.5]) and R.funnel(x)
+    assert not R.funnel(np.arange(28.0))  # rising entropy: the late band is highest
+    a = np.array([[0.6, 0.1, 0.1, 0.2]])
+    recent = np.array([False, False, True, True])
+    assert R.locality(a, recent, ~recent)[0] == pytest.approx(0.15 / (0.15 + 0.35))
+    assert list(R.tertile_classes(np.linspace(0.1, 0.9, 9))) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert R.cohen_kappa([0, 1, 2, 2], [0, 1, 2, 2]) == pytest.approx(1.0)
+    # po = 0.5, pe = 0.5 * 0.5 + 0.5 * 0.5 = 0.5 -> kappa 0
+    assert R.cohen_kappa([0, 0, 1, 1], [0, 1, 0, 1], labels=(0, 1)) == pytest.approx(0.0)
+
+
+def test_verdict_line():
+    assert R.verdict_line(True, None, "does not hold").endswith("artefact of the original procedure")
+    assert R.verdict_line(False, None, "holds") == ("does not reproduce under the original procedure; "
+                                                     "holds in the sound design")
+    assert "cannot tell" in R.verdict_line(None, None, "cannot tell")
+
+
+def test_cross_fitted_gap_and_kappa():
+    from experiments.research.rep6_1 import cross_fit_gaps, split_kappa
+
+    base = np.linspace(0.0, 0.8, 9)
+    loc = np.tile(base, (10, 1))  # every prompt has the same head ordering
+    gaps = cross_fit_gaps(loc, np.random.default_rng(0))
+    assert gaps == pytest.approx(np.full(10, base[6:].mean() - base[:3].mean()))
+    assert split_kappa(loc, np.random.default_rng(0), 5) == pytest.approx(1.0)
+
+
+def test_original_loop_matches_upstream_engine(tiny_model):
+    _, cfg, params = tiny_model
+    m = SimpleNamespace(params=params, cfg=cfg)
+    ids = [1, 5, 9, 13, 17]
+    up = R.engine_run(m, ids, compat="upstream", tau=0.05, steps=6)
+    mine = R.original_loop(params, cfg, ids, isolate=False, tau=0.05, steps=6, eos_ids=(2,))
+    assert up.sets == mine.sets and any(len(s) > 1 for s in up.sets)
+    for a, b in zip(up.attn, mine.attn):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    iso = R.original_loop(params, cfg, ids, isolate=True, tau=0.05, steps=6, eos_ids=(2,))
+    hidden = [(s, R.original_isolation_hidden(len(ids), iso.sizes, s)) for s in range(len(iso.sets))]
+    hit = [(s, h) for s, h in hidden if h]
+    assert hit, "the tiny run should have a step whose original isolated mask hides slots"
+    for s, h in hit:
+        assert np.all(iso.attn[s][..., h] == 0.0)
