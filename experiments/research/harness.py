@@ -568,7 +568,11 @@ def replication_section(results: list[dict], results_dir: Path) -> list[str]:
         except ValueError:
             continue
         if hasattr(mod, "replication") and r.get("title") == mod.DESIGN.title:
-            rows.append((r["id"], mod.replication(r, results_dir / r["id"])))
+            try:
+                rows.append((r["id"], mod.replication(r, results_dir / r["id"])))
+            except (OSError, KeyError, ValueError, StopIteration) as e:  # one bad row never breaks the report
+                rows.append((r["id"], {"finding": r["title"], "original": "n/a", "correct": "n/a",
+                                       "sound": "n/a", "verdict": f"row not built ({type(e).__name__}: {e})"}))
     if not rows:
         return []
     cell = lambda x: str(x).replace("|", "/")
