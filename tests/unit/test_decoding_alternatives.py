@@ -34,19 +34,19 @@ def test_sample_worlds_equal_separate_runs(tiny_model):
 
 def test_path_ppl_equals_forward_self_perplexity(tiny_model):
     _, cfg, params = tiny_model
-    for g in (GenerationConfig(method="greedy", max_steps=7),
-              GenerationConfig(method="sample", max_steps=7, seed=3)):
+    for g in (GenerationConfig(method="greedy", max_steps=6),
+              GenerationConfig(method="sample", max_steps=6, seed=3)):
         tr = generate(params, cfg, PROMPT, g)
         cont = quality.clean_continuation_ids(tr, (2,))
         ref = quality.self_perplexity(params, cfg, PROMPT, cont)
         assert A.path_ppl(tr, (2,)) == pytest.approx(ref, rel=1e-4)
-    bt = beam_search(params, cfg, PROMPT, width=3, max_steps=7)
+    bt = beam_search(params, cfg, PROMPT, width=3, max_steps=6)
     ref = quality.self_perplexity(params, cfg, PROMPT, A.cut_at_eos(bt.arrays["tokens"][:, 0], eos_ids=(2,)))
     assert A.path_ppl(bt, (2,)) == pytest.approx(ref, rel=1e-4)
-    tempo = generate(params, cfg, PROMPT, GenerationConfig(max_steps=5, threshold=0.05))
-    if tempo.arrays["valid"][:, 1:].any():
-        with pytest.raises(ValueError, match="width-1"):
-            A.path_ppl(tempo)
+    tempo = generate(params, cfg, PROMPT, GenerationConfig(max_steps=6, threshold=0.001, max_width=4))
+    assert tempo.arrays["valid"][:, 1:].any()  # a parallel lattice: no single path to score
+    with pytest.raises(ValueError, match="width-1"):
+        A.path_ppl(tempo)
 
 
 def test_cut_at_eos():
