@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+import jax
 import numpy as np
 
 from experiments.research.harness import Design, Hypothesis, Output, quality_of
@@ -104,8 +105,12 @@ def _one(m, p, t: float, seed: int, seen: set) -> dict:
     ids = m.tokenizer(p.prompt).input_ids
     g = GenerationConfig(**GEN, threshold=t, seed=seed)
     stamps = []
-    tr = generate(m.params, m.cfg, ids, g, capture="none",
-                  on_step=lambda s, st, cap: stamps.append(time.perf_counter()))
+
+    def on_step(s, st, cap):  # the step is dispatched asynchronously: wait for it, then stamp
+        jax.block_until_ready(st.dist)
+        stamps.append(time.perf_counter())
+
+    tr = generate(m.params, m.cfg, ids, g, capture="none", on_step=on_step)
     q = quality_of(m, p, tr)
     n = np.asarray(tr.arrays["set_n"])
     W = g.max_width
