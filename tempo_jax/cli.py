@@ -78,6 +78,7 @@ GENERATE_EXAMPLES = """examples:
   tempo-jax generate --prompt "Once upon a time" --max-steps 16 --prune --prune-rho 0.8
   tempo-jax generate --prompt-file prompts.txt --siblings visible --positions offset --offset-delta 0.01
   tempo-jax generate --prompt "The cat sat on the" --method beam --beam-width 4
+  tempo-jax generate --prompt "The cat sat on the" --method speculative --draft-layers 22 --draft-len 3
   tempo-jax generate --prompt "Once upon a time" --compat upstream --threshold 0.25
 """
 
@@ -109,7 +110,8 @@ def _cmd_generate(args) -> int:
         prune_timing=args.prune_timing, prune_rule=args.prune_rule, prune_rho=args.prune_rho,
         prune_theta=args.prune_theta, prune_layers=layers, prune_heads=heads,
         method=args.method if args.method != "beam" else "greedy", temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, compat=args.compat, seed=args.seed)
+            top_k=args.top_k, top_p=args.top_p, compat=args.compat, seed=args.seed,
+            draft_layers=args.draft_layers, draft_len=args.draft_len)
         gcfg.validate()
     m = _load(args.model)
     decode = lambda ids: m.tokenizer.decode(ids)
@@ -279,10 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-heads", default=None,
                    help="comma-separated heads whose attention scores members (unset: all)")
     g.add_argument("--method", default="tempo", choices=Method.names() + ["beam"],
-                   help="TEMPO, or a baseline: greedy, sampling, beam search")
+                   help="TEMPO, or a baseline: greedy, sampling, speculative (greedy's tokens, "
+                        "drafted by the first layers), beam search")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     g.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most probable (0: off)")
     g.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass, in (0, 1]")
+    g.add_argument("--draft-layers", type=int, default=None,
+                   help="speculative: the draft is the model's first k layers (unset: half)")
+    g.add_argument("--draft-len", type=int, default=4,
+                   help="speculative: tokens the draft proposes per full-model forward, 1..64")
     g.add_argument("--beam-width", type=int, default=4, help="beam search: beams kept")
     g.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam search: rank by score / length**penalty")

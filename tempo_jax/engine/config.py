@@ -20,6 +20,13 @@ from tempo_jax.engine.rules import (CombineRule, Compat, EosRule, Method, Positi
 from tempo_jax.engine.schedules import thresholds
 from tempo_jax.engine.selection import SELECTIONS, Greedy, Sample, Threshold
 
+MAX_DRAFT_LEN = 64
+# a method whose tokens another selection reproduces exactly: the TEMPO step runs it as that one
+# (run.generate sends speculative configs to tempo_jax.engine.speculative; the on-device step and
+# sweeps, which take the step itself, decode them greedily: the same tokens)
+_SAME_TOKENS = {Method.SPECULATIVE: Method.GREEDY}
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     """Every knob of a generation run. Words follow ``semantics.md``."""
@@ -54,6 +61,8 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     compat: str = "none"
+    draft_layers: int | None = None  # speculative: draft = first k layers (None: half, rounded down)
+    draft_len: int = 4  # speculative: tokens the draft proposes per round (g)
     seed: int = 0
     capacity: int | None = None  # None: prompt bucket + max_steps * max_width
     prompt_bucket: int = 32
@@ -88,6 +97,15 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 1 <= self.draft_len <= MAX_DRAFT_LEN:
+            raise ValueError(f"draft_len must be in 1..{MAX_DRAFT_LEN}, got {self.draft_len}")
+        if self.draft_layers is not None and self.draft_layers < 1:
+            raise ValueError(f"draft_layers must be >= 1, got {self.draft_layers}")
+        if self.method == Method.SPECULATIVE and (self.compat != Compat.NONE or self.prune):
+            raise ValueError("speculative decoding is greedy decoding: it takes neither pruning nor "
+                             "compat mode 'upstream'")
+        if model is not None and self.method == Method.SPECULATIVE:
+            self.draft_layers_for(model)
         if self.prompt_bucket < 1:
             raise ValueError(f"prompt_bucket must be >= 1, got {self.prompt_bucket}")
         if model is not None:
@@ -105,8 +123,16 @@ class GenerationConfig:
 
     @property
     def width(self) -> int:
-        """W actually compiled: 1 for greedy and sampling."""
-        return 1 if self.method in (Method.GREEDY, Method.SAMPLE) else self.max_width
+        """W actually compiled: 1 for greedy, sampling and speculative decoding."""
+        return 1 if self.method in (Method.GREEDY, Method.SAMPLE, Method.SPECULATIVE) else self.max_width
+
+    def draft_layers_for(self, model: ModelConfig) -> int:
+        """The speculative draft's depth k for ``model`` (default L // 2), checked to be in 1..L-1."""
+        L = model.num_layers
+        k = self.draft_layers if self.draft_layers is not None else max(1, L // 2)
+        if not 1 <= k < L:
+            raise ValueError(f"draft_layers must be in 1..{L - 1} (the model has {L} layers), got {k}")
+        return k
 
     def bucketed(self, prompt_len: int) -> int:
         b = self.prompt_bucket
@@ -128,7 +154,7 @@ class GenerationConfig:
         prune = PruneSpec(self.prune_window, PruneTiming(self.prune_timing),
                           PruneRule(self.prune_rule)) if self.prune else None
         return StaticSpec(width=self.width, steps=self.max_steps,
-                          selection=SELECTIONS[Method(self.method)](self.width),
+                          selection=SELECTIONS[_SAME_TOKENS.get(self.method, Method(self.method))](self.width),
                           combine=CombineRule(self.combine), eos=EosRule(self.eos), prune=prune,
                           compat=Compat(self.compat))
 

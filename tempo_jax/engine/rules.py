@@ -69,6 +69,7 @@ class Method(_Choice):
     TEMPO = "tempo"
     GREEDY = "greedy"
     SAMPLE = "sample"
+    SPECULATIVE = "speculative"  # greedy-exact self-speculative decoding (docs/speculative.md)
 
 
 class Compat(_Choice):

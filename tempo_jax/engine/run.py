@@ -19,7 +19,7 @@ from tempo_jax.engine import core, upstream
 from tempo_jax.engine.config import GenerationConfig, StaticSpec
 from tempo_jax.engine.inputs import EngineInputs
 from tempo_jax.engine.outputs import StepCapture, StepRecords
-from tempo_jax.engine.rules import Capture, Compat
+from tempo_jax.engine.rules import Capture, Compat, Method
 from tempo_jax.engine.core import TempoState
 from tempo_jax.trace import Trace
 
@@ -106,6 +106,11 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     ``gcfg.inputs(mcfg).replace(siblings=table)`` (partial isolation), ``interventions=...``
     (:class:`tempo_jax.interventions.Interventions`, batch axis 1, K = the run's capacity), etc.
     """
+    if gcfg.method == Method.SPECULATIVE:  # its own round loop, a greedy-layout trace
+        from tempo_jax.engine import speculative
+
+        return speculative.generate(params, mcfg, prompt_ids, gcfg, driver, progress, on_step,
+                                    model_id, inputs, capture)
     if driver not in ("host", "device"):
         raise ValueError(f"unknown driver {driver!r}; allowed: host, device")
     capture = Capture.check(capture or ("full" if on_step is not None else "none"), "capture mode")
