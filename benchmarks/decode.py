@@ -204,6 +204,9 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=None,
                     help="override the layer count of --shape llama3.2-3b (smoke tests)")
     ap.add_argument("--prompt", default=PROMPT)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="parameters and KV cache (default: float32 for the default model, bfloat16 "
+                         "for the 3B shape); the HF comparison runs in float32 only")
     args = ap.parse_args(argv)
     if args.bandwidth_gib is None:
         args.bandwidth_gib = 1.0 if jax.default_backend() == "cpu" else 4.0
@@ -215,7 +218,8 @@ def main(argv=None):
     if args.shape == "default":
         from tempo_jax.loading import load_model
 
-        lm = load_model(dtype=jnp.float32, verbose=True)
+        dtype = jnp.dtype(args.dtype or "float32")
+        lm = load_model(dtype=dtype, verbose=True)
         cfg, params = lm.cfg, lm.params
         tok = lm.tokenizer
         if getattr(tok, "chat_template", None):  # the instruct model's own format
@@ -224,14 +228,15 @@ def main(argv=None):
             prompt_ids = np.asarray(enc if isinstance(enc, list) else enc["input_ids"], np.int64)
         else:
             prompt_ids = np.asarray(tok(args.prompt)["input_ids"], np.int64)
-        cache_dtype = jnp.float32
-        run_hf_too = not args.no_hf
+        cache_dtype = dtype
+        run_hf_too = not args.no_hf and dtype == jnp.float32
     else:
         cfg = LLAMA32_3B if args.layers is None else dataclasses.replace(LLAMA32_3B, num_layers=args.layers)
-        params = jax.jit(functools.partial(M.init_params, cfg, dtype=jnp.bfloat16))(jax.random.key(0))
+        dtype = jnp.dtype(args.dtype or "bfloat16")
+        params = jax.jit(functools.partial(M.init_params, cfg, dtype=dtype))(jax.random.key(0))
         jax.block_until_ready(params)
         prompt_ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 32)
-        cache_dtype = jnp.bfloat16
+        cache_dtype = dtype
         run_hf_too = False
 
     nbytes = param_bytes(params)
@@ -296,7 +301,7 @@ def main(argv=None):
         figures["speedup_vs_hf"] = f"{sps / hf_rate:.2f}"
     figures.update(bandwidth_gbs=f"{bw:.2f}", limit_steps_per_s=f"{limit:.2f}",
                    fraction_of_limit=f"{sps / limit:.2f}", compile_s=f"{jx.compile_s:.2f}",
-                   device=device_name)
+                   device=device_name, dtype=jnp.dtype(cache_dtype).name)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
 

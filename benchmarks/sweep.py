@@ -23,13 +23,17 @@ def main(argv=None):
     ap.add_argument("--max-width", type=int, default=4)
     ap.add_argument("--threshold", type=float, default=0.1)
     ap.add_argument("--prompt", default="The cat sat on the")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="parameters and KV cache")
     args = ap.parse_args(argv)
 
     from tempo_jax.loading import load_model
     from tempo_jax.sweeps.runner import WorldInputs, build_mesh, make_program
     from tempo_jax.sweeps.spec import SweepSpec, expand, tokenize_prompts
 
-    m = load_model(None, verbose=False)
+    import jax.numpy as jnp
+
+    m = load_model(None, dtype=jnp.dtype(args.dtype), verbose=False)
     fixed = {"max_steps": args.steps, "max_width": args.max_width, "min_steps": args.steps}
     spec = SweepSpec(prompts=(args.prompt,), thresholds=(args.threshold,), heads=("each",),
                      fixed=fixed, chunk=args.chunk)
@@ -69,7 +73,8 @@ def main(argv=None):
           f"batched vs ~{grid.n_worlds / single_wps / 60:.1f} min one at a time")
     print(f"batched_worlds_per_s={batched_wps:.3f} single_worlds_per_s={single_wps:.3f} "
           f"speedup={speedup:.2f} chunk={c} steps={args.steps} max_width={args.max_width} "
-          f"compile_s={batched_compile:.1f} device={device.device_kind.replace(' ', '_')}")
+          f"compile_s={batched_compile:.1f} device={device.device_kind.replace(' ', '_')} "
+          f"dtype={args.dtype}")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,24 @@ with eager attention and ``output_attentions=True`` on the same prompt and the s
 prompt forward and the step at each feed width it meets), steady-state steps/s from a second,
 already-compiled run of the same generation, and mean / max set size.
 
-    python benchmarks/tempo.py [--steps 64] [--no-hf]
+The engine's own overhead is measured against itself, in the same run, interleaved (each round
+times every setting once; the best round per setting is kept): engine greedy (method greedy),
+TEMPO at tau 0.99 (W 8, pruning on: every set has one member, so the model work of greedy),
+TEMPO at tau 0.1 (the setting above), and the same tau 0.1 generation on the on-device driver
+(``lax.while_loop``, full width W every step). Rates are logical steps / generate wall time
+(prompt forward included, the same for every setting).
 
-Last line: key=value figures.
+    python benchmarks/tempo.py [--steps 64] [--rounds 3] [--no-hf]
+
+Last line: key=value figures (steps_per_s, first_step_s, mean_set, max_set, greedy_steps_per_s,
+tau099_steps_per_s, device_steps_per_s, tau099_vs_greedy, tau01_vs_greedy, device_vs_host,
+hf_tokens_per_s, speedup_vs_hf).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -33,40 +43,75 @@ def hf_tokens_per_s(cfg, params, prompt_ids, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best kept)")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="parameters and KV cache (the HF comparison runs in float32 only)")
     args = ap.parse_args()
 
     from tempo_jax.engine import GenerationConfig, generate
     from tempo_jax.loading import load_model
 
-    m = load_model()
+    import jax.numpy as jnp
+
+    m = load_model(dtype=jnp.dtype(args.dtype))
     ids = m.tokenizer(PROMPT).input_ids
-    g = GenerationConfig(max_steps=args.steps, threshold=0.1, max_width=8, siblings="isolated",
-                         prune=True, min_steps=args.steps)
+    S = args.steps
+    args.no_hf = args.no_hf or args.dtype != "float32"
+    g = GenerationConfig(max_steps=S, threshold=0.1, max_width=8, siblings="isolated",
+                         prune=True, min_steps=S)
     t0 = time.perf_counter()
     first_step = {}
     # same capture mode ("none") as the timed run, so the timed run compiles nothing
     generate(m.params, m.cfg, ids, g, capture="none", on_step=lambda s, st, a: first_step.setdefault(
         "t", time.perf_counter() - t0) if s == 0 else None)
     cold_total = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tr = generate(m.params, m.cfg, ids, g, progress=True)
-    warm = time.perf_counter() - t0
-    steps_per_s = tr.n_steps / warm
+    settings = {  # name: (config, driver)
+        "tau01": (g, "host"),
+        "greedy": (GenerationConfig(max_steps=S, method="greedy", min_steps=S), "host"),
+        "tau099": (dataclasses.replace(g, threshold=0.99), "host"),
+        "device": (g, "device"),
+    }
+    best, traces = {}, {}
+    for name, (cfg, driver) in settings.items():  # compile every setting before timing
+        generate(m.params, m.cfg, ids, cfg, driver=driver)
+    for r in range(args.rounds):
+        for name, (cfg, driver) in settings.items():
+            t1 = time.perf_counter()
+            tr = generate(m.params, m.cfg, ids, cfg, driver=driver, progress=False)
+            rate = tr.n_steps / (time.perf_counter() - t1)
+            if rate > best.get(name, 0.0):
+                best[name], traces[name] = rate, tr
+    tr = traces["tau01"]
+    steps_per_s = best["tau01"]
     sizes = tr.arrays["set_n"]
-    hf = None if args.no_hf else hf_tokens_per_s(m.cfg, m.params, ids, args.steps)
-    print(f"\ndevice: {jax.devices()[0].device_kind}   prompt: {PROMPT!r}   steps: {tr.n_steps}")
-    print(f"{'':34s}{'rate':>12s}{'ratio':>10s}")
-    print(f"{'tempo-jax logical steps/s':34s}{steps_per_s:12.2f}{'':>10s}")
+    hf = None if args.no_hf else hf_tokens_per_s(m.cfg, m.params, ids, S)
+    ratio = lambda a, b: best[a] / best[b]
+    print(f"\ndevice: {jax.devices()[0].device_kind}   prompt: {PROMPT!r}   steps: {tr.n_steps}   "
+          f"best of {args.rounds} interleaved rounds")
+    print(f"{'':44s}{'steps/s':>10s}{'ratio':>10s}")
+    rows = [("engine greedy (method greedy)", "greedy", "1.00x (base)"),
+            ("TEMPO tau 0.99, W 8, pruning (host)", "tau099", f"{ratio('tau099', 'greedy'):.2f}x greedy"),
+            ("TEMPO tau 0.1, W 8, pruning (host)", "tau01", f"{ratio('tau01', 'greedy'):.2f}x greedy"),
+            ("TEMPO tau 0.1, W 8, pruning (device)", "device", f"{ratio('device', 'tau01'):.2f}x host")]
+    for label, name, note in rows:
+        print(f"{label:44s}{best[name]:10.2f}   {note}")
     if hf is not None:
-        print(f"{'HF greedy tokens/s (attn out)':34s}{hf:12.2f}{steps_per_s / hf:10.2f}x")
+        print(f"{'HF greedy tokens/s (attn out)':44s}{hf:10.2f}   tau 0.1 host = {steps_per_s / hf:.2f}x HF")
+    mean99 = traces["tau099"].arrays["set_n"].mean()
     print(f"first step incl. compile: {first_step['t']:.2f} s (cold run total {cold_total:.2f} s)")
-    print(f"set size: mean {sizes.mean():.2f}, max {sizes.max()}; pruned members "
-          f"{int((tr.arrays['pruned_at'] >= 0).sum())}")
+    print(f"set size: mean {sizes.mean():.2f}, max {sizes.max()} (tau 0.99: mean {mean99:.2f}); "
+          f"pruned members {int((tr.arrays['pruned_at'] >= 0).sum())}")
     kv = {"steps_per_s": f"{steps_per_s:.3f}", "first_step_s": f"{first_step['t']:.2f}",
-          "mean_set": f"{sizes.mean():.2f}", "max_set": int(sizes.max())}
+          "mean_set": f"{sizes.mean():.2f}", "max_set": int(sizes.max()),
+          "greedy_steps_per_s": f"{best['greedy']:.3f}", "tau099_steps_per_s": f"{best['tau099']:.3f}",
+          "device_steps_per_s": f"{best['device']:.3f}",
+          "tau099_vs_greedy": f"{ratio('tau099', 'greedy'):.2f}",
+          "tau01_vs_greedy": f"{ratio('tau01', 'greedy'):.2f}",
+          "device_vs_host": f"{ratio('device', 'tau01'):.2f}"}
     if hf is not None:
         kv.update(hf_tokens_per_s=f"{hf:.3f}", speedup_vs_hf=f"{steps_per_s / hf:.2f}")
+    kv["dtype"] = args.dtype
     print(" ".join(f"{k}={v}" for k, v in kv.items()))
 
 

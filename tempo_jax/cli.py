@@ -41,15 +41,17 @@ def _read_prompts(args, per_line: bool) -> list[str]:
     return prompts
 
 
-def _load(spec):
-    """The model, with a bad --model (missing path, unreadable or unsupported checkpoint) refused
-    as a user error."""
+def _load(spec, dtype: str = "float32"):
+    """The model (parameters, hence the KV cache, in ``dtype``), with a bad --model (missing path,
+    unreadable or unsupported checkpoint) refused as a user error."""
     if spec not in (None, "default") and not Path(spec).exists():
         raise UsageError(f"--model {spec}: no such file or folder")
+    import jax.numpy as jnp
+
     from tempo_jax.loading import load_model
 
     with user_input():
-        m = load_model(spec)
+        m = load_model(spec, dtype=jnp.dtype(dtype))
     if m.tokenizer is None:
         raise UsageError(f"model {m.source} has no tokenizer; convert it from a folder with tokenizer files")
     return m
@@ -113,7 +115,7 @@ def _cmd_generate(args) -> int:
             top_k=args.top_k, top_p=args.top_p, compat=args.compat, seed=args.seed,
             draft_layers=args.draft_layers, draft_len=args.draft_len)
         gcfg.validate()
-    m = _load(args.model)
+    m = _load(args.model, args.dtype)
     decode = lambda ids: m.tokenizer.decode(ids)
     eos = m.cfg.eos_token_ids
     all_ids = []
@@ -186,13 +188,13 @@ def _cmd_forward(args) -> int:
     prompt = _read_prompts(args, per_line=False)[0]
     if args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
-    m = _load(args.model)
+    m = _load(args.model, args.dtype)
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from tempo_jax.model import TapsSpec, causal_mask, forward, init_cache
+    from tempo_jax.model import init_cache, prefill
 
     ids = m.tokenizer(prompt).input_ids
     if not ids:
@@ -201,18 +203,17 @@ def _cmd_forward(args) -> int:
         raise UsageError(f"prompt ({len(ids)} tokens) exceeds the model's context of "
                          f"{m.cfg.max_position_embeddings} positions; shorten the prompt")
     t = len(ids)
-    tokens = jnp.asarray([ids])
-    positions = jnp.arange(t, dtype=jnp.float32)[None]
-    run = jax.jit(forward, static_argnames=("cfg", "taps"))
-    logits, _, taps = run(m.params, m.cfg, tokens, positions, jnp.arange(t)[None],
-                          causal_mask(1, t, t), init_cache(m.cfg, 1, t), TapsSpec(attn=True))
-    probs = np.asarray(jax.nn.softmax(logits[0, -1]))
+    # chunked prefill: the last query's attention is kept in-graph, never the T x T attention
+    run = jax.jit(prefill, static_argnames=("cfg", "chunk", "attn_last"))
+    logits, _, taps = run(m.params, m.cfg, jnp.asarray([ids]), init_cache(m.cfg, 1, t, m.params["embed"].dtype),
+                          jnp.int32(t - 1), attn_last=True)
+    probs = np.asarray(jax.nn.softmax(logits[0]))
     top = np.argsort(-probs)[: args.top_k]
     print(f"model {m.cfg.name}  {_echo_prompt(prompt, ids, m.tokenizer.decode)}")
     print(f"\nnext-token top-{args.top_k}:")
     for i in top:
         print(f"  {probs[i]:7.4f}  {m.tokenizer.decode([int(i)])!r}")
-    attn = np.asarray(taps["attn"][:, 0, :, -1, :])  # [L,H,K] from the last query
+    attn = np.asarray(taps["attn_last"][:, 0])  # [L,H,K] from the last query
     ent = -(attn * np.log(np.where(attn > 0, attn, 1.0))).sum(-1)  # [L,H] nats
     print("\nper layer, last query (mean over heads): attention entropy (nats) | attention on first token")
     for layer in range(attn.shape[0]):
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help=model_help)
     g.add_argument("--threshold", type=float, default=0.1,
                    help="tau_0, in (0, 1]: keep every token with p >= tau")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of the parameters and the KV cache (logits and softmax stay float32)")
     g.add_argument("--schedule", default="constant", choices=Schedule.names(),
                    help="how tau moves from --threshold to --threshold-final over the steps")
     g.add_argument("--threshold-final", type=float, default=None,
@@ -317,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_HelpFormatter,
                        epilog="example: tempo-jax convert ./cogito-v1-preview-llama-3B ./cogito-jax")
     c.add_argument("src", help="Hugging Face model folder (config.json + safetensors) or a .gguf file")
+    f.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of the parameters and the KV cache (logits and softmax stay float32)")
     c.add_argument("out", help="folder to write the converted model to")
     c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the stored parameters")

@@ -177,7 +177,8 @@ def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig, bias=None):
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
             slots: jax.Array, mask: jax.Array, cache: KVCache, taps: TapsSpec = NO_TAPS,
-            interventions: Interventions | None = None):
+            interventions: Interventions | None = None, return_hidden: bool = False,
+            attend: int | None = None):
     """One forward over T new tokens per sequence, writing their keys/values at ``slots``.
 
     tokens[B,T] int; positions[B,T] float (any values: repeated, fractional, jumped) fed to RoPE;
@@ -185,7 +186,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     applied after this forward's keys are written; cache KVCache [L,B,K,G,D].
     ``interventions`` (arrays, see :class:`tempo_jax.interventions.Interventions`) ablate heads, bias
     attention logits per key slot or patch the residual stream.
-    Returns ``(logits[B,T,V] float32, new cache, taps dict)`` with taps chosen by ``taps``.
+    Returns ``(logits[B,T,V] float32, new cache, taps dict)`` with taps chosen by ``taps``
+    (``return_hidden``: the final residual ``[B,T,E]`` before the final norm instead of logits).
+    ``attend`` (static) A <= K: attention reads only slots 0..A-1 (the caller guarantees that the
+    mask is False beyond them and that ``slots`` < A); attention taps are zero-padded back to K. A
+    step then costs what its written prefix needs, not what the cache capacity is.
+    Attention is materialised as ``[B,H,T,K]`` per layer: for long prompts use :func:`prefill`.
     """
     positions = jnp.asarray(positions)
     if jnp.issubdtype(positions.dtype, jnp.integer):
@@ -196,6 +202,9 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     iv = interventions if interventions is not None else Interventions()
     check_interventions(iv, cfg, b, t, cache.capacity)
     per_layer_mask = mask.shape[1] != 1
+    a = cache.capacity if attend is None else attend
+    if not 1 <= a <= cache.capacity:
+        raise ValueError(f"attend must lie in [1, {cache.capacity}] (cache capacity), got {attend}")
     inv_freq = jnp.asarray(cfg.inv_freq())
     dtype = params["embed"].dtype
     batch_idx = jnp.arange(b)[:, None]
@@ -216,9 +225,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         # then read this layer's slice: no per-layer extract + write-back of the whole layer.
         ck = ck.at[li, batch_idx, slots].set(k.astype(ck.dtype), mode="drop")
         cv = cv.at[li, batch_idx, slots].set(v.astype(cv.dtype), mode="drop")
-        kl = jax.lax.dynamic_index_in_dim(ck, li, 0, keepdims=False)
-        vl = jax.lax.dynamic_index_in_dim(cv, li, 0, keepdims=False)
-        attn, probs = _attention(q, kl.astype(dtype), vl.astype(dtype), lmask, cfg, liv.attn_bias)
+        kl = jax.lax.dynamic_index_in_dim(ck, li, 0, keepdims=False)[:, :a]
+        vl = jax.lax.dynamic_index_in_dim(cv, li, 0, keepdims=False)[:, :a]
+        bias = None if liv.attn_bias is None else liv.attn_bias[..., :a]
+        attn, probs = _attention(q, kl.astype(dtype), vl.astype(dtype), lmask[..., :a], cfg, bias)
+        if a < cache.capacity and (taps.attn or taps.attn_received):
+            probs = jnp.pad(probs, [(0, 0)] * 3 + [(0, cache.capacity - a)])
         if liv.head_scale is not None:
             sc = liv.head_scale.astype(attn.dtype)[:, None]
             attn = attn * sc
@@ -249,14 +261,19 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     per_layer_iv = iv.replace(attn_bias=None if iv.attn_bias is None else jnp.moveaxis(iv.attn_bias, 1, 0))
     xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks, per_layer_iv)
     (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
-    return unembed(params, cfg, x), KVCache(ck, cv), tapped
+    if not return_hidden:
+        x = unembed(params, cfg, x)
+    return x, KVCache(ck, cv), tapped
 
 
 def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     """Final norm and LM head: residual ``[...,E]`` -> float32 logits ``[...,V]``."""
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-    # a 2-D matmul: XLA:CPU runs the 3-D einsum form of this largest product ~2x slower
+    # a 2-D matmul: XLA:CPU runs the 3-D einsum form of this largest product ~2x slower. (A tied
+    # head is transposed inside the program; a dot_general on embed's E axis avoids that copy but
+    # ran slower on XLA:CPU, and a head materialised once per run changes the last bits of the
+    # pinned traces: both measured, neither taken.)
     logits = jnp.matmul(x.reshape(-1, x.shape[-1]), head, preferred_element_type=jnp.float32)
     return logits.reshape(*x.shape[:-1], -1)
 
@@ -265,3 +282,81 @@ def causal_mask(batch: int, t: int, capacity: int, start: int = 0) -> jax.Array:
     """Ordinary causal mask ``[B,T,K]`` for T queries written at slots ``start..start+T-1``."""
     q_slot = start + jnp.arange(t)[:, None]
     return jnp.broadcast_to(jnp.arange(capacity)[None, :] <= q_slot, (batch, t, capacity))
+
+
+def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, cache: KVCache, last: jax.Array,
+            chunk: int = 256, taps: TapsSpec = NO_TAPS, attn_last: bool = False,
+            interventions: Interventions | None = None):
+    """Causal forward of a prompt in chunks of ``chunk`` queries, so peak memory grows linearly in T.
+
+    tokens[B,T] at positions and slots 0..T-1 (T <= K); ``last[B]`` int: the query whose logits
+    (and attention row, with ``attn_last``) are returned. Each chunk's attention ``[B,H,C,K]`` lives
+    only inside its layer; the T x K attention of the whole prompt is never formed. Full chunks run
+    in one ``lax.scan``, a shorter remainder in one more forward (no padding queries).
+    Returns ``(logits[B,V] float32 at last, new cache, taps dict)``; taps: ``resid`` [L,B,T,E],
+    ``attn_received`` [L,B,H,K] (summed over the T queries), ``attn_last`` [L,B,H,K] (attention
+    probabilities of query ``last``). ``taps.attn`` (quadratic in T) is refused. With T <= chunk
+    this is one :func:`forward`. ``interventions`` may not carry ``resid_patch``.
+    """
+    if taps.attn:
+        raise ValueError("prefill reduces attention in-graph: ask for attn_last or attn_received, "
+                         "not the full [L,B,H,T,K] attention (use forward for short prompts)")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if interventions is not None and interventions.resid_patch is not None:
+        raise ValueError("prefill does not take resid_patch (its T axis belongs to one forward); "
+                         "patch through model.forward")
+    b, t = tokens.shape
+    k_cap = cache.capacity
+    if t > k_cap:
+        raise ValueError(f"prompt of {t} tokens does not fit a cache of {k_cap} slots")
+    inner = TapsSpec(attn=attn_last, resid=taps.resid, attn_received=taps.attn_received)
+    last = jnp.broadcast_to(jnp.asarray(last, jnp.int32), (b,))
+    rows = jnp.arange(b)
+    L, H = cfg.num_layers, cfg.num_heads
+
+    def one(cache, start, tok):
+        """Queries tok[B,C] at slots start.. -> (cache, hidden at ``last`` or 0, taps of the chunk)."""
+        c = tok.shape[1]
+        pos = jnp.broadcast_to(start + jnp.arange(c), (b, c))
+        x, cache, tp = forward(params, cfg, tok, pos.astype(jnp.float32), pos,
+                               causal_mask(b, c, k_cap, start), cache, inner, interventions,
+                               return_hidden=True)
+        here = (last >= start) & (last < start + c)
+        idx = jnp.clip(last - start, 0, c - 1)
+        out = {"x": jnp.where(here[:, None], x[rows, idx], 0.0)}
+        if attn_last:
+            row = tp["attn"][:, rows, :, idx]  # [B,L,H,K]: the advanced indices come first
+            out["attn_last"] = jnp.moveaxis(jnp.where(here[:, None, None, None], row, 0.0), 0, 1)
+        if taps.attn_received:
+            out["attn_received"] = tp["attn_received"]
+        return cache, out, tp.get("resid")
+
+    n, rem = divmod(t, chunk) if t > chunk else (0, t)
+    acc = {"x": jnp.zeros((b, cfg.hidden_size), params["embed"].dtype)}
+    if attn_last:
+        acc["attn_last"] = jnp.zeros((L, b, H, k_cap), jnp.float32)
+    if taps.attn_received:
+        acc["attn_received"] = jnp.zeros((L, b, H, k_cap), jnp.float32)
+    add = lambda a, o: jax.tree_util.tree_map(jnp.add, a, o)
+    resids = []
+    if n:
+        def body(carry, xs):
+            cache, a = carry
+            start, tk = xs
+            cache, out, resid = one(cache, start, tk)
+            return (cache, add(a, out)), resid
+
+        tok = tokens[:, :n * chunk].reshape(b, n, chunk).swapaxes(0, 1)  # [N,B,C]
+        (cache, acc), resid = jax.lax.scan(body, (cache, acc), (jnp.arange(n) * chunk, tok))
+        if taps.resid:  # [N,L,B,C,E] -> [L,B,N*C,E]
+            resids.append(jnp.moveaxis(resid, 0, 2).reshape(L, b, n * chunk, -1))
+    if rem:
+        cache, out, resid = one(cache, n * chunk, tokens[:, n * chunk:])
+        acc = add(acc, out)
+        if taps.resid:
+            resids.append(resid)
+    x_last = acc.pop("x")
+    if taps.resid:
+        acc["resid"] = jnp.concatenate(resids, axis=2) if len(resids) > 1 else resids[0]
+    return unembed(params, cfg, x_last), cache, acc

@@ -21,7 +21,11 @@ from tempo_jax.engine.outputs import StepCapture, summarize
 from tempo_jax.engine.rules import Capture
 from tempo_jax.engine.selection import CandidateSet, combine, entropy, eos_hit
 from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache
+from tempo_jax.model import prefill as model_prefill
 from tempo_jax.slots import PROMPT, UNWRITTEN
+
+
+PREFILL_CHUNK = 512  # prompt queries per prefill forward beyond this length (model.prefill)
 
 
 @flax.struct.dataclass
@@ -64,6 +68,10 @@ def prefill(params, mcfg: ModelConfig, prompt: jax.Array, prompt_len: jax.Array,
     ``capacity`` slots -> (logits ``[V]`` of the last real token, cache)."""
     pb = prompt.shape[0]
     cache = init_cache(mcfg, 1, capacity, params["embed"].dtype)
+    if pb > PREFILL_CHUNK:  # long prompts: chunks, so memory grows linearly in the prompt length
+        logits, cache, _ = model_prefill(params, mcfg, prompt[None], cache, prompt_len - 1,
+                                         chunk=PREFILL_CHUNK, interventions=interventions)
+        return logits[0], cache
     ar = jnp.arange(pb)
     logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
                                causal_mask(1, pb, capacity), cache, interventions=interventions)
@@ -109,6 +117,19 @@ def feed_widths(spec: StaticSpec) -> tuple[int, ...]:
                         | {spec.width}))
 
 
+VIEW_MIN = 256  # smallest attended prefix the host driver compiles; then doubling up to K
+
+
+def view_for(needed: int, capacity: int) -> int:
+    """The attended prefix for a step that needs ``needed`` slots: the smallest of 256, 512, 1024,
+    ... that holds it, or the capacity K (few compiled variants; cost follows the written prefix).
+    Results equal full-capacity attention up to float rounding (a shorter softmax reduction)."""
+    v = VIEW_MIN
+    while v < needed:
+        v *= 2
+    return min(v, capacity)
+
+
 # --- shared pieces of a step ----------------------------------------------------------------------
 def select(spec: StaticSpec, inputs: EngineInputs, st: TempoState):
     """C_s from d_s -> (candidate set, tau_s, the step's PRNG key)."""
@@ -118,16 +139,17 @@ def select(spec: StaticSpec, inputs: EngineInputs, st: TempoState):
 
 
 def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: TempoState,
-         tokens, pos, n_feed, capture: Capture):
+         tokens, pos, n_feed, capture: Capture, view: int | None = None):
     """ONE forward of the F fed queries (``tokens[F]`` at ``pos[F]``, slots ``n_written + i``;
-    queries i >= n_feed are padding) -> (logits[F,V], cache, attn[L,H,F,K] | None, resid[L,F,E] | None)."""
+    queries i >= n_feed are padding) -> (logits[F,V], cache, attn[L,H,F,K] | None, resid[L,F,E] | None).
+    ``view`` (static, >= n_written + F): attention reads only the first ``view`` slots."""
     F = tokens.shape[0]
     slots = st.n_written + jnp.arange(F)
     mask = step_mask(st.alive, st.slot_step, st.step, st.n_written, n_feed, F, inputs.siblings)
     need_attn = capture != Capture.NONE or spec.prune is not None
     logits, cache, taps = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == Capture.SUMMARY),
-                                  interventions=inputs.interventions)
+                                  interventions=inputs.interventions, attend=view)
     attn = taps["attn"][:, 0] if need_attn else None
     resid = taps["resid"][:, 0] if capture == Capture.SUMMARY else None
     return logits[0], cache, attn, resid
@@ -199,12 +221,15 @@ def captured(capture: Capture, attn, resid, base, n_feed, width: int) -> StepCap
 
 # --- the step -------------------------------------------------------------------------------------
 def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: TempoState,
-         capture: Capture = Capture.NONE, feed_width: int | None = None):
+         capture: Capture = Capture.NONE, feed_width: int | None = None, view: int | None = None):
     """One logical step s: select C_s from d_s, feed it in ONE forward, prune, combine -> d_{s+1}.
 
     ``feed_width`` F <= W queries are fed (default W); it must be >= ``st.next_n`` (the host
     driver picks the smallest of :func:`feed_widths`), so no member is ever left out; results do
-    not depend on F. Returns ``(new state, StepCapture)`` (fields per ``capture``).
+    not depend on F. ``view`` (static; None = K) must be >= ``st.n_written + F``: attention reads
+    only that many leading slots (the host driver picks it with :func:`view_for`), so a step's cost
+    follows the written prefix, not the capacity; results do not depend on it.
+    Returns ``(new state, StepCapture)`` (fields per ``capture``).
     """
     W = spec.width
     F = W if feed_width is None else feed_width
@@ -215,7 +240,8 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     # the next step starts 1 later (shared, offset) or n later (distinct)
     pos = st.next_pos + i * inputs.member_stride + inputs.member_offsets[:F]
     tokens = cand.tokens[:F]
-    logits, cache, attn, resid = feed(params, mcfg, spec, inputs, st, tokens, pos, cand.n, capture)
+    logits, cache, attn, resid = feed(params, mcfg, spec, inputs, st, tokens, pos, cand.n, capture,
+                                      view)
     slot_maps = write_slots(st, tokens, pos, cand.n, i)
     set_n = st.set_n.at[s].set(cand.n)
     updates = {**slot_maps, **prune(spec, inputs, st, slot_maps, set_n, attn, cand.n, key)}

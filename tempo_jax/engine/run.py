@@ -58,7 +58,8 @@ def _jit_init(mech):
 
 
 def _jit_step(mech):
-    return jax.jit(mech.step, static_argnames=("mcfg", "spec", "capture", "feed_width"),
+    static = ("mcfg", "spec", "capture", "feed_width") + (("view",) if mech is core else ())
+    return jax.jit(mech.step, static_argnames=static,
                    donate_argnames=("st",))
 
 
@@ -140,15 +141,17 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
 
         bar = tqdm(total=gcfg.max_steps, desc="tempo", unit="step", disable=not progress)
         widths = mech.feed_widths(spec)
-        next_n = int(st.next_n)
+        next_n, n_written = int(st.next_n), int(st.n_written)
         for s in range(gcfg.max_steps):
-            # feed only as many queries as this step has members (smallest compiled width)
+            # feed only as many queries as this step has members (smallest compiled width), and
+            # attend only to a bucketed written prefix (core.view_for), not the whole capacity
             width = next(w for w in widths if w >= next_n)
-            st, captured = _step[mech](params, mcfg, spec, inputs, st, capture, width)
+            view = {"view": core.view_for(n_written + width, capacity)} if mech is core else {}
+            st, captured = _step[mech](params, mcfg, spec, inputs, st, capture, width, **view)
             bar.update(1)
             if on_step is not None:
                 on_step(s, st, captured)
-            done, next_n = jax.device_get((st.done, st.next_n))
+            done, next_n, n_written = jax.device_get((st.done, st.next_n, st.n_written))
             if done:
                 break
         bar.close()
