@@ -231,8 +231,8 @@ def run(ctx) -> Output:
                  "clean_text": r["clean_text"], "forced_text": r.get("forced_text", ""),
                  "rescued": r["rescued"]} for p, r in recs if not r["correct"]]
     acc = sum(r["correct"] for r in rows)
-    notes = [f"{len(rows)} facts prompts; clean path correct in {acc} with pruning and "
-             f"{sum(r['correct_plain'] for r in rows)} without; {n_wrong} wrong prompts are classified."]
+    notes = [f"{len(rows)} facts prompts; clean path correct in {int(acc)} with pruning and "
+             f"{int(sum(r['correct_plain'] for r in rows))} without; {n_wrong} wrong prompts are classified."]
     notes += [f"{t['category']}: {t['n']}/{t['of_wrong']} = {100 * t['share']:.1f}% "
               f"[Wilson {100 * t['wilson_lo']:.1f}, {100 * t['wilson_hi']:.1f}]"
               + (f"; forced: {t['rescued']}/{t['forced']} rescued" if t.get("forced") else "")
@@ -246,7 +246,7 @@ def _figure(ctx, table, rows):
     from experiments.plotting import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, ax = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"wspace": 0.3})
     names = [t["category"] for t in table]
     sh = np.array([t["share"] for t in table])
     err = [sh - [t["wilson_lo"] for t in table], [t["wilson_hi"] for t in table] - sh]
@@ -257,7 +257,7 @@ def _figure(ctx, table, rows):
     ax[0].invert_yaxis()
     ax[0].set_xlabel(f"share of the {table[0]['of_wrong']} wrong prompts (95% Wilson CI)")
     ax[0].set_title("Where the gold answer went at step 0")
-    ax[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    ax[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     x = np.array([r["gold_prob0"] for r in rows])
     y = np.array([r["gold_score_lr"] for r in rows])
     c = np.array([r["correct"] for r in rows]) > 0
@@ -267,10 +267,14 @@ def _figure(ctx, table, rows):
     ax[1].axhline(0, color="grey", ls="--")
     ax[1].axhline(np.log(GEN["prune_rho"]), color="tab:orange", ls=":", label="log rho (about where pruning cuts)")
     ax[1].set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax[1].xaxis.set_minor_formatter(NullFormatter())
+    ax[1].set_xticks([0.05, 0.1, 0.2, 0.5, 1.0], ["0.05", "0.1", "0.2", "0.5", "1"])
     ax[1].set_xlabel("gold first-token probability at step 0")
     ax[1].set_ylabel("log(gold score / mean of others)")
     ax[1].set_title("Look-ahead attention on judged gold members")
-    ax[1].legend(fontsize=8)
+    ax[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ctx.figure(fig, "failures")
 
 
