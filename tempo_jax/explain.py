@@ -382,7 +382,8 @@ def format_step(e: StepExplanation) -> str:
                              f"{g.own:.3f}  prompt {g.prompt_mass:.3f}  generated {g.generated_mass:.3f}"
                              f" | {tops}")
     elif e.attention_source is None:
-        lines.append("\n(no attention: the step's members are not in the cache, or it was not asked for)")
+        lines.append("\n(no attention shown: the run has no full capture (generate --html) and was not "
+                     "replayed (--no-replay), or the step's members never entered the cache)")
     return "\n".join(lines)
 
 
