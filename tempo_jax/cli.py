@@ -101,6 +101,9 @@ def _cmd_generate(args) -> int:
 
     layers = _id_list(args.prune_layers, "--prune-layers")
     heads = _id_list(args.prune_heads, "--prune-heads")
+    if args.method == "speculative" and args.html:
+        raise UsageError("--html captures attention at every step, which speculative decoding does "
+                         "not stream; use --method greedy (the same tokens)")
     if args.method == "beam" and args.beam_width < 1:
         raise UsageError(f"beam width must be >= 1, got {args.beam_width}")
     with user_input():  # every setting is checked before the model is loaded
@@ -155,6 +158,13 @@ def _cmd_generate(args) -> int:
         print(trace.render(decode, colour=colour, eos_ids=eos))
         print(f"\nclean text: {clean}")
         sizes = [len(st["members"]) for st in trace.steps()]
+        if args.method == "speculative":
+            from tempo_jax.engine.speculative import SpecStats
+
+            sp = SpecStats.of(trace)
+            print(f"speculative: {sp.rounds} full-model forwards for {sp.steps} tokens "
+                  f"({sp.tokens_per_full_forward:.2f} per forward), draft acceptance "
+                  f"{sp.accepted}/{sp.drafted} = {sp.acceptance_rate:.2f}")
         print(f"steps {len(sizes)}, mean set size {sum(sizes) / max(len(sizes), 1):.2f}, "
               f"max {max(sizes, default=0)}; files: {j}, {z}, {out / (stem + '.txt')}\n")
         if args.html:

@@ -181,3 +181,6 @@ def test_cli_refuses_bad_draft_settings_in_one_line(capsys):
     assert main(["generate", "--prompt", "hi", "--method", "speculative", "--draft-len", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["tempo-jax: error: draft_len must be in 1..64, got 0"]
+    assert main(["generate", "--prompt", "hi", "--method", "speculative", "--html"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use --method greedy" in err[0]
