@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tempo_jax.report.cli import add_parser as add_report
 
     add_report(sub)
+    from tempo_jax.search.cli import add_parser as add_search
+
+    add_search(sub)
     return p
 
 
