@@ -129,7 +129,8 @@ class _Tree:
     """The search state: nodes, one KV cache holding every fed node, and the forward-token count.
 
     Cache layout: [0, Pb) prompt (padded), [Pb, Pb + budget) tree nodes, then a scratch region for
-    rollouts and the completion (reused), and one junk slot (K - 1) for padding queries."""
+    rollouts and the completion (reused), and one junk slot (K - 1) for padding queries; K is
+    rounded up to a multiple of 32."""
 
     def __init__(self, params, mcfg: ModelConfig, prompt: Sequence[int], cfg: MCTSConfig,
                  eos_ids: set[int]):
@@ -137,7 +138,8 @@ class _Tree:
         self.P = len(prompt)
         pb = -(-self.P // PROMPT_BUCKET) * PROMPT_BUCKET
         self.tree0, self.scratch0 = pb, pb + cfg.budget
-        self.K = self.scratch0 + max(cfg.rollout_len, cfg.max_steps) + 1
+        need = self.scratch0 + max(cfg.rollout_len, cfg.max_steps) + 1
+        self.K = -(-need // PROMPT_BUCKET) * PROMPT_BUCKET  # rounded up: fewer compiled shapes
         self.junk = self.K - 1
         self.W = min(cfg.max_width, mcfg.vocab_size)
         self.next_slot, self.spent = self.tree0, 0

@@ -175,3 +175,22 @@ def test_policy_bad_inputs_one_line(tiny_model):
         with pytest.raises(ValueError, match=msg) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+def test_cli_search_writes_tree_and_refuses_bad_budget(tmp_path, capsys):
+    import json
+
+    from tempo_jax.cli import main
+    from tinymodel import save_tiny_with_tokenizer
+
+    folder = save_tiny_with_tokenizer(tmp_path / "tiny")
+    assert main(["search", "w5 w9 w13", "--model", str(folder), "--budget", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tempo-jax: error: budget") and "\n" not in err
+    out = tmp_path / "run"
+    assert main(["search", "w5 w9 w13", "--model", str(folder), "--budget", "12", "--max-steps", "5",
+                 "--threshold", "0.05", "--out", str(out)]) == 0
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["forward_tokens"] <= 12 and len(doc["tokens"]) <= 5
+    root = doc["nodes"][0]
+    assert root["visits"] == doc["iterations"] == sum(doc["nodes"][j]["visits"] for j in root["children"])
