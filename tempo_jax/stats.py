@@ -132,8 +132,13 @@ def tost(diffs, margin: float, alpha: float = 0.05) -> dict:
     if n < 2:
         return out
     if np.ptp(d) == 0:
+        # No spread, so no t statistic. Equal values over n prompts still say little at small n
+        # (nine 0/1 differences that are all 0): p is the exact binomial chance (1 - m)^n of seeing
+        # no prompt differ if a fraction m of prompts differed by one unit. Exact for differences
+        # of 0/1 outcomes, conservative for columns whose steps are smaller than 1.
         inside = bool(abs(d[0]) < margin)
-        return {**out, "p": 0.0 if inside else 1.0, "equivalent": inside,
+        p = float(max(0.0, 1.0 - margin) ** n) if inside else 1.0
+        return {**out, "p": p, "equivalent": bool(p < alpha),
                 "ci_lo": float(d[0]), "ci_hi": float(d[0])}
     p, _, _ = DescrStatsW(d).ttost_mean(-margin, margin)
     lo, hi = t_ci(d, 1 - 2 * alpha)

@@ -175,3 +175,14 @@ def test_cluster_corr_detects_relation():
     assert 0.6 < p["value"] < 1
     with pytest.raises(ValueError, match="unknown correlation"):
         S.cluster_corr(x, x, np.arange(300), method="kendall")
+
+
+def test_tost_zero_spread_needs_enough_prompts():
+    # nine prompts whose 0/1 outcome never changed: (1 - 0.1)^9 = 0.387, not evidence of equivalence
+    few = S.tost(np.zeros(9), 0.10)
+    assert few["p"] == pytest.approx(0.9 ** 9) and not few["equivalent"]
+    # thirty such prompts: 0.9^30 = 0.042 < 0.05
+    many = S.tost(np.zeros(30), 0.10)
+    assert many["p"] == pytest.approx(0.9 ** 30) and many["equivalent"]
+    # a constant difference outside the margin is never equivalent
+    assert S.tost(np.full(50, 0.2), 0.10)["p"] == 1.0
