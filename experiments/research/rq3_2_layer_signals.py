@@ -348,10 +348,15 @@ def answer(tests, design) -> str:
         groups = "; ".join(f"{g} {f(by[f'd_{g}_{c}'])} ({by[f'd_{g}_{c}'].verdict})" for g in GROUPS
                            if f"d_{g}_{c}" in by)
         fit = by.get(f"d_fitted_{c}")
+        fit_word = (f"dev-fitted weights gave every test prompt the same concordance as all layers ({f(fit)}; the "
+                    "fit stayed at near-uniform weights)" if fit.lo == 0 and fit.hi == 0
+                    else f"dev-fitted weights {f(fit)} ({fit.verdict})")
         layers = [t for t in tests if t.column.startswith("dL") and t.column.endswith(f"_{c}")]
         up = [t.column[2:].split("_")[0] for t in layers if t.verdict.startswith("differs (+)")]
-        parts.append(f"{name[c]}: all layers vs chance {f(ch)} ({ch.verdict}), vs selection probability "
-                     f"{f(pb)} ({pb.verdict}); vs all layers: {groups}; dev-fitted weights {f(fit)} "
-                     f"({fit.verdict}); single layers better than all: {', '.join('L' + u for u in up) or 'none'}")
-    return ("Concordance of the pruning score with the better branch (differences to all layers). "
-            + ". ".join(parts) + ".")
+        down = [t.column[2:].split("_")[0] for t in layers if t.verdict.startswith("differs (-)")]
+        parts.append(f"{name[c]} (n = {ch.n} prompts): all layers vs chance {f(ch)} ({ch.verdict}), vs "
+                     f"selection probability {f(pb)} ({pb.verdict}); vs all layers: {groups}; {fit_word}; "
+                     f"single layers better / worse than all (BH): "
+                     f"{', '.join('L' + u for u in up) or 'none'} / {', '.join('L' + u for u in down) or 'none'}")
+    return ("Within-set concordance of the pruning score with the better branch, as differences to "
+            "the all-layers score. " + ". ".join(parts) + ".")
