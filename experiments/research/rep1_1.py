@@ -159,7 +159,9 @@ def replication(result: dict, folder) -> dict:
                    f"{_pct(by['corr_sinkin_lr'])}",
         "sound": sound_text,
         "verdict": R.verdict_line(orig_ok, corr_ok, sound)
-                   + ("" if corr_ok else "; absent on correct mechanics once the sink is separate"),
+                   + ("; on correct mechanics with the sink separate parallel keys get MORE attention "
+                      "per key" if by["corr_lr"]["verdict"].startswith("differs (+)") else
+                      "" if corr_ok else "; absent on correct mechanics once the sink is separate"),
     }
 
 

@@ -120,7 +120,8 @@ def replication(result: dict, folder) -> dict:
         "original": fmt(cols[0]),
         "correct": fmt(cols[1]),
         "sound": f"n = {result['provenance']['n_prompts']}: middle - late {d(by['mid_minus_late'])}; "
-                 f"middle - early {d(by['mid_minus_early'])}",
+                 f"middle - early {d(by['mid_minus_early'])}; sink removed: middle - late "
+                 f"{d(by['ns_mid_minus_late'])}",
         "verdict": R.verdict_line(cols[0]["middle_highest"] == "True", None, _sound(by))
                    + f"; correct mechanics, one query: middle band {'highest' if cols[1]['middle_highest'] == 'True' else 'not highest'}",
     }
