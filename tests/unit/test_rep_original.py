@@ -98,3 +98,43 @@ def test_original_loop_matches_upstream_engine(tiny_model):
     assert hit, "the tiny run should have a step whose original isolated mask hides slots"
     for s, h in hit:
         assert np.all(iso.attn[s][..., h] == 0.0)
+
+
+def test_findings_replication_table_from_stored_results(tmp_path):
+    """FINDINGS' replication section: one row per rep* result, built from the stored statistics;
+    a result whose table is missing gets a 'row not built' row instead of breaking the report."""
+    import json
+
+    from experiments.research import harness as H
+    from experiments.research.rep2_3 import DESIGN
+
+    def test(col, est, lo, hi, verdict):
+        return {"hypothesis": "x", "column": col, "family": "primary", "expect": "<0", "n": 24,
+                "estimate": est, "lo": lo, "hi": hi, "p": 0.001, "p_tost": 1.0, "d_z": -1.0,
+                "p_adj": 0.001, "p_tost_adj": 1.0, "verdict": verdict, "margin": 0.1, "note": ""}
+
+    design = json.loads(json.dumps(H.dataclasses.asdict(DESIGN)))
+    for eid, with_table in (("rep2.3", True), ("rep1.3", False)):
+        d = tmp_path / eid
+        d.mkdir()
+        res = {"id": eid, "questions": ["2.3"], "title": H.get(eid).DESIGN.title, "design": design,
+               "provenance": {"n_prompts": 24, "split": "test", "genres": ["prose"], "model": "m",
+                              "params_hash": "0" * 64, "commit": "0" * 40, "dirty": False,
+                              "corpus_hash": "c", "seed": 0, "run_seconds": 1.0, "command": "c"},
+               "tests": [test("funnel_rho", -0.46, -0.53, -0.38, "differs (-)"),
+                         test("uncert_rho", -0.06, -0.19, 0.08, "cannot tell at this n")] if with_table
+               else [test(c, 0.1, 0.05, 0.15, "differs (+)") for c in
+                     ("mid_minus_late", "mid_minus_early", "ns_mid_minus_late", "ns_mid_minus_early")],
+               "answer": "a"}
+        (d / "result.json").write_text(json.dumps(res))
+        if with_table:
+            (d / "table_original_prompt.csv").write_text(
+                "column,layer_min,layer_max,head_min,head_max,funnel_rho\n"
+                "original procedure,0.59,1.71,1.02,1.22,-0.56\ncorrect mechanics,0.52,1.5,0.89,1.08,0.2\n")
+    text = H.write_findings(tmp_path, tmp_path / "F.md").read_text()
+    section = text[text.index("## Replication of the original findings"):]
+    row = next(line for line in section.splitlines() if "[rep2.3]" in line)
+    assert "funnel rho -0.56" in row and "funnel rho -0.46 [-0.53, -0.38] (differs (-))" in row
+    assert row.rstrip(" |").endswith("reproduces under the original procedure; holds in the sound design")
+    broken = next(line for line in section.splitlines() if "[rep1.3]" in line)
+    assert "row not built" in broken
