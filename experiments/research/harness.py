@@ -203,7 +203,8 @@ def quality_of(m, prompt, trace) -> dict[str, float]:
 
 # --- registry -----------------------------------------------------------------------------------
 def registry() -> dict[str, Any]:
-    """Experiment id -> module, from ``experiments/research/rq*.py`` modules that define DESIGN."""
+    """Experiment id -> module, from ``experiments/research/rq*.py`` and ``rep*.py`` (replications)
+    modules that define DESIGN."""
     out = {}
     for path in sorted([*Path(__file__).parent.glob("rq*.py"), *Path(__file__).parent.glob("rep*.py")]):
         mod = importlib.import_module(f"experiments.research.{path.stem}")
