@@ -519,6 +519,44 @@ def reword(result: dict, path: Path | None = None) -> dict:
     return result
 
 
+def refresh_equivalence(path: Path) -> list[str]:
+    """Recompute the equivalence tests of a stored result whose differences were identical on every
+    prompt (``lo == hi``) with the current ``stats.tost`` rule, re-correct their family and re-derive
+    the verdicts and the answer; returns the columns whose verdict changed. For results stored before
+    ``stats.tost`` stopped calling zero-spread differences equivalent at any n."""
+    result = json.loads(path.read_text())
+    mod = get(result["id"])
+    design = mod.DESIGN
+    fields = {f.name for f in dataclasses.fields(TestResult)}
+    tests = [TestResult(**{k: (float("nan") if v is None else v) for k, v in t.items() if k in fields})
+             for t in result["tests"]]
+    touched = set()
+    for t in tests:
+        if t.n >= 2 and np.isfinite(t.estimate) and t.lo == t.hi == t.estimate and not t.note:
+            t.p_tost = S.tost(np.full(t.n, t.estimate), t.margin, design.alpha)["p"]
+            touched.add(t.family)
+    changed = []
+    for fam in touched:
+        idx = [i for i, t in enumerate(tests) if t.family == fam]
+        pt = S.correct([tests[i].p_tost for i in idx], design.families[fam]).p_adj
+        for j, i in enumerate(idx):
+            tests[i].p_tost_adj = float(pt[j])
+            old = tests[i].verdict
+            tests[i].verdict = verdict(tests[i], design.alpha)
+            if tests[i].verdict != old:
+                changed.append(f"{tests[i].column}: {old} -> {tests[i].verdict}")
+    if changed:
+        result["tests"] = [dataclasses.asdict(t) for t in tests]
+        result.setdefault("notes", []).append(
+            "Equivalence tests of differences identical on every prompt recomputed with the exact "
+            "binomial rule of stats.tost after the run (" + "; ".join(changed) + ").")
+        if hasattr(mod, "answer"):
+            result["answer"] = mod.answer(tests, design)
+        path.write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        (path.parent / "summary.md").write_text(summary_md(result))
+    return changed
+
+
 def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
     """Regenerate FINDINGS.md from every ``results_dir/*/result.json``."""
     results = []

@@ -293,3 +293,28 @@ def test_findings_orders_mixed_ids(tmp_path):
                                                    "answer": f"answer {eid}"}))
     text = H.write_findings(tmp_path, tmp_path / "FINDINGS.md").read_text()
     assert text.index("## rq2.1 ") < text.index("## rq2.1b") < text.index("## rq10.1")
+
+
+def test_refresh_equivalence_reverts_zero_spread_equivalence(tmp_path):
+    """A stored result from before stats.tost's zero-spread rule: 16 prompts whose 0/1 gold retention
+    never changed were called equivalent within 0.1 with p = 0; the refresh makes it 'cannot tell'
+    (0.9^16 = 0.185) and leaves the other tests alone."""
+    import json
+    from pathlib import Path
+
+    from experiments.research import harness as H
+
+    src = json.loads((H.RESULTS / "rq3.3" / "result.json").read_text())
+    for t in src["tests"]:
+        if t["column"] == "dgold_eager2":
+            t.update(p_tost=0.0, p_tost_adj=0.0, verdict="no effect within +-0.1")
+    before = {t["column"]: t["verdict"] for t in src["tests"]}
+    path = Path(tmp_path) / "result.json"
+    path.write_text(json.dumps(src))
+    changed = H.refresh_equivalence(path)
+    after = {t["column"]: t for t in json.loads(path.read_text())["tests"]}
+    assert changed == ["dgold_eager2: no effect within +-0.1 -> cannot tell at this n"]
+    assert after["dgold_eager2"]["p_tost"] == pytest.approx(0.9 ** 16)
+    assert {c: t["verdict"] for c, t in after.items() if c != "dgold_eager2"} == \
+        {c: v for c, v in before.items() if c != "dgold_eager2"}
+    assert H.refresh_equivalence(path) == []  # idempotent
