@@ -318,3 +318,8 @@ def test_refresh_equivalence_reverts_zero_spread_equivalence(tmp_path):
     assert {c: t["verdict"] for c, t in after.items() if c != "dgold_eager2"} == \
         {c: v for c, v in before.items() if c != "dgold_eager2"}
     assert H.refresh_equivalence(path) == []  # idempotent
+
+
+def test_findings_order_is_natural():
+    ids = ["rep1.1", "rq10.1", "rq1.3", "rq1.1b", "rq1.1", "rq2.1", "rq9.2"]
+    assert sorted(ids, key=H._natural) == ["rq1.1", "rq1.1b", "rq1.3", "rq2.1", "rq9.2", "rq10.1", "rep1.1"]
