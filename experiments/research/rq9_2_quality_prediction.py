@@ -165,7 +165,7 @@ def _figure(ctx, table):
     ax.set_xlabel("first N steps used")
     ax.set_ylabel("out-of-fold AUROC (95% bootstrap CI)")
     ax.set_title("Predicting a good generation (facts correct / code parses)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ctx.figure(fig, "auroc_by_n")
 
 
