@@ -354,7 +354,10 @@ def answer(tests, design) -> str:
                    f"{neg} of {len(lay)} layers (BH)")
     w = by.get("rho_next")
     if w is not None and w.n:
-        out.append(f"within prompts {f(w)} ({w.verdict})")
+        wl = [t for c, t in by.items() if c.endswith("_rho_next") and not c.startswith("pooled")
+              and "_pooled_" not in c and c != "rho_next"]
+        wpos = sum(t.verdict.startswith("differs (+)") for t in wl)
+        out.append(f"within prompts {f(w)} ({w.verdict}; per layer positive in {wpos} of {len(wl)}, BH)")
     v, va = by.get("dvis_high_minus_rest"), by.get("dvis_all")
     if v is not None and v.n:
         out.append(f"visible siblings change attention entropy by {va.estimate:+.3f} nats over all heads "
