@@ -282,6 +282,8 @@ def answer(tests, design) -> str:
         out.append(f"speculative / TEMPO full-model token-forwards per output token "
                    f"{f(h2, np.exp)} ({h2.verdict})")
     if h3 is not None:
-        out.append(f"speculative output differs from greedy on a fraction {f(h3)} of prompts "
-                   f"({h3.verdict}), so its quality is greedy's")
+        same = int(round(h3.n * (1 - h3.estimate)))
+        out.append(f"speculative tokens equal greedy's on {same} of {h3.n} prompts (mismatch rate "
+                   f"within +-{h3.margin:.2g}: {h3.verdict}), and where they are equal its quality "
+                   "is greedy's")
     return "; ".join(out) + "."
