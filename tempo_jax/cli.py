@@ -257,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", help="text file with one prompt per line (blank lines skipped)")
     g.add_argument("--model", default=None, help=model_help)
-    g.add_argument("--threshold", type=float, default=0.1,
-                   help="tau_0, in (0, 1]: keep every token with p >= tau")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the parameters and the KV cache (logits and softmax stay float32)")
+    g.add_argument("--threshold", type=float, default=0.1,
+                   help="tau_0, in (0, 1]: keep every token with p >= tau")
     g.add_argument("--schedule", default="constant", choices=Schedule.names(),
                    help="how tau moves from --threshold to --threshold-final over the steps")
     g.add_argument("--threshold-final", type=float, default=None,
@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     fsrc.add_argument("--prompt", help="prompt text")
     fsrc.add_argument("--prompt-file", help="text file read as ONE prompt")
     f.add_argument("--model", default=None, help=model_help)
+    f.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of the parameters and the KV cache (logits and softmax stay float32)")
     f.add_argument("--top-k", type=int, default=10, help="next-token candidates to list")
     f.set_defaults(func=_cmd_forward)
 
@@ -330,8 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_HelpFormatter,
                        epilog="example: tempo-jax convert ./cogito-v1-preview-llama-3B ./cogito-jax")
     c.add_argument("src", help="Hugging Face model folder (config.json + safetensors) or a .gguf file")
-    f.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="dtype of the parameters and the KV cache (logits and softmax stay float32)")
     c.add_argument("out", help="folder to write the converted model to")
     c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the stored parameters")
