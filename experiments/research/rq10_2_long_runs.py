@@ -38,7 +38,7 @@ DESIGN = Design(
     title="Long runs: do sink share, attention entropy and attention to parallel members drift with "
           "step under TEMPO more than under greedy?",
     primary_metric="per-prompt Theil-Sen slope vs step (per 100 steps) of the layer-mean sink share "
-                   "and attention entropy, TEMPO minus greedy",
+                   "and normalized attention entropy (H / log visible slots), TEMPO minus greedy",
     contrast="TEMPO (tau 0.1, W 4) vs greedy on the same prompt, same number of steps, no EOS stop",
     hypotheses=(
         Hypothesis("DS", "TEMPO minus greedy slope of sink share is within +-0.02 per 100 steps",
@@ -57,8 +57,8 @@ DESIGN = Design(
                    "rep3_drift_*", "=0", family="degeneration", margin=0.1),
     ),
     margin=0.02,
-    margin_note="0.02 sink share / 100 steps; 0.05 nats / 100 steps; log(1.1) / 100 steps for the "
-                "parallel-attention log ratio; 0.1 for repeat-rate drift",
+    margin_note="0.02 / 100 steps for sink share and for normalized entropy; log(1.1) / 100 steps "
+                "for the parallel-attention log ratio; 0.1 for repeat-rate drift",
     metrics=("dslope_*", "slope_*", "rep3_drift_*", "rep3_q*"),
     families={"primary": "holm", "tempo": "holm", "degeneration": "holm"},
     genres=("prose", "code"),
@@ -241,12 +241,16 @@ def _figures(ctx, curves, layer_rows, steps):
 
 def answer(tests, design) -> str:
     by = {t.column: t for t in tests}
-    f = lambda c, u: (f"{by[c].estimate:+.3g} {u} [{by[c].lo:+.3g}, {by[c].hi:+.3g}] ({by[c].verdict})"
-                      if c in by else "n/a")
+    f = lambda c, u: (f"{by[c].estimate:+.3g}{' ' + u if u else ''} [{by[c].lo:+.3g}, {by[c].hi:+.3g}] "
+                      f"({by[c].verdict})" if c in by else "n/a")
     return (f"Over {by['dslope_sink'].n} prompts, per 100 steps: TEMPO minus greedy slope of sink share "
             f"{f('dslope_sink', '')}, of normalized attention entropy {f('dslope_nentropy', '')}; "
             f"TEMPO's own slopes: sink {f('slope_sink_tempo', '')}, normalized entropy "
             f"{f('slope_nentropy_tempo', '')}, "
             f"log parallel/non-parallel per-token attention {f('slope_lpar_tempo', '')}; repeated "
             f"3-gram drift (last - first quarter) TEMPO {f('rep3_drift_tempo', '')}, greedy "
-            f"{f('rep3_drift_greedy', '')}.")
+            f"{f('rep3_drift_greedy', '')}" + (
+                "; both methods drift into repetition, so any attention drift is confounded with "
+                "degeneration." if all(by.get(f"rep3_drift_{k}") is not None and
+                                       by[f"rep3_drift_{k}"].verdict.startswith("differs (+)")
+                                       for k in METHODS) else "."))
