@@ -21,6 +21,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.reference)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. The suite compiles thousands of
+    programs in one process; XLA:CPU maps memory for each, and without this the process ran past
+    the kernel's map-count limit (vm.max_map_count 65530) late in the suite and crashed inside the
+    compiler (an abort or segfault, no Python error). Parameters and fixtures are untouched."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The default model (SmolLM2-135M-Instruct), loaded once; fetched and converted on first use."""
