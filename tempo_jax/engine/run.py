@@ -71,18 +71,23 @@ _device = jax.jit(run_on_device, static_argnames=("mcfg", "spec", "capacity"))
 def check_request(mcfg: ModelConfig, gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> int:
     """Validate everything before compute; returns the cache capacity K to use."""
     gcfg.validate(mcfg)
+    check_prompt(mcfg, prompt_ids, gcfg.max_steps * (gcfg.width if gcfg.positions == "distinct" else 1) + 1)
+    return gcfg.capacity_for(len(prompt_ids))
+
+
+def check_prompt(mcfg: ModelConfig, prompt_ids: Sequence[int], advance: int) -> None:
+    """A prompt is non-empty, its ids are in the vocabulary, and it leaves ``advance`` positions
+    of the model's context for generation; otherwise a one-line ValueError."""
     p = len(prompt_ids)
     if p == 0:
         raise ValueError("the prompt is empty: give at least one token")
     ids = np.asarray(prompt_ids)
     if ids.min() < 0 or ids.max() >= mcfg.vocab_size:
         raise ValueError(f"prompt token ids must lie in [0, {mcfg.vocab_size})")
-    advance = gcfg.max_steps * (gcfg.width if gcfg.positions == "distinct" else 1) + 1
     if p + advance > mcfg.max_position_embeddings:
         raise ValueError(
             f"prompt ({p} tokens) + {advance} generated positions exceeds the model's context of "
             f"{mcfg.max_position_embeddings} positions; shorten the prompt or lower max_steps")
-    return gcfg.capacity_for(p)
 
 
 def pad_prompt(gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> jax.Array:

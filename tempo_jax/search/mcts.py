@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempo_jax.config import ModelConfig
+from tempo_jax.engine.run import check_prompt
 from tempo_jax.model import forward, init_cache
 
 PROMPT_BUCKET = 32  # the prompt is padded to a multiple of this (fewer compiled prefill shapes)
@@ -270,15 +271,8 @@ def search(params, mcfg: ModelConfig, prompt_ids: Sequence[int], cfg: MCTSConfig
     ``check(continuation_ids) -> float`` (higher is better) replaces the mean log-prob value.
     """
     cfg.validate()
+    check_prompt(mcfg, prompt_ids, cfg.max_steps + 1)
     p = len(prompt_ids)
-    if p == 0:
-        raise ValueError("the prompt is empty: give at least one token")
-    ids = np.asarray(prompt_ids)
-    if ids.min() < 0 or ids.max() >= mcfg.vocab_size:
-        raise ValueError(f"prompt token ids must lie in [0, {mcfg.vocab_size})")
-    if p + cfg.max_steps + 1 > mcfg.max_position_embeddings:
-        raise ValueError(f"prompt ({p} tokens) + max_steps ({cfg.max_steps}) exceeds the model's "
-                         f"context of {mcfg.max_position_embeddings} positions")
     if check is not None and not callable(check):
         raise ValueError(f"check must be callable (continuation ids -> float), got {type(check).__name__}")
     tree = _Tree(params, mcfg, list(map(int, prompt_ids)), cfg, set(mcfg.eos_token_ids or ()))
