@@ -110,6 +110,7 @@ def _cmd_generate(args) -> int:
         gcfg = GenerationConfig(
         max_steps=args.max_steps, max_width=args.max_width, threshold=args.threshold,
         schedule=args.schedule, threshold_final=args.threshold_final, siblings=args.siblings,
+        isolate_above=args.isolate_above, isolate_size_above=args.isolate_size_above,
         positions=args.positions, offset_delta=args.offset_delta, combine=args.combine, eos=args.eos,
         min_steps=args.min_steps, prune=args.prune, prune_window=args.prune_window,
         prune_timing=args.prune_timing, prune_rule=args.prune_rule, prune_rho=args.prune_rho,
@@ -269,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-width", type=int, default=8, help="W: most members per set, >= 1")
     g.add_argument("--siblings", default="isolated", choices=SiblingRule.names(),
                    help="which same-step siblings a member attends to")
+    g.add_argument("--isolate-above", type=float, default=None,
+                   help="adaptive isolation: a step whose distribution has entropy above this "
+                        "(nats) isolates its siblings (unset: never)")
+    g.add_argument("--isolate-size-above", type=int, default=None,
+                   help="adaptive isolation: a set with more members than this is isolated (unset: never)")
     g.add_argument("--positions", default="shared", choices=PositionVariant.names(),
                    help="logical (RoPE) positions of a set's members")
     g.add_argument("--offset-delta", type=float, default=0.001,

@@ -41,6 +41,8 @@ class GenerationConfig:
     bezier_p2: float = 0.75
     relu_a: float = 0.5
     siblings: str = "isolated"
+    isolate_above: float | None = None  # adaptive: isolate a step whose d_s entropy (nats) is above
+    isolate_size_above: int | None = None  # adaptive: isolate a step with more members than this
     positions: str = "shared"
     offset_delta: float = 0.001
     combine: str = "mixture"
@@ -81,6 +83,11 @@ class GenerationConfig:
         if self.compat == Compat.UPSTREAM and self.prune:
             raise ValueError("pruning does not apply in compat mode 'upstream' (its siblings never "
                              "enter the cache); drop --prune or use compat 'none'")
+        if self.isolate_above is not None and not self.isolate_above >= 0.0:
+            raise ValueError(f"isolate_above must be >= 0 nats (None: never), got {self.isolate_above}")
+        if self.isolate_size_above is not None and self.isolate_size_above < 1:
+            raise ValueError(f"isolate_size_above must be >= 1 member (None: never), got "
+                             f"{self.isolate_size_above}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.threshold_final is not None and not 0.0 < self.threshold_final:
@@ -172,6 +179,9 @@ class GenerationConfig:
         return EngineInputs(
             thresholds=jnp.asarray(taus),
             siblings=jnp.full((L, H), SiblingRule(self.siblings).code, jnp.int32),
+            isolate_above=jnp.float32(np.inf if self.isolate_above is None else self.isolate_above),
+            isolate_size_above=jnp.int32(np.iinfo(np.int32).max if self.isolate_size_above is None
+                                         else self.isolate_size_above),
             member_stride=jnp.float32({"shared": 0.0, "offset": self.offset_delta,
                                        "distinct": 1.0}[self.positions]),
             advance_by_members=jnp.bool_(self.positions == PositionVariant.DISTINCT),

@@ -16,7 +16,7 @@ from tempo_jax.config import ModelConfig
 from tempo_jax.engine import pruning
 from tempo_jax.engine.config import StaticSpec
 from tempo_jax.engine.inputs import EngineInputs
-from tempo_jax.engine.masks import step_mask
+from tempo_jax.engine.masks import adaptive_siblings, step_mask
 from tempo_jax.engine.outputs import StepCapture, summarize
 from tempo_jax.engine.rules import Capture
 from tempo_jax.engine.selection import CandidateSet, combine, entropy, eos_hit
@@ -145,7 +145,9 @@ def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     ``view`` (static, >= n_written + F): attention reads only the first ``view`` slots."""
     F = tokens.shape[0]
     slots = st.n_written + jnp.arange(F)
-    mask = step_mask(st.alive, st.slot_step, st.step, st.n_written, n_feed, F, inputs.siblings)
+    sib = adaptive_siblings(inputs.siblings, entropy(st.dist), n_feed, inputs.isolate_above,
+                            inputs.isolate_size_above)
+    mask = step_mask(st.alive, st.slot_step, st.step, st.n_written, n_feed, F, sib)
     need_attn = capture != Capture.NONE or spec.prune is not None
     logits, cache, taps = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == Capture.SUMMARY),

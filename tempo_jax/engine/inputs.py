@@ -21,7 +21,13 @@ from tempo_jax.interventions import Interventions
 class EngineInputs:
     """Attributes (shapes in axis letters; S steps, W max width, L layers, H heads):
         thresholds: [S] float32, tau_s per step (the schedule, evaluated).
-        siblings: [L,H] int32 sibling-rule codes (0 isolated, 1 visible, 2 full): partial isolation.
+        siblings: [L,H] int32 sibling-rule codes (0 isolated, 1 visible, 2 full, 3 reverse):
+            partial isolation.
+        isolate_above: [] float32, adaptive isolation: a step whose set was chosen from a
+            distribution with entropy above this (nats) uses isolated siblings everywhere, else
+            ``siblings`` (+inf: never).
+        isolate_size_above: [] int32, likewise for a set with more than this many members
+            (int32 max: never).
         member_stride: [] float32, member i sits at ``P + s + i * member_stride`` (0 shared,
             delta offset, 1 distinct).
         advance_by_members: [] bool, the next step starts n positions later (distinct) instead of 1.
@@ -39,6 +45,8 @@ class EngineInputs:
 
     thresholds: jax.Array
     siblings: jax.Array
+    isolate_above: jax.Array
+    isolate_size_above: jax.Array
     member_stride: jax.Array
     advance_by_members: jax.Array
     member_offsets: jax.Array
@@ -69,6 +77,12 @@ class EngineInputs:
             got = np.shape(getattr(self, name))
             if tuple(got) != want:
                 raise ValueError(f"engine input {name} must have shape {want}, got {tuple(got)}")
+        codes = np.asarray(self.siblings)
+        if codes.size and (codes.min() < 0 or codes.max() > 3):
+            raise ValueError("engine input siblings must hold codes 0 isolated, 1 visible, 2 full, "
+                             f"3 reverse; got values in [{codes.min()}, {codes.max()}]")
+        if np.isnan(np.asarray(self.isolate_above)).any():
+            raise ValueError("engine input isolate_above must be a number of nats or +inf, got nan")
         if self.interventions is not None:
             if not isinstance(self.interventions, Interventions):
                 raise ValueError("engine input interventions must be an Interventions, got "

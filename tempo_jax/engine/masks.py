@@ -22,6 +22,17 @@ def step_mask(alive: jax.Array, slot_step: jax.Array, step: jax.Array, base: jax
     own = j == i[:, None]  # [W,K]
     sib = (j >= 0) & (j < n) & ~own
     lower = sib & (j < i[:, None])
+    higher = sib & (j > i[:, None])
     vis = earlier[None, :] | own  # [W,K]
     rule = siblings[..., None, None]  # [L,H,1,1]
-    return vis | ((rule == 1) & lower) | ((rule == 2) & sib)
+    return vis | ((rule == 1) & lower) | ((rule == 2) & sib) | ((rule == 3) & higher)
+
+
+def adaptive_siblings(siblings: jax.Array, set_entropy: jax.Array, set_n: jax.Array,
+                      isolate_above: jax.Array, isolate_size_above: jax.Array) -> jax.Array:
+    """The step's sibling codes ``[L,H]``: all 0 (isolated) when the entropy of the distribution the
+    set was chosen from is above ``isolate_above`` (nats) or the set has more than
+    ``isolate_size_above`` members, else the table ``siblings[L,H]`` (adaptive isolation, in-graph).
+    With +inf / a huge size (the defaults) the table is returned unchanged."""
+    iso = (set_entropy > isolate_above) | (set_n > isolate_size_above)
+    return jnp.where(iso, jnp.zeros_like(siblings), siblings)

@@ -29,6 +29,7 @@ class SiblingRule(_Choice):
     ISOLATED = "isolated"  # none
     VISIBLE = "visible"  # siblings with a lower member index
     FULL = "full"  # every sibling
+    REVERSE = "reverse"  # siblings with a higher member index (directional, opposite of visible)
 
     @property
     def code(self) -> int:

@@ -44,7 +44,7 @@ def test_wrong_shapes_refused_before_compute():
 
 
 def test_choices_are_enums_with_one_line_errors():
-    assert SiblingRule("visible").code == 1 and SiblingRule.names() == ["isolated", "visible", "full"]
+    assert SiblingRule("visible").code == 1 and SiblingRule.names() == ["isolated", "visible", "full", "reverse"]
     with pytest.raises(ValueError, match=r"unknown capture mode 'all'; allowed: none, summary, full"):
         Capture.check("all", "capture mode")
     with pytest.raises(ValueError, match=r"unknown sibling rule 'open'; allowed: isolated, visible, full"):
