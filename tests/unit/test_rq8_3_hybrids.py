@@ -1,0 +1,74 @@
+"""RQ 8.3 helpers: matched MCTS budgets, costs, the policy reward, synthetic arithmetic (tiny model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.research import rq8_3_hybrids as H
+from tempo_jax.engine.config import GenerationConfig
+from tempo_jax.engine.run import generate
+from tempo_jax.search.mcts import MCTSConfig, search
+
+PROMPT = [1, 5, 9, 13]
+
+
+def test_budget_hand_cases():
+    assert H.mcts_budget(12, 6) == 7 and H.mcts_budget(24, 6) == 19
+    assert H.mcts_budget(3, 6) == 1  # never below 1
+    assert H.beam_cost(4, 6) == 24
+
+
+@pytest.mark.parametrize("spend", [8, 11, 14, 32])
+def test_matched_budget_never_exceeds_the_comparators_spend(tiny_model, spend):
+    _, cfg, params = tiny_model
+    steps = 8
+    r = search(params, cfg, PROMPT, MCTSConfig(budget=H.mcts_budget(spend, steps), threshold=0.05,
+                                                max_width=4, max_steps=steps, rollout_len=3))
+    assert r.total_forward_tokens <= spend
+    assert len(r.tokens) == steps or r.tokens[-1] in (cfg.eos_token_ids or ())
+
+
+def test_costs_and_reward_from_a_trace(tiny_model):
+    _, cfg, params = tiny_model
+    gr = generate(params, cfg, PROMPT, GenerationConfig(method="greedy", max_steps=5))
+    assert H.fed_tokens(gr) == len(gr.arrays["fed_n"]) and H.fwd_per_step(gr) == 1.0
+    tr = generate(params, cfg, PROMPT, GenerationConfig(max_steps=5, threshold=0.02, max_width=4))
+    members = [m["token"] for m in tr.steps()[0]["members"]]
+    assert len(members) > 1  # a real set
+    fed = int(np.asarray(tr.arrays["fed_n"]).sum())
+    per_step = fed / len(tr.arrays["fed_n"])
+    assert H.reward(tr, members[-1]) == pytest.approx(1.0 - 0.1 * (per_step - 1))
+    outside = next(t for t in range(cfg.vocab_size) if t not in members)
+    assert H.step0_coverage(tr, outside) == 0.0
+    assert H.reward(tr, outside, lam=0.5) == pytest.approx(-0.5 * (per_step - 1))
+
+
+def test_arith_problems_are_seeded_sums():
+    a = H.arith_problems(15, 0, 3)
+    assert a == H.arith_problems(15, 0, 3) and a != H.arith_problems(15, 1, 3)
+    for expr, val in a:
+        xs = [int(x) for x in expr.split(" + ")]
+        assert len(xs) == 3 and all(2 <= x <= 9 for x in xs) and sum(xs) == val
+    assert H.arith_prompt("2 + 3", "equation") == "2 + 3 ="
+    assert H.arith_prompt("2 + 3", "fewshot").endswith("\n2 + 3 =")
+    with pytest.raises(ValueError, match="unknown format"):
+        H.arith_prompt("2 + 3", "essay")
+    assert H.first_int(" 17.\n\n3") == 17 and H.first_int(" eleven") is None
+
+
+class _Tok:
+    """Decodes ids by a table (enough for quality._continuation_text)."""
+
+    table = {1: "The capital of France is", 2: " Paris", 3: " Lyon", 4: ".", 9: "<eos>"}
+
+    def decode(self, ids):
+        return "".join(self.table[int(i)] for i in ids)
+
+
+def test_correct_and_eos_cut():
+    assert H.cut_eos([2, 4, 9, 3], [9]) == [2, 4]
+    tok = _Tok()
+    assert H.is_correct(tok, [1], [2, 4], "Paris") == 1.0
+    assert H.is_correct(tok, [1], [3, 2], "Paris") == 0.0  # the answer must come first
+    assert H.is_correct(tok, [1], [3], "Paris", aliases=("Lyon",)) == 1.0
