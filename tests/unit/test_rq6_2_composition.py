@@ -87,21 +87,42 @@ def test_direct_paths_with_nothing_removed_is_the_clean_forward(tiny_model):
 
 
 def test_direct_q_path_equals_ablation_when_it_is_the_only_path(tiny_model):
-    """Two layers, no MLP, and a probe that does not attend to itself at layer 1: ablating a layer-0
-    head in the probe's forward changes layer 1's query input by exactly -o_u and nothing else."""
+    """Two layers, no MLP, and a probe that does not see its own slot: ablating a layer-0 head in the
+    probe's forward changes layer 1's query input by exactly -o_u and nothing else, so the direct
+    Q-path patch must equal the ablation's change of layer 1's member mass."""
     _, cfg, params = tiny_model
     params = _no_mlp(params)
     L, H = cfg.num_layers, cfg.num_heads
-    r = R.measure(params, cfg, IDS, layers=np.array([1]), ablate=tuple((u,) for u in range(H)) + ((),))
-    st = R.state(params, cfg, IDS, 3)
-    assert r.abl_kl[-1] == pytest.approx(0.0, abs=1e-6)  # the world with nothing ablated
-    np.testing.assert_allclose(r.abl_mass[-1], 0.0, atol=1e-6)
-    assert np.isnan(r.q_direct[H:]).all()  # upstream in layer >= 1: not a path into layer 1
-    # The probe attends to itself, so its own layer-1 key also moves under ablation: the direct path
-    # and the ablation agree in direction and order of magnitude, not exactly.
-    d_abl = r.abl_mass[:H, H:2 * H]
-    d_dir = r.q_direct[:H]
-    big = np.abs(d_dir) > 0.02
-    assert big.any()
-    assert np.mean(np.sign(d_abl[big]) == np.sign(d_dir[big])) >= 0.8
-    assert st["mask"][st["slot"]]
+    N, n = L * H, 3
+    st = R.state(params, cfg, IDS, n)
+    k = np.arange(len(st["mask"]))
+    mask = jnp.asarray(st["mask"] & (k != st["slot"]))
+    tok, pos = st["probe_tok"], st["P"] + 1.0
+    _, cache1, pattn, presid = R.probe_clean(params, cfg, st["cache"], tok, pos, st["slot"], mask)
+    x_probe = jnp.concatenate([params["embed"][tok][None], presid[:-1]])
+    x_mem = jnp.concatenate([params["embed"][jnp.asarray(st["top"])][None], st["mresid"][:-1]])
+    o_probe = R.head_outputs(params, cfg, pattn[:, :, None], cache1.v[:, 0])[:, :, 0].reshape(N, -1)
+    o_mem = R.head_outputs(params, cfg, st["mattn"], st["cache"].v[:, 0]).reshape(N, n, -1)
+    qm, _ = jax.device_get(R.direct_paths(params, cfg, cache1.k[:, 0], x_probe, o_probe, x_mem, o_mem, mask,
+                                          jnp.asarray(st["members"]), pos, jnp.full((n,), float(st["P"])),
+                                          1.0, jnp.asarray([1])))
+    scales = np.ones((H, L, H), np.float32)
+    for u in range(H):
+        scales[u, 0, u] = 0.0
+    _, attn = jax.device_get(R.probe_ablated(params, cfg, st["cache"], tok, pos, st["slot"], mask,
+                                             jnp.asarray(scales)))
+    abl = np.asarray(attn)[:, 1][..., st["members"]].sum(-1)  # [u, H] layer-1 member mass
+    np.testing.assert_allclose(qm[0][:H], abl, atol=2e-5)
+    clean = np.asarray(pattn)[1][:, st["members"]].sum(-1)
+    assert np.abs(abl - clean).max() > 1e-3  # the check is not vacuous
+
+
+def test_measure_worlds_and_invalid_pairs(tiny_model):
+    _, cfg, params = tiny_model
+    H = cfg.num_heads
+    r = R.measure(params, cfg, IDS, layers=np.array([1]), ablate=((), (0,), (0, 1)))
+    assert r.abl_kl[0] == pytest.approx(0.0, abs=1e-6)  # the world with nothing ablated
+    np.testing.assert_allclose(r.abl_mass[0], 0.0, atol=1e-6)
+    assert r.abl_kl[1] > 0 and r.abl_kl[2] > 0
+    assert r.q_direct.shape == (2 * H, H) and np.isnan(r.q_direct[H:]).all()  # layer(u) >= layer(d)
+    assert np.isfinite(r.q_direct[:H]).all() and np.isfinite(r.k_direct[:H]).all()
