@@ -342,6 +342,11 @@ DESIGN = Design(
                    family="specificity"),
         Hypothesis("S2", "K-composition predicts the K-path effect better than V-composition does",
                    "spec_k", ">0", family="specificity"),
+        Hypothesis("W1", "within each downstream head, Q-composition predicts the direct Q-path effect "
+                         "(mean over the 8 heads of the Spearman rho over its upstream heads)", "rho_q_within",
+                   ">0", family="within"),
+        Hypothesis("W2", "within each downstream head, K-composition predicts the direct K-path effect",
+                   "rho_k_within", ">0", family="within"),
         Hypothesis("A1", "pair ablations are additive in KL (mean log KL_joint / (KL_1 + KL_2))",
                    "add_kl", "=0", family="additivity", margin=LOG15),
         Hypothesis("A2", "pair ablations are additive in the downstream mean member mass (mean signed "
@@ -351,9 +356,9 @@ DESIGN = Design(
     margin=0.01,
     margin_note="log 1.5 for the KL additivity ratio; 0.01 attention mass (mean over the 8 downstream "
                 "heads) for the signed interaction",
-    metrics=("rho_q", "rho_k", "rho_vq", "rho_vk", "spec_q", "spec_k", "red_kl", "red_att", "add_kl",
+    metrics=("rho_q", "rho_k", "rho_q_within", "rho_k_within", "rho_vq", "rho_vk", "spec_q", "spec_k", "red_kl", "red_att", "add_kl",
              "int_att", "frac_redundant_kl", "frac_redundant_att", "mass_down", "q_top", "k_top"),
-    families={"primary": "holm", "specificity": "holm", "additivity": "holm"},
+    families={"primary": "holm", "specificity": "holm", "within": "holm", "additivity": "holm"},
     n_per_genre=8,
     caveats=(
         "One forced state per prompt: the prompt's top-3 next tokens as one isolated set at P, a probe "
@@ -436,6 +441,9 @@ def run(ctx) -> Output:
                "rho_vq": spearman(cv.ravel(), q.ravel()), "rho_vk": spearman(cv.ravel(), k.ravel()),
                "mass_down": float(r.mass[down].mean()), "q_top": float(np.nanmax(q)), "k_top": float(np.nanmax(k))}
         row["spec_q"], row["spec_k"] = row["rho_q"] - row["rho_vq"], row["rho_k"] - row["rho_vk"]
+        # the pooled rho mixes downstream heads; within one downstream head only its upstream heads vary
+        row["rho_q_within"] = float(np.nanmean([spearman(cq[:, j], q[:, j]) for j in range(len(down))]))
+        row["rho_k_within"] = float(np.nanmean([spearman(ck[:, j], k[:, j]) for j in range(len(down))]))
         att = r.abl_mass[:, down].mean(1)  # [W] change of the mean member mass over D
         red_kl, red_att, add_kl, int_att = [], [], [], []
         for j, (a, b) in enumerate(pairs):
@@ -624,7 +632,9 @@ def answer(tests, design) -> str:
             f"rho {ci(q)}, {q.verdict}) and K-composition {said(k, 'predicts', 'anti-predicts', 'does not detectably predict')} "
             f"the direct path into the members' keys (rho {ci(k)}, {k.verdict}); against V-composition as a "
             f"control the matching score is {said(sq, 'better', 'worse', 'not detectably better')} for Q "
-            f"({ci(sq)}) and {said(sk, 'better', 'worse', 'not detectably better')} for K ({ci(sk)}). "
+            f"({ci(sq)}) and {said(sk, 'better', 'worse', 'not detectably better')} for K ({ci(sk)}); within "
+            f"one downstream head (mean of per-head rho) Q {by['rho_q_within'].verdict} "
+            f"({ci(by['rho_q_within'])}), K {by['rho_k_within'].verdict} ({ci(by['rho_k_within'])}). "
             f"Ablating two of 8 dev-selected upstream heads together changes the next-token prediction "
             f"{said(rk, 'more', 'less', 'not detectably more')} than the larger single ablation (mean log "
             f"ratio {ci(rk)}, {rk.verdict}) and the downstream member attention "
