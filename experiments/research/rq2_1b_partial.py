@@ -238,7 +238,8 @@ def genre_tests(path: Path = RQ21_ROWS, seed: int = 0, n_perm: int = 4999) -> tu
                                 hi=float(hi), p=p, p_tost=float("nan"),
                                 note=f"rq2.1 rows; genre means {dict(zip(names, [round(float(x), 4) for x in means]))}; "
                                      f"largest |mean| in {top}; permutation test of genre labels "
-                                     f"({n_perm} permutations), CI stratified percentile bootstrap"))
+                                     f"({n_perm} permutations); CI: stratified percentile bootstrap of the "
+                                     "range, which is biased away from 0 (the permutation p is the test)"))
     return tests, table
 
 
