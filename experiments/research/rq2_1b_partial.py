@@ -295,6 +295,11 @@ def run(ctx) -> Output:
              f"{found['isolated_mean_log_ppl']:.3f}, all-visible {found['visible_mean_log_ppl']:.3f}; "
              f"runner-up {list(found['runner_up_blocks'])} {found['runner_up_mean_log_ppl']:.3f}"
              + (" (found = all-isolated: the isolated run stands for it)." if same else ".")]
+    for r in MAP_RULES:
+        top = sorted((o for o in heads if o["rule"] == r), key=lambda o: -o["leak_mean"])[:5]
+        notes.append(f"Most leaking heads under {r} (layer.head: mean leakage, mean log preference): "
+                     + ", ".join(f"L{o['layer']}.H{o['head']}: {o['leak_mean']:.3f}, {o['pref_mean']:+.2f}"
+                                 for o in top) + ".")
     if not gtests:
         notes.append("rq2.1 rows.csv not found: no genre tests.")
     return Output(rows=rows, tests=gtests, tables={"heads": heads, "genre_means": gtable}, notes=notes)
