@@ -14,12 +14,12 @@ PROMPT = [1, 5, 9, 13]
 
 
 def test_budget_hand_cases():
-    assert H.mcts_budget(12, 6) == 7 and H.mcts_budget(24, 6) == 19
+    assert H.mcts_budget(12, 6) == 8 and H.mcts_budget(24, 6) == 20
     assert H.mcts_budget(3, 6) == 1  # never below 1
     assert H.beam_cost(4, 6) == 24
 
 
-@pytest.mark.parametrize("spend", [8, 11, 14, 32])
+@pytest.mark.parametrize("spend", [7, 8, 11, 14, 32])
 def test_matched_budget_never_exceeds_the_comparators_spend(tiny_model, spend):
     _, cfg, params = tiny_model
     steps = 8
@@ -55,6 +55,10 @@ def test_arith_problems_are_seeded_sums():
     with pytest.raises(ValueError, match="unknown format"):
         H.arith_prompt("2 + 3", "essay")
     assert H.first_int(" 17.\n\n3") == 17 and H.first_int(" eleven") is None
+    # chain of thought: the last integer of the first line (after the intermediate sum)
+    assert H.arith_answer(" 9 + 5 = 14 + 3 = 17\n8 + 1", "fewshot_cot") == 17
+    assert H.arith_answer("\n 12\n4", "fewshot_cot") == 12
+    assert H.arith_answer(" 9 + 5 = 14", "fewshot") == 9  # other formats: the first integer
 
 
 class _Tok:
