@@ -583,13 +583,17 @@ def answer(tests, design) -> str:
                  f"on average over layers ({h3.verdict}; lower at {len(sig('rank', '-'))} of "
                  f"{n_fam('rank')} layers, BH)")
     bands_neg, bp = sig("bands", "-"), sig("bands_probe", "-")
-    bname = lambda t: t.column.split("_")[0].replace("band", "")
+    bname = lambda t: (lambda b: f"{b * BAND}-{b * BAND + BAND - 1}")(int(t.column.split("_")[0][4:]))
     parts.append(f"cutting the member edges of one 3-layer band lowers the swap's effect on the "
-                 f"predictions in {len(bands_neg)} of {n_fam('bands')} bands (Holm; bands "
+                 f"predictions in {len(bands_neg)} of {n_fam('bands')} bands (Holm; layers "
                  + (", ".join(bname(t) for t in bands_neg) or "none")
                  + f") and the last-layer probe's accuracy in {len(bp)} of {n_fam('bands_probe')} bands (BH)")
+    big = lambda ts: sorted([t for t in ts if "within" not in t.verdict], key=lambda t: -abs(t.estimate))
     hp, hm = sig("heads", "+"), sig("heads", "-")
-    hn = lambda ts: ", ".join(t.column.replace("head_", "") for t in ts[:6]) or "none"
-    parts.append(f"{len(hp)} of {n_fam('heads')} heads directly copy the present member into the next "
-                 f"query's prediction ({hn(hp)}) and {len(hm)} suppress it ({hn(hm)}) (BH)")
+    bp_, bm_ = big(hp), big(hm)
+    hn = lambda ts: ", ".join(f"{t.column.replace('head_', '')} {t.estimate:+.2f}" for t in ts[:5]) or "none"
+    parts.append(f"per head, the direct effect of its member reads on the next query's x - y logit is "
+                 f"positive (copies the present member) for {len(hp)} and negative (suppresses it) for "
+                 f"{len(hm)} of {n_fam('heads')} heads (BH), but the CIs of only {len(bp_)} and {len(bm_)} "
+                 f"of them reach past +-{HEAD_MARGIN} logits (largest copiers {hn(bp_)}; suppressors {hn(bm_)})")
     return "; ".join(parts) + "."
