@@ -421,8 +421,23 @@ def answer(tests: list[TestResult], design: Design) -> str:
     t = by.get("d_reward_policy")
     pol = (f"the dev-learned threshold policy minus constant tau 0.1 on the declared reward "
            f"{t.estimate:+.3f} [{t.lo:+.3f}, {t.hi:+.3f}] ({t.verdict})" if t else "policy: not tested")
-    return ("Facts accuracy at matched forward-token budget (Holm): " + "; ".join(parts) + "; " + pol
-            + ". Parallel reasoning on arithmetic: see the notes (dev feasibility check).")
+    c = by.get("lfwd_policy")
+    if c is not None:
+        pol += (f", feeding {100 * (np.exp(c.estimate) - 1):+.0f}% forward tokens per step "
+                f"[{100 * (np.exp(c.lo) - 1):+.0f}, {100 * (np.exp(c.hi) - 1):+.0f}] ({c.verdict})")
+    arith = json.loads(ARITH_PATH.read_text()) if ARITH_PATH.exists() else None
+    if arith is None:
+        par = "parallel reasoning was not compared (no dev feasibility check stored)"
+    elif arith["feasible"]:
+        par = "the dev arithmetic check passed its bar, but no test comparison is implemented"
+    else:
+        par = (f"parallel reasoning paths could not be compared: on synthetic two-step sums (dev) the "
+               f"model's best greedy accuracy over {len(arith['two_step'])} prompt formats was "
+               f"{max(arith['two_step'].values()):.2f}, below the pre-declared {arith['min_acc']:.2f}")
+    return ("Facts accuracy at matched forward-token budget (n = "
+            f"{by['d_mcts_t_tempo'].n if 'd_mcts_t_tempo' in by else 0} prompts; 95% BCa CIs "
+            "unadjusted, verdicts after Holm): " + "; ".join(parts) + "; " + pol
+            + "; " + par + ".")
 
 
 # --- offline steps on DEV (write the JSON files the test run reads) -------------------------------
