@@ -198,7 +198,9 @@ def answer(tests, design) -> str:
     band = lambda c: c.rsplit("_", 1)[1]
 
     def group(prefix):
-        ts = [t for t in tests if t.column.startswith(prefix)]
+        order = {b: i for i, b in enumerate(BANDS)}
+        ts = sorted((t for t in tests if t.column.startswith(prefix)),
+                    key=lambda t: order.get(band(t.column), 9))
         return "; ".join(f"{band(t.column)} {ci(t)} ({t.verdict})" for t in ts)
 
     b = by.get("abs_early_minus_late")
