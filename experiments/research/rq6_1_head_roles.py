@@ -462,6 +462,9 @@ def _effects(r, n_heads: int) -> dict:
 
 
 def _head_table(names, classes, feats, kept, per_head, nh) -> list[dict]:
+    from tempo_jax.stats import correct
+
+    q = {fam: correct([t.p for t in ts], "fdr_bh").p_adj for fam, ts in per_head.items()}  # BH per family
     rows = []
     for i, name in enumerate(names):
         row = {"head": name, "layer": i // 9, "index": i % 9, "class": CLASSES[classes[i]],
@@ -469,7 +472,7 @@ def _head_table(names, classes, feats, kept, per_head, nh) -> list[dict]:
                "par_pref": float(feats["par_pref"].ravel()[i])}
         for fam, ts in per_head.items():
             row[f"{fam}_mean"] = ts[i].estimate
-            row[f"{fam}_q"] = ts[i].p_adj
+            row[f"{fam}_q"] = float(q[fam][i])
         for k, off in (("zero", 1), ("mean", 1 + nh)):
             fl = np.array([r["flips"][off + i] for r in kept])
             row[f"prompts_with_flip_{k}"] = int((fl > 0).sum())
