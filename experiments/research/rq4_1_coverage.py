@@ -303,7 +303,11 @@ def answer(tests, design) -> str:
     pts = lambda t: f"{100 * t.estimate:+.0f} points [{100 * t.lo:+.0f}, {100 * t.hi:+.0f}] ({t.verdict})"
     parts = []
     if ok("spread_rand"):
-        parts.append(f"TEMPO's members' embedding spread minus random vocabulary pairs' {num(by['spread_rand'])}")
+        t = by["spread_rand"]
+        side = ("more spread than" if t.estimate > 0 else "closer than") if t.verdict.startswith("differs") \
+            else "not distinguishable from"
+        parts.append(f"TEMPO's members are {side} random vocabulary pairs in input-embedding cosine "
+                     f"distance ({num(t)})")
     for match, words in (("a", "same alternatives per step"), ("b", "same forward tokens")):
         s = [f"{k} {num(by[f'spread_{k}_{match}'])}" for k in ("beam", "samp") if ok(f"spread_{k}_{match}")]
         if s:

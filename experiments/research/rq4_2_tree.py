@@ -461,10 +461,12 @@ def answer(tests, design) -> str:
     pts = lambda t: f"{100 * t.estimate:+.0f} points [{100 * t.lo:+.0f}, {100 * t.hi:+.0f}] ({t.verdict})"
     parts = []
     if ok("d_meet"):
-        parts.append(f"members of a branching step meet the top member's greedy continuation within {K} "
-                     f"tokens {pts(by['d_meet'])} more often than near-miss tokens")
+        parts.append(f"share of a branching step's members whose greedy continuation meets the top "
+                     f"member's within {K} tokens, minus the same share for near-miss tokens: "
+                     f"{pts(by['d_meet'])}")
     if ok("d_merge"):
-        parts.append(f"merge (stay together to the horizon) {pts(by['d_merge'])}")
+        parts.append(f"merging (staying together to the horizon), members minus near misses "
+                     f"{pts(by['d_merge'])}")
     if ok("d_depth"):
         t = by["d_depth"]
         parts.append(f"meet depth members minus near miss {t.estimate:+.2f} tokens [{t.lo:+.2f}, "
