@@ -349,10 +349,11 @@ def select_prompts(design: Design, quick: bool, prompt_file: str | None) -> tupl
                "corpus_hash": hashlib.sha256(Path(prompt_file).read_bytes()).hexdigest(),
                "split": "custom"}
     else:
-        n = design.quick_n if quick else design.n_per_genre
-        prompts = corpus.load(split=design.split, genres=list(design.genres), limit_per_genre=n)
+        # a smoke run never sees the split the findings are reported on: --quick reads dev
+        n, split = (design.quick_n, "dev") if quick else (design.n_per_genre, design.split)
+        prompts = corpus.load(split=split, genres=list(design.genres), limit_per_genre=n)
         src = {"corpus": "experiments/corpus/prompts.jsonl", "corpus_hash": corpus.corpus_hash(),
-               "split": design.split}
+               "split": split}
     if not prompts:
         raise UsageError(f"{design.id}: no prompt selected (genres {', '.join(design.genres)})")
     return prompts, src

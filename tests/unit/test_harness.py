@@ -165,6 +165,10 @@ def test_findings_wording_big_n_null_vs_tiny_n_null(full_run, register, tmp_path
     quick = H.run_experiment("toy1", quick=True, out=results / "toy1q", loaded_model=fake_model())
     q = json.loads((quick / "result.json").read_text())
     assert q["provenance"]["n_prompts"] == 3  # quick_n = 1 per genre
+    assert q["provenance"]["split"] == "dev"  # a smoke run never reads the reported (test) split
+    from experiments import corpus
+
+    assert not set(q["provenance"]["prompt_ids"]) & {p.id for p in corpus.load(split="test")}
     assert {t["column"]: t for t in q["tests"]}["null"]["verdict"] == "cannot tell at this n"
     path = H.write_findings(results, tmp_path / "FINDINGS.md")
     text = path.read_text()
