@@ -356,7 +356,7 @@ def _figures(ctx, rows, rec, rank_att, L):
     ax[0].set_xticks(x, [f"rank {i}" for i in x])
     ax[0].set_ylabel("offset o_i (member at P + o_i; probe at P + 1)")
     ax[0].set_title("RQ 8.1: member offsets by design")
-    ax[0].legend(fontsize=8)
+    ax[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     steps = [e["step"] for e in rec["log"]]
     offs = np.asarray([e["offsets"] for e in rec["log"]])
     for i in range(W):
@@ -391,7 +391,7 @@ def _figures(ctx, rows, rec, rank_att, L):
     ax[2].set_ylabel("probe attention per member (mean L, H)")
     ax[2].set_title("Attention by member rank")
     ax[2].legend(fontsize=8)
-    fig.suptitle(f"RQ 8.1: {len(rows)} test prompts, 95% BCa CIs")
+    fig.suptitle(f"RQ 8.1: {len(rows)} test prompts, 95% BCa CIs", y=1.04)
     ctx.figure(fig, "fidelity")
 
     fig, ax = plt.subplots(figsize=(10, 3.4))
@@ -414,8 +414,9 @@ def answer(tests, design) -> str:
                      f"{100 * (np.exp(t.hi) - 1):+.0f}]")
     words = {"hier": "hierarchical sub-positions", "cond": "entropy-conditional spread",
              "learned": "dev-learned offsets"}
-    parts = [f"{words[n]} change the readout KL to the mixture of the members' paths by "
-             f"{pct(by[f'fid_{n}'])} vs shared ({by[f'fid_{n}'].verdict})" for n in ("hier", "cond", "learned")]
+    parts = ["readout KL to the probability-weighted mixture of the members' paths, vs shared positions: "
+             + ", ".join(f"{words[n]} {pct(by[f'fid_{n}'])} ({by[f'fid_{n}'].verdict})"
+                         for n in ("hier", "cond", "learned"))]
     parts.append(f"learned vs hierarchical {pct(by['fid_learned_vs_hier'])} "
                  f"({by['fid_learned_vs_hier'].verdict}), learned vs conditional "
                  f"{pct(by['fid_learned_vs_cond'])} ({by['fid_learned_vs_cond'].verdict})")
