@@ -20,7 +20,7 @@ def test_rq1_quick_run_writes_results_with_provenance(default_model, tmp_path):
     for key in ("model", "params_hash", "commit", "corpus_hash", "split", "seed", "versions",
                 "prompt_ids"):
         assert key in prov
-    assert prov["n_prompts"] == 6 and prov["split"] == "test" and len(prov["params_hash"]) == 64
+    assert prov["n_prompts"] == 6 and prov["split"] == "dev" and len(prov["params_hash"]) == 64
     tests = res["tests"]
     fams = {t["family"] for t in tests}
     assert {"primary", "causal", "offsets", "layers_tok", "layers_pos", "heads_pos"} <= fams
