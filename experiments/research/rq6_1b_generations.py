@@ -254,8 +254,8 @@ def run(ctx) -> Output:
     gcfg = GenerationConfig(**GEN)
     data = stack(ablation_inputs(gcfg.inputs(m.cfg), m.cfg, [parse_head(h) for h in heads]))
     eos = m.cfg.eos_token_ids or ()
-    prompts = [p for p in ctx.prompts if p.id not in s1_ids]
-    ctx.prompts = prompts
+    # in place, so the run's provenance (n, prompt ids) lists the prompts actually used
+    ctx.prompts[:] = [p for p in ctx.prompts if p.id not in s1_ids]
 
     def measure(p):
         ids = m.tokenizer(p.prompt).input_ids
@@ -273,7 +273,7 @@ def run(ctx) -> Output:
             out["text"].append(m.tokenizer.decode(cont))
         return out
 
-    rows, worlds = [], []
+    rows, worlds, changed = [], [], []
     for p, r in ctx.map(measure):
         row = {"prompt_id": p.id, "genre": p.genre}
         if r is not None:
@@ -291,6 +291,7 @@ def run(ctx) -> Output:
             qcol = {"facts": "sel_correct", "code": "sel_parses"}.get(p.genre)
             if qcol:
                 row[qcol] = float(np.nanmean(d["q"][:ns]))
+            changed.append([t != r["text"][0] for t in r["text"][1:]])
             row["clean_ppl"] = float(r["ppl"][0])
             row["clean_pruned"] = float(r["pruned"][0])
             for j, h in enumerate(["clean", *heads]):
@@ -305,6 +306,12 @@ def run(ctx) -> Output:
              f"{len(kept)} of {len(rows)} prompts generated ({'dev smoke' if ctx.quick else 'test, not in stage 1'}: "
              f"{', '.join(r['prompt_id'] for r in rows)}); others longer than {BUCKET} tokens."]
     if kept:
+        ch = np.asarray(changed, bool)  # [N, K + N_CTL]
+        sp = np.array([[r[f"sel_ppl_{h}"] for h in sel] for r in kept])
+        notes.append(f"Descriptive (not pre-registered): the ablated world's clean continuation differs "
+                     f"from the clean world's in {ch[:, :len(sel)].mean():.0%} of (prompt, selected head) "
+                     f"pairs and {ch[:, len(sel):].mean():.0%} of (prompt, control head) pairs; signed "
+                     f"mean log self-ppl ratio over selected heads and prompts {np.nanmean(sp):+.3f}.")
         _figure(ctx, kept, sel, ctl)
     return Output(rows=rows, tables={"worlds": worlds}, notes=notes)
 
