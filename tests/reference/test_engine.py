@@ -90,7 +90,8 @@ def test_step_mask_equals_hand_built(rule):
         want[i, [0, 1, 2, 3, 5]] = True  # prompt + alive earlier step, not the pruned slot 4
         want[i, base + i] = True
         for j in range(n):
-            if j != i and (rule == "full" or (rule == "visible" and j < i)):
+            if j != i and (rule == "full" or (rule == "visible" and j < i)
+                           or (rule == "reverse" and j > i)):
                 want[i, base + j] = True
     np.testing.assert_array_equal(got, want)
 
