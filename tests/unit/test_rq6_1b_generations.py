@@ -74,3 +74,46 @@ def test_vmapped_ablated_worlds_equal_separate_runs(tiny_model):
     plain = generate(params, cfg, PROMPT, gcfg)
     np.testing.assert_array_equal(traces[0].arrays["tokens"], plain.arrays["tokens"])
     assert not np.allclose(traces[0].arrays["probs"], traces[1].arrays["probs"], equal_nan=True)
+
+
+def test_mean_ablated_worlds_equal_separate_runs(tiny_model):
+    """Worlds 1 + n .. 2n (mean arm) equal generate() with head_scale 0 and head_mean = the given
+    means; a mean-ablated world differs from the zero-ablated world of the same head."""
+    _, cfg, params = tiny_model
+    gcfg = GenerationConfig(max_steps=4, min_steps=4, max_width=3, threshold=0.02, prune=True,
+                            prune_window=1, prune_rule="relative", prune_rho=0.5, eos="top",
+                            prompt_bucket=8, capacity=32)
+    heads = [(0, 1), (cfg.num_layers - 1, 0)]
+    means = np.random.default_rng(3).normal(0.0, 1.0, (cfg.num_layers, cfg.num_heads, cfg.head_dim))
+    worlds = G.ablation_inputs(gcfg.inputs(cfg), cfg, heads, means)
+    assert len(worlds) == 1 + 2 * len(heads)
+    from tempo_jax.engine.inputs import stack
+
+    traces, attn = G.run_worlds(params, cfg, gcfg, PROMPT, stack(worlds))
+    assert len(traces) == 5 and attn.shape == (5,)
+    for lh, tr in zip(heads, traces[1 + len(heads):]):
+        sc = np.ones((cfg.num_layers, cfg.num_heads), np.float32)
+        sc[lh] = 0.0
+        iv = Interventions(head_scale=jnp.asarray(sc), head_mean=jnp.asarray(means, jnp.float32))
+        ref = generate(params, cfg, PROMPT, gcfg, inputs=gcfg.inputs(cfg).replace(interventions=iv))
+        np.testing.assert_array_equal(tr.arrays["tokens"], ref.arrays["tokens"])
+        np.testing.assert_array_equal(tr.arrays["pruned_at"], ref.arrays["pruned_at"])
+        np.testing.assert_allclose(tr.arrays["probs"], ref.arrays["probs"], rtol=1e-4, atol=1e-6)
+    # mean (a nonzero vector) is not zero ablation of the same head
+    assert not np.allclose(traces[1].arrays["probs"], traces[1 + len(heads)].arrays["probs"], equal_nan=True)
+    with pytest.raises(ValueError, match="means must have shape"):
+        G.ablation_inputs(gcfg.inputs(cfg), cfg, heads, means[:, :1])
+
+
+def test_mean_columns_do_not_match_zero_arm_globs():
+    """The mean arm's columns must not fall into the registered zero-arm families."""
+    import fnmatch
+
+    mean_cols = ["msel_ppl_L1H5", "mctl_attn_L19H3", "msel_vs_ctl_ppl", "msel_correct", "msel_parses"]
+    zero = [h for h in G.DESIGN.hypotheses if not h.name.endswith("m")]
+    for h in zero:
+        assert not any(fnmatch.fnmatchcase(c, h.column) for c in mean_cols), h.name
+    names = {h.name: h for h in G.DESIGN.hypotheses}
+    for z in zero:  # every zero-arm hypothesis has a mean twin with the same direction and margin
+        m = names[z.name + "m"]
+        assert (m.expect, m.margin) == (z.expect, z.margin) and m.family != z.family
