@@ -1,0 +1,87 @@
+"""RQ 8.3b: the code-parse arm of rq8.3 (TEMPO + MCTS at matched forward-token budget).
+
+Same four decoders and budget accounting as rq8.3 (helpers imported from rq8_3_hybrids): greedy,
+TEMPO (tau 0.1, W 4, clean path), beam (width 4), MCTS over TEMPO sets at TEMPO's own spend
+("mcts_t") and at beam's spend ("mcts_b"), on CODE test prompts, STEPS generated tokens.
+Outcome per prompt: ``quality.parses(prompt + continuation)`` (0/1): the text cut to whole
+"\\n"-terminated lines, a trailing block opener given a ``pass`` body, then ``ast.parse``.
+STATUS: written after the brief's deadlines; its full test-split run was NOT made (see report).
+"""
+
+from __future__ import annotations
+
+from experiments.research import rq8_3_hybrids as H
+from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax import quality
+
+STEPS = 14
+MARGIN = 0.10
+METHODS = ("greedy", "tempo", "beam", "mcts_t", "mcts_b")
+
+DESIGN = Design(
+    id="rq8.3b",
+    questions=("8.3",),
+    title="Hybrids, code arm: MCTS over TEMPO sets vs TEMPO vs beam vs greedy at matched "
+          "forward-token budget, code parse rate",
+    primary_metric="quality.parses(prompt + continuation), 0/1 per prompt",
+    contrast="per prompt, paired: mcts_t - tempo, mcts_b - beam, tempo - greedy, beam - greedy",
+    hypotheses=(
+        Hypothesis("C1", "MCTS at TEMPO's spend parses more often than TEMPO", "d_mcts_t_tempo", ">0"),
+        Hypothesis("C2", "MCTS at beam's spend parses more often than beam (4)", "d_mcts_b_beam", ">0"),
+        Hypothesis("C3", "TEMPO parses as often as greedy (within 10 points)", "d_tempo_greedy", "=0"),
+        Hypothesis("C4", "beam (4) parses more often than greedy", "d_beam_greedy", ">0"),
+    ),
+    margin=MARGIN,
+    margin_note="0.10 (10 points) of parse rate",
+    metrics=("d_*", "parse_*", "cost_*", "over_*"),
+    families={"primary": "holm"},
+    genres=("code",),
+    n_per_genre=8,
+    quick_n=1,
+    caveats=("Not run on the test split: n and MCTS budget were never measured/fitted to the "
+             "compute budget (written after the deadline).",),
+    config={"steps": STEPS, "width": H.WIDTH, "tau": H.TAU, "beam_width": H.BEAM_W,
+            "mcts": {"rollout_len": H.ROLLOUT, "c_uct": H.C_UCT, "value": "mean log-prob"}},
+)
+
+
+def evaluate_prompt(m, p) -> dict:
+    """Parse (0/1) and forward-token cost of every method on one code prompt."""
+    import dataclasses
+
+    from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.engine.beam import beam_search
+    from tempo_jax.search.mcts import MCTSConfig, search
+
+    eos = m.cfg.eos_token_ids or ()
+    ids = m.tokenizer(p.prompt).input_ids
+    g = GenerationConfig(max_steps=STEPS, max_width=H.WIDTH, threshold=H.TAU)
+    tr = generate(m.params, m.cfg, ids, g)
+    gr = generate(m.params, m.cfg, ids, dataclasses.replace(g, method="greedy"))
+    bt = beam_search(m.params, m.cfg, ids, width=H.BEAM_W, max_steps=STEPS)
+    conts = {"tempo": tr.clean_ids(), "greedy": gr.clean_ids(), "beam": bt.clean_ids()}
+    cost = {"tempo": H.fed_tokens(tr), "greedy": H.fed_tokens(gr), "beam": H.beam_cost(H.BEAM_W, STEPS)}
+    for name, comp in (("mcts_t", "tempo"), ("mcts_b", "beam")):
+        mc = MCTSConfig(budget=H.mcts_budget(cost[comp], STEPS), threshold=H.TAU, max_width=H.WIDTH,
+                        max_steps=STEPS, rollout_len=H.ROLLOUT, c_uct=H.C_UCT)
+        r = search(m.params, m.cfg, ids, mc)
+        conts[name] = r.tokens
+        cost[name] = int(r.total_forward_tokens)
+    text = {k: quality._continuation_text(m.tokenizer, ids, H.cut_eos(c, eos)) for k, c in conts.items()}
+    return {"parse": {k: float(quality.parses(p.prompt + t)) for k, t in text.items()},
+            "cost": cost, "text": text}
+
+
+def run(ctx) -> Output:
+    rows, texts = [], []
+    for p, r in ctx.map(lambda p: evaluate_prompt(ctx.model, p)):
+        c, k = r["parse"], r["cost"]
+        row = {"prompt_id": p.id, "genre": p.genre}
+        row.update({f"parse_{n}": c[n] for n in METHODS})
+        row.update({f"cost_{n}": k[n] for n in METHODS})
+        row.update(d_mcts_t_tempo=c["mcts_t"] - c["tempo"], d_mcts_b_beam=c["mcts_b"] - c["beam"],
+                   d_tempo_greedy=c["tempo"] - c["greedy"], d_beam_greedy=c["beam"] - c["greedy"],
+                   over_mcts_t=k["mcts_t"] - k["tempo"], over_mcts_b=k["mcts_b"] - k["beam"])
+        rows.append(row)
+        texts.append({"prompt_id": p.id, **r["text"]})
+    return Output(rows=rows, tables={"outputs": texts}, notes=[])
