@@ -21,6 +21,7 @@ from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
 from tempo_jax.engine.core import prefill
 from tempo_jax.engine.run import pad_prompt
+from tempo_jax.engine.selection import top_k
 from tempo_jax.model import KVCache, forward
 from tempo_jax.trace import Trace
 
@@ -56,7 +57,7 @@ def _beam(params, mcfg: ModelConfig, prompt, prompt_len, width: int, steps: int,
         grow = jnp.where(st.finished[:, None], -jnp.inf, st.score[:, None] + st.logp)  # [N,V]
         stay = jnp.where(st.finished, st.score, -jnp.inf)  # [N]
         cand = jnp.concatenate([grow.reshape(-1), stay])
-        best, idx = jax.lax.top_k(cand, N)
+        best, idx = top_k(cand, N)
         is_stay = idx >= N * V
         parent = jnp.where(is_stay, idx - N * V, idx // V)
         token = jnp.where(is_stay, 0, idx % V).astype(jnp.int32)

@@ -83,10 +83,21 @@ def select_threshold(dist: jax.Array, tau: jax.Array, width: int):
 
     dist[V] -> tokens[W] int32, probs[W] (full-vocabulary values), valid[W] bool, n int.
     """
-    probs, tokens = jax.lax.top_k(dist, width)
+    probs, tokens = top_k(dist, width)
     valid = probs >= tau
     valid = valid.at[0].set(True)  # argmax fallback: member 0 always exists
     return tokens.astype(jnp.int32), probs, valid, valid.sum()
+
+
+def top_k(x: jax.Array, k: int):
+    """``jax.lax.top_k`` kept as one op: x[..., V] -> (values[..., k], indices[..., k]), ties to
+    the lower index.
+
+    The barrier stops XLA from fusing slices of the result into later ops; without it the CPU
+    compiler can no longer match its fast TopK kernel and sorts the whole vocabulary instead
+    (about 9 ms a step for V = 49152 on 2 cores; ``benchmarks/tempo.py``).
+    """
+    return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
 
 
 def select_sample(logits: jax.Array, key, temperature, top_k, top_p, width: int):

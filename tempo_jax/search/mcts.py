@@ -28,6 +28,7 @@ import numpy as np
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.run import check_prompt
+from tempo_jax.engine.selection import top_k
 from tempo_jax.model import forward, init_cache
 
 PROMPT_BUCKET = 32  # the prompt is padded to a multiple of this (fewer compiled prefill shapes)
@@ -119,7 +120,7 @@ def _feed(params, mcfg: ModelConfig, cache, tokens, pos, slots, mask, top: int):
     """ONE forward of T queries (tokens[T] at pos[T], written at slots[T], mask[T,K]) ->
     (top log-probs [T,top], their ids [T,top], new cache)."""
     logits, cache, _ = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None], cache)
-    lp, ids = jax.lax.top_k(jax.nn.log_softmax(logits[0], axis=-1), top)
+    lp, ids = top_k(jax.nn.log_softmax(logits[0], axis=-1), top)
     return lp, ids.astype(jnp.int32), cache
 
 
