@@ -8,7 +8,7 @@ Under TEMPO's mixture rule a step's members have no single parent, so the hierar
   level 2: for each parent a_k its top-c continuations (c = 2) on the parent's own path
            (prompt + a_k); the m*c children are isolated from each other;
   probe:   the greedy next token after the top parent's top child, reading everything.
-One batched forward per prompt holds all 6 worlds (3 position designs x 2 masks): same tokens,
+One batched forward per prompt holds all 8 worlds (4 position designs x 2 masks): same tokens,
 slots and probe token; only member positions and the child rows of the mask differ.
 
 Positions (parent rank k, child rank j within its parent, r = the child's rank among all m*c
@@ -17,6 +17,8 @@ children by joint weight; probe at P + 2 in every world):
   flat:   parents P + k/m,   children P + 1 + r/(m c)             (rq8.1's "hier" at both levels)
   nested: parents P + k/m,   children P + 1 + k/m + j/(m c)       (a child sits one step after
                                                                    its parent's sub-position)
+  shifted (control): parents P + k/m, children P + 1 + ((k+1) mod m)/m + j/(m c): the nested
+          geometry with every sibling pair moved under the WRONG parent's sub-position
 Flat and nested use the same offsets at level 2 in a different order; where the joint-weight
 rank order is parent-major they coincide (the row's ``same_order`` flag).
 
@@ -41,9 +43,9 @@ from tempo_jax.config import ModelConfig
 from tempo_jax.model import KVCache, TapsSpec, forward
 
 M, C = 3, 2
-DESIGNS = ("shared", "flat", "nested")
+DESIGNS = ("shared", "flat", "nested", "shifted")
 MASKS = ("mixture", "tree")
-WORLDS = tuple((d, mk) for mk in MASKS for d in DESIGNS)  # index = mask * 3 + design
+WORLDS = tuple((d, mk) for mk in MASKS for d in DESIGNS)  # index = mask * len(DESIGNS) + design
 MARGIN = float(np.log(1.1))
 
 DESIGN = Design(
@@ -57,7 +59,8 @@ DESIGN = Design(
                    "log(KL_world / KL_shared_mixture) or the named pair's log ratio",
     contrast="same tokens, slots, probe: nested vs shared and nested vs flat positions under the "
              "mixture mask; nested vs shared under the tree mask; tree vs mixture mask at shared "
-             "positions",
+             "positions; control: nested vs shifted (the same geometry with each sibling pair under "
+             "the wrong parent's sub-position)",
     hypotheses=(
         Hypothesis("H1", "nested positions bring the readout closer to the mixture of paths than "
                          "shared positions (mixture mask)", "fid_nested_mix", "<0"),
@@ -68,10 +71,12 @@ DESIGN = Design(
         Hypothesis("H4", "context: the tree mask (hierarchy in the mask) beats the mixture mask at "
                          "shared positions", "fid_tree_vs_mix_shared", "<0"),
         Hypothesis("S", "flat vs shared positions (mixture mask: rq8.1's spread at two levels; "
-                        "tree mask), nested vs flat (tree mask)", "sec_*", "=0",
+                        "tree mask), nested vs flat (tree mask), nested vs the shifted control "
+                        "(children under the wrong parent's sub-position; both masks)", "sec_*", "=0",
                    family="secondary"),
         Hypothesis("A", "children's attention share on their own parent (mean over layers, heads, "
-                        "children; mixture mask) rises with nested / flat vs shared positions",
+                        "children; mixture mask) rises with nested / flat positions vs shared and "
+                        "with nested vs the shifted control (and falls with shifted vs shared)",
                    "own_*", ">0", family="attention"),
         Hypothesis("LA", "per-layer own-parent attention share, nested vs shared (mixture mask)",
                    "L*_own_nested", ">0", family="layers"),
@@ -125,6 +130,8 @@ def design_offsets(design: str, m: int, c: int, rank: np.ndarray | None = None) 
         o1, o2 = k / m, 1 + rank / (m * c)
     elif design == "nested":
         o1, o2 = k / m, 1 + kc / m + j / (m * c)
+    elif design == "shifted":
+        o1, o2 = k / m, 1 + ((kc + 1) % m) / m + j / (m * c)
     else:
         raise ValueError(f"unknown design {design!r}; known: {', '.join(DESIGNS)}")
     return o1.astype(np.float32), o2.astype(np.float32)
@@ -266,14 +273,20 @@ def run(ctx) -> Output:
         row["sec_flat_vs_shared_mix"] = lr_(km[_w("flat", "mixture")], base)
         row["sec_flat_vs_shared_tree"] = lr_(km[_w("flat", "tree")], km[_w("shared", "tree")])
         row["sec_nested_vs_flat_tree"] = lr_(km[_w("nested", "tree")], km[_w("flat", "tree")])
+        row["sec_nested_vs_shifted_mix"] = lr_(km[_w("nested", "mixture")], km[_w("shifted", "mixture")])
+        row["sec_nested_vs_shifted_tree"] = lr_(km[_w("nested", "tree")], km[_w("shifted", "tree")])
         s0 = sh[_w("shared", "mixture")]
         row["own_nested"] = lr_(sh[_w("nested", "mixture")].mean(), s0.mean())
         row["own_flat"] = lr_(sh[_w("flat", "mixture")].mean(), s0.mean())
+        row["own_shifted"] = lr_(sh[_w("shifted", "mixture")].mean(), s0.mean())
+        row["own_nested_vs_shifted"] = lr_(sh[_w("nested", "mixture")].mean(),
+                                           sh[_w("shifted", "mixture")].mean())
         for layer in range(L):
             row[f"L{layer:02d}_own_nested"] = lr_(sh[_w("nested", "mixture"), layer], s0[layer])
             row[f"share_L{layer:02d}_shared"] = float(s0[layer])
             row[f"share_L{layer:02d}_flat"] = float(sh[_w("flat", "mixture"), layer])
             row[f"share_L{layer:02d}_nested"] = float(sh[_w("nested", "mixture"), layer])
+            row[f"share_L{layer:02d}_shifted"] = float(sh[_w("shifted", "mixture"), layer])
         rows.append(row)
     _figures(ctx, rows, L)
     same = np.mean([r["same_order"] for r in rows])
@@ -300,7 +313,7 @@ def _figures(ctx, rows, L):
 
     plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 3.8))
-    width = 0.38
+    width = 0.38  # two mask arms per design
     x = np.arange(len(DESIGNS))
     for i, mk in enumerate(MASKS):
         mean, err = ci_bars([S.bootstrap_ci([r[f"vs_base_{d}_{mk}"] for r in rows], n_boot=1999)
@@ -308,12 +321,14 @@ def _figures(ctx, rows, L):
         ax[0].bar(x + (i - 0.5) * width, mean, width, yerr=err, capsize=3, label=f"{mk} mask")
     ax[0].axhspan(-MARGIN, MARGIN, color="grey", alpha=0.2, label="+-10%")
     ax[0].axhline(0, color="k", lw=0.8)
-    ax[0].set_xticks(x, ["shared\n(shared/mixture = 0 by definition)", "flat", "nested"])
+    ax[0].set_xticks(x, ["shared\n(shared/mixture\n= 0 by definition)", "flat", "nested",
+                         "shifted\n(control)"])
     ax[0].set_xlabel("position design")
     ax[0].set_ylabel("log KL(p_mix||q) vs shared/mixture")
     ax[0].set_title("Readout fidelity (<0: closer to the paths' mixture)")
     ax[0].legend(fontsize=8)
-    for d, mk, dx in (("shared", "o", -0.2), ("flat", "s", 0.0), ("nested", "^", 0.2)):
+    for d, mk, dx in (("shared", "o", -0.24), ("flat", "s", -0.08), ("nested", "^", 0.08),
+                      ("shifted", "v", 0.24)):
         vals = np.asarray([[r[f"share_L{l:02d}_{d}"] for l in range(L)] for r in rows])
         mean, err = ci_bars([S.bootstrap_ci(vals[:, l], n_boot=999) for l in range(L)])
         ax[1].errorbar(np.arange(L) + dx, mean, yerr=err, fmt=mk + "-", ms=3, capsize=2, lw=0.8, label=d)
@@ -337,5 +352,8 @@ def answer(tests, design) -> str:
     s = ("Readout KL to the weighted mixture of the two-level paths: "
          + "; ".join(f"{w} {pct(by[c])} ({by[c].verdict})" for c, w in prim)
          + f"; children's own-parent attention share, nested vs shared {pct(by['own_nested'])} "
-           f"({by['own_nested'].verdict}), flat vs shared {pct(by['own_flat'])} ({by['own_flat'].verdict}).")
+           f"({by['own_nested'].verdict}), flat vs shared {pct(by['own_flat'])} ({by['own_flat'].verdict}), "
+           f"nested vs the shifted control {pct(by['own_nested_vs_shifted'])} "
+           f"({by['own_nested_vs_shifted'].verdict}); readout KL nested vs shifted, mixture mask "
+           f"{pct(by['sec_nested_vs_shifted_mix'])} ({by['sec_nested_vs_shifted_mix'].verdict}).")
     return s

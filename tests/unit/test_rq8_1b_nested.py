@@ -27,6 +27,11 @@ def test_offsets_hand_case():
     # child (k, j) at 1 + k/3 + j/6: one step after its parent's sub-position, siblings 1/6 apart
     np.testing.assert_allclose(o2, [1, 1 + 1 / 6, 1 + 1 / 3, 1 + 1 / 3 + 1 / 6, 1 + 2 / 3, 1 + 2 / 3 + 1 / 6],
                                rtol=1e-6)
+    # the shifted control: each sibling pair under the next parent's sub-position (mod m)
+    o1, o2 = R.design_offsets("shifted", 3, 2, rank)
+    np.testing.assert_allclose(o1, [0, 1 / 3, 2 / 3], rtol=1e-6)
+    np.testing.assert_allclose(o2, [1 + 1 / 3, 1 + 1 / 3 + 1 / 6, 1 + 2 / 3, 1 + 2 / 3 + 1 / 6, 1, 1 + 1 / 6],
+                               rtol=1e-6)
     # with the parent-major order flat and nested are the same world
     np.testing.assert_allclose(R.design_offsets("flat", 3, 2)[1], R.design_offsets("nested", 3, 2)[1])
     with pytest.raises(ValueError, match="permutation"):
@@ -36,7 +41,8 @@ def test_offsets_hand_case():
     pos = R.world_positions(10, rank)
     assert pos.shape == (len(R.WORLDS), 3 + 6 + 1) and np.all(pos[:, -1] == 12.0)
     # the mask arms share positions: worlds (d, mixture) and (d, tree)
-    np.testing.assert_allclose(pos[:3], pos[3:])
+    nd = len(R.DESIGNS)
+    np.testing.assert_allclose(pos[:nd], pos[nd:])
 
 
 def test_joint_rank():
@@ -136,7 +142,8 @@ def test_measure_shapes_and_identities(tiny_model):
     assert r["kl_mix"].shape == (len(R.WORLDS),) and np.all(r["kl_mix"] >= -1e-7)
     assert r["own_share"].shape == (len(R.WORLDS), cfg.num_layers)
     # tree worlds: a child's parent attention is all on its own parent
-    np.testing.assert_allclose(r["own_share"][3:], 1.0, atol=1e-6)
-    assert np.all((r["own_share"][:3] > 0) & (r["own_share"][:3] < 1))
+    nd = len(R.DESIGNS)
+    np.testing.assert_allclose(r["own_share"][nd:], 1.0, atol=1e-6)
+    assert np.all((r["own_share"][:nd] > 0) & (r["own_share"][:nd] < 1))
     if r["same_order"]:
         assert r["kl_mix"][R._w("flat", "mixture")] == pytest.approx(r["kl_mix"][R._w("nested", "mixture")])
