@@ -32,6 +32,7 @@ Per world and per head (ablated minus clean, per prompt):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -49,6 +50,45 @@ PPL_MARGIN, PRUNED_MARGIN, ATTN_MARGIN, QUAL_MARGIN = math.log(1.1), 5.0, 0.05, 
 
 GEN = {**GEN1, "max_steps": STEPS, "min_steps": STEPS, "prompt_bucket": BUCKET, "capacity": CAPACITY}
 
+_ZERO = (  # the zero-ablation arm
+    Hypothesis("H1", "ablating the selected heads changes self-perplexity more than ablating "
+               "the control heads (mean |log ppl ratio|, selected - control)",
+               "sel_vs_ctl_ppl", ">0", margin=PPL_MARGIN),
+    Hypothesis("H2", "ablating the selected heads changes the pruned share more than ablating "
+               "the control heads (mean |points|, selected - control)",
+               "sel_vs_ctl_pruned", ">0", margin=PRUNED_MARGIN),
+    Hypothesis("H3", "ablating the selected heads changes parallel-token attention more than "
+               "ablating the control heads (mean |log ratio|, selected - control)",
+               "sel_vs_ctl_attn", ">0", margin=ATTN_MARGIN),
+    Hypothesis("P", "ablating a selected head raises the self-perplexity of the clean continuation",
+               "sel_ppl_*", ">0", family="heads_ppl", margin=PPL_MARGIN),
+    Hypothesis("R", "ablating a selected head leaves the pruned share within 5 points",
+               "sel_pruned_*", "=0", family="heads_pruned", margin=PRUNED_MARGIN),
+    Hypothesis("A", "ablating a selected head leaves parallel-token attention within 0.05",
+               "sel_attn_*", "=0", family="heads_attn", margin=ATTN_MARGIN),
+    Hypothesis("Cp", "control head: self-perplexity", "ctl_ppl_*", "=0", family="controls",
+               margin=PPL_MARGIN),
+    Hypothesis("Cr", "control head: pruned share", "ctl_pruned_*", "=0", family="controls",
+               margin=PRUNED_MARGIN),
+    Hypothesis("Ca", "control head: parallel-token attention", "ctl_attn_*", "=0",
+               family="controls", margin=ATTN_MARGIN),
+    Hypothesis("Q1", "facts: accuracy change, mean over selected heads, within 10 points",
+               "sel_correct", "=0", family="quality", margin=QUAL_MARGIN),
+    Hypothesis("Q2", "code: parse-rate change, mean over selected heads, within 10 points",
+               "sel_parses", "=0", family="quality", margin=QUAL_MARGIN),
+)
+
+_FAMILIES = {"primary": "holm", "heads_ppl": "fdr_bh", "heads_pruned": "fdr_bh",
+             "heads_attn": "fdr_bh", "controls": "fdr_bh", "quality": "holm"}
+
+
+def _mean_arm(h: Hypothesis) -> Hypothesis:
+    """The mean-ablation twin of a zero-arm hypothesis (added in a second run, after the
+    zero-ablation results were seen): name + "m", column prefixed "m", family + "_mean"."""
+    return dataclasses.replace(h, name=h.name + "m", statement=f"as {h.name}, mean ablation",
+                               column="m" + h.column, family=h.family + "_mean")
+
+
 DESIGN = Design(
     id="rq6.1b",
     questions=("6.1",),
@@ -60,68 +100,12 @@ DESIGN = Design(
              "zero-ablated on every forward vs the clean generation, same prompt; selected vs "
              "control by mean |effect| per prompt; the same heads mean-ablated (dev mean output) "
              "in their own families",
-    hypotheses=(
-        Hypothesis("H1", "ablating the selected heads changes self-perplexity more than ablating "
-                   "the control heads (mean |log ppl ratio|, selected - control)",
-                   "sel_vs_ctl_ppl", ">0", margin=PPL_MARGIN),
-        Hypothesis("H2", "ablating the selected heads changes the pruned share more than ablating "
-                   "the control heads (mean |points|, selected - control)",
-                   "sel_vs_ctl_pruned", ">0", margin=PRUNED_MARGIN),
-        Hypothesis("H3", "ablating the selected heads changes parallel-token attention more than "
-                   "ablating the control heads (mean |log ratio|, selected - control)",
-                   "sel_vs_ctl_attn", ">0", margin=ATTN_MARGIN),
-        Hypothesis("P", "ablating a selected head raises the self-perplexity of the clean continuation",
-                   "sel_ppl_*", ">0", family="heads_ppl", margin=PPL_MARGIN),
-        Hypothesis("R", "ablating a selected head leaves the pruned share within 5 points",
-                   "sel_pruned_*", "=0", family="heads_pruned", margin=PRUNED_MARGIN),
-        Hypothesis("A", "ablating a selected head leaves parallel-token attention within 0.05",
-                   "sel_attn_*", "=0", family="heads_attn", margin=ATTN_MARGIN),
-        Hypothesis("Cp", "control head: self-perplexity", "ctl_ppl_*", "=0", family="controls",
-                   margin=PPL_MARGIN),
-        Hypothesis("Cr", "control head: pruned share", "ctl_pruned_*", "=0", family="controls",
-                   margin=PRUNED_MARGIN),
-        Hypothesis("Ca", "control head: parallel-token attention", "ctl_attn_*", "=0",
-                   family="controls", margin=ATTN_MARGIN),
-        Hypothesis("Q1", "facts: accuracy change, mean over selected heads, within 10 points",
-                   "sel_correct", "=0", family="quality", margin=QUAL_MARGIN),
-        Hypothesis("Q2", "code: parse-rate change, mean over selected heads, within 10 points",
-                   "sel_parses", "=0", family="quality", margin=QUAL_MARGIN),
-        # mean ablation (added in a second run, after the zero-ablation results were seen)
-        Hypothesis("H1m", "as H1, mean ablation", "msel_vs_ctl_ppl", ">0", family="primary_mean",
-                   margin=PPL_MARGIN),
-        Hypothesis("H2m", "as H2, mean ablation", "msel_vs_ctl_pruned", ">0", family="primary_mean",
-                   margin=PRUNED_MARGIN),
-        Hypothesis("H3m", "as H3, mean ablation", "msel_vs_ctl_attn", ">0", family="primary_mean",
-                   margin=ATTN_MARGIN),
-        Hypothesis("Pm", "as P, mean ablation", "msel_ppl_*", ">0", family="heads_ppl_mean",
-                   margin=PPL_MARGIN),
-        Hypothesis("Rm", "as R, mean ablation", "msel_pruned_*", "=0", family="heads_pruned_mean",
-                   margin=PRUNED_MARGIN),
-        Hypothesis("Am", "as A, mean ablation", "msel_attn_*", "=0", family="heads_attn_mean",
-                   margin=ATTN_MARGIN),
-        Hypothesis("Cpm", "as Cp, mean ablation", "mctl_ppl_*", "=0", family="controls_mean",
-                   margin=PPL_MARGIN),
-        Hypothesis("Crm", "as Cr, mean ablation", "mctl_pruned_*", "=0", family="controls_mean",
-                   margin=PRUNED_MARGIN),
-        Hypothesis("Cam", "as Ca, mean ablation", "mctl_attn_*", "=0", family="controls_mean",
-                   margin=ATTN_MARGIN),
-        Hypothesis("Q1m", "as Q1, mean ablation", "msel_correct", "=0", family="quality_mean",
-                   margin=QUAL_MARGIN),
-        Hypothesis("Q2m", "as Q2, mean ablation", "msel_parses", "=0", family="quality_mean",
-                   margin=QUAL_MARGIN),
-    ),
+    hypotheses=(*_ZERO, *(_mean_arm(h) for h in _ZERO)),
     margin=PPL_MARGIN,
     margin_note="log 1.1 for ppl log ratios, 5 points for the pruned share, 0.05 for the attention "
                 "log ratio, 10 points for accuracy / parse rate",
-    metrics=("sel_vs_ctl_ppl", "sel_vs_ctl_pruned", "sel_vs_ctl_attn", "sel_ppl_*", "sel_pruned_*",
-             "sel_attn_*", "ctl_ppl_*", "ctl_pruned_*", "ctl_attn_*", "sel_correct", "sel_parses",
-             "clean_ppl", "clean_pruned", "msel_vs_ctl_ppl", "msel_vs_ctl_pruned", "msel_vs_ctl_attn",
-             "msel_ppl_*", "msel_pruned_*", "msel_attn_*", "mctl_ppl_*", "mctl_pruned_*",
-             "mctl_attn_*", "msel_correct", "msel_parses"),
-    families={"primary": "holm", "heads_ppl": "fdr_bh", "heads_pruned": "fdr_bh",
-              "heads_attn": "fdr_bh", "controls": "fdr_bh", "quality": "holm",
-              "primary_mean": "holm", "heads_ppl_mean": "fdr_bh", "heads_pruned_mean": "fdr_bh",
-              "heads_attn_mean": "fdr_bh", "controls_mean": "fdr_bh", "quality_mean": "holm"},
+    metrics=(*(h.column for h in _ZERO), "clean_ppl", "clean_pruned", *("m" + h.column for h in _ZERO)),
+    families={**_FAMILIES, **{f"{f}_mean": c for f, c in _FAMILIES.items()}},
     n_per_genre=10,
     quick_n=1,
     caveats=(
