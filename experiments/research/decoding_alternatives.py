@@ -121,19 +121,20 @@ class Alternatives:
     branching: float
 
 
+def distinct_per_step(step_tokens: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:
+    """``(sorted distinct tokens, computed count)`` of every step of ``step_tokens`` that has a
+    token (steps with none are skipped)."""
+    return [(sorted(set(int(t) for t in toks)), len(toks)) for toks in step_tokens if len(toks)]
+
+
 def alternatives(step_tokens: Sequence[Sequence[int]], embed) -> Alternatives:
     """``step_tokens[s]``: every token computed at logical step s (one per path that reached s, or
     the members of a TEMPO set). Steps with no token are skipped."""
-    dist, red, spread, branch = [], [], [], []
-    for toks in step_tokens:
-        if not len(toks):
-            continue
-        u = sorted(set(int(t) for t in toks))
-        dist.append(len(u))
-        red.append(1.0 - len(u) / len(toks))
-        branch.append(len(u) >= 2)
-        if len(u) >= 2:
-            spread.append(metrics.semantic_diversity(embed, u))
+    steps = distinct_per_step(step_tokens)
+    dist = [len(u) for u, _ in steps]
+    red = [1.0 - len(u) / n for u, n in steps]
+    branch = [len(u) >= 2 for u, _ in steps]
+    spread = [metrics.semantic_diversity(embed, u) for u, _ in steps if len(u) >= 2]
     if not dist:
         nan = float("nan")
         return Alternatives(nan, nan, nan, nan)

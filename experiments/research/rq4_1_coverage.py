@@ -29,7 +29,7 @@ import numpy as np
 
 from experiments.research import decoding_alternatives as A
 from experiments.research.harness import Design, Hypothesis, Output
-from tempo_jax import quality
+from tempo_jax import metrics, quality
 
 STEPS, WIDTH, TAU, N_SAMPLES, TEMP = 12, 4, 0.1, 4, 1.0
 COVER_STEPS = 3
@@ -95,11 +95,7 @@ def _unit(embed, tokens) -> np.ndarray:
 
 def spread(embed, tokens) -> float:
     """Mean pairwise cosine distance of ``embed[tokens]`` (NaN for < 2 tokens)."""
-    if len(tokens) < 2:
-        return float("nan")
-    e = _unit(embed, tokens)
-    iu = np.triu_indices(len(tokens), 1)
-    return float(np.mean(1.0 - (e @ e.T)[iu]))
+    return metrics.semantic_diversity(embed, tokens)
 
 
 def n_clusters(embed, tokens, cut: float) -> int:
@@ -130,20 +126,13 @@ class StepSummary:
 
 
 def summarize(step_tokens, embed, cut: float) -> StepSummary:
-    """``step_tokens[s]``: every token a decoder computed at logical step s."""
-    dist, red, spr, clu, br = [], [], [], [], []
-    for toks in step_tokens:
-        if not len(toks):
-            continue
-        u = sorted(set(int(t) for t in toks))
-        dist.append(len(u))
-        red.append(1.0 - len(u) / len(toks))
-        br.append(len(u) >= 2)
-        if len(u) >= 2:
-            spr.append(spread(embed, u))
-            clu.append(n_clusters(embed, u, cut) / len(u))
-    mean = lambda v: float(np.mean(v)) if v else float("nan")
-    return StepSummary(mean(dist), mean(red), mean(spr), mean(clu), mean(br))
+    """``step_tokens[s]``: every token a decoder computed at logical step s. Distinct count,
+    redundancy, spread and branching are :func:`decoding_alternatives.alternatives`'; the cluster
+    ratio is added here."""
+    a = A.alternatives(step_tokens, embed)
+    clu = [n_clusters(embed, u, cut) / len(u) for u, _ in A.distinct_per_step(step_tokens) if len(u) >= 2]
+    return StepSummary(a.distinct, a.redundancy, a.spread, float(np.mean(clu)) if clu else float("nan"),
+                       a.branching)
 
 
 def first_n_per_step(beam_tokens, ns) -> list[list[int]]:
