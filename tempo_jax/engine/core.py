@@ -52,7 +52,7 @@ class TempoState:
     probs: jax.Array  # [S,W]
     valid: jax.Array  # [S,W]
     slots: jax.Array  # [S,W] fed slots (-1: not in the cache)
-    positions: jax.Array  # [S,W] logical positions of members
+    positions: jax.Array  # [S,W] logical positions of members (0 where not a member)
     fed_tokens: jax.Array  # [S,W] what the forward of step s fed
     fed_pos: jax.Array  # [S,W]
     fed_n: jax.Array  # [S]
@@ -254,7 +254,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     new = finish(spec, st, cand, tau, cache=cache, nxt=nxt, done=done, tokens=tokens, pos=pos,
                  n_feed=cand.n, advance=jnp.where(inputs.advance_by_members, cand.n, 1).astype(jnp.float32),
                  slots_row=jnp.where(cand.valid, st.n_written + iw, -1),
-                 positions_row=jnp.pad(pos, [(0, W - F)]),
+                 positions_row=jnp.where(cand.valid, jnp.pad(pos, [(0, W - F)]), 0.0),
                  next_n=spec.selection.count(nxt, inputs.thresholds[jnp.minimum(s + 1, spec.steps - 1)]),
                  updates=updates)
     return new, captured(capture, attn, resid, st.n_written, cand.n, W)

@@ -30,22 +30,35 @@ def mechanics(spec: StaticSpec) -> ModuleType:
 
 
 def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, prompt,
-                  prompt_len, capacity: int, record: bool = False):
+                  prompt_len, capacity: int, record: bool = False, fit_width: bool = True):
     """Whole generation inside ``lax.while_loop`` (jit/vmap friendly; no host round trips).
 
+    ``fit_width``: each step feeds only as many queries as it has members, like the host driver
+    (``lax.switch`` over the mode's compiled widths, picked from ``state.next_n``); False feeds the
+    full width W every step. Under ``vmap`` a switch on a per-world index runs every branch, so
+    batched callers (sweeps) pass False. Results do not depend on it (float rounding aside).
     Returns the final :class:`TempoState`; with ``record`` also :class:`StepRecords` (per-step
     ``[S,L,H]`` attention reductions, NaN for steps not run).
     """
     mech = mechanics(spec)
+    widths = mech.feed_widths(spec) if fit_width else (spec.width,)
+    capture = Capture.SUMMARY if record else Capture.NONE
+
+    def one_step(st):  # -> (new state, StepCapture) at the smallest width holding st.next_n
+        branches = [lambda x, w=w: mech.step(params, mcfg, spec, inputs, x, capture=capture,
+                                             feed_width=w) for w in widths]
+        if len(branches) == 1:
+            return branches[0](st)
+        return jax.lax.switch(jnp.searchsorted(jnp.asarray(widths), st.next_n), branches, st)
+
     st = mech.init_state(params, mcfg, spec, inputs, prompt, prompt_len, capacity)
     if not record:
-        body = lambda x: mech.step(params, mcfg, spec, inputs, x)[0]
-        return jax.lax.while_loop(lambda x: ~x.done, body, st)
+        return jax.lax.while_loop(lambda x: ~x.done, lambda x: one_step(x)[0], st)
 
     def body(carry):
         before, rec = carry
         s = before.step
-        new, cap = mech.step(params, mcfg, spec, inputs, before, capture=Capture.SUMMARY)
+        new, cap = one_step(before)
         one = StepRecords.of_step(cap, before.alive, before.slot_step, before.set_n, s, new.fed_n[s])
         return new, rec.set(s, one)
 
@@ -65,7 +78,7 @@ def _jit_step(mech):
 
 _init = {m: _jit_init(m) for m in (core, upstream)}
 _step = {m: _jit_step(m) for m in (core, upstream)}
-_device = jax.jit(run_on_device, static_argnames=("mcfg", "spec", "capacity"))
+_device = jax.jit(run_on_device, static_argnames=("mcfg", "spec", "capacity", "record", "fit_width"))
 
 
 def check_request(mcfg: ModelConfig, gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> int:

@@ -81,7 +81,7 @@ def make_program(mcfg: ModelConfig, static: StaticSpec, capacity: int, mesh: Mes
 
     def fn(params, data, prompt, plen):
         one = lambda d, p, n: world_outputs(*run_on_device(params, mcfg, static, d, p, n, capacity,
-                                                           record=True))
+                                                           record=True, fit_width=False))
         return jax.vmap(one)(data, prompt, plen)
 
     prog = jax.jit(fn, in_shardings=(psh, dsh, dsh, dsh), out_shardings=dsh)
