@@ -22,6 +22,7 @@ import numpy as np
 
 from experiments.research.harness import Design, Hypothesis, Output
 from experiments.research.layer_probe import measure
+from experiments.research.wording import said
 from tempo_jax import stats as S
 
 N_SET = 5
@@ -234,18 +235,11 @@ def answer(tests, design) -> str:
     layer = lambda t: int(t.column[1:3])
     lay = lambda ts: ", ".join(str(x) for x in sorted(layer(t) for t in ts)) or "none"
 
-    def said(t, more, less, same="does not differ detectably"):
-        if t.verdict.startswith("differs (+)"):
-            return more
-        if t.verdict.startswith("differs (-)"):
-            return less
-        return same
-
     h1, h2, h3 = by["deliv_early_minus_late"], by["boost_early_minus_late"], by["boost_vs_ctrl"]
     ld = sig("layers_deliv", "+")
     top = sorted(ld, key=lambda t: -t.estimate)[:3]
     n_ld = sum(t.family == "layers_deliv" for t in tests)
-    return (f"Member edges in layers 0-9 {said(h1, 'deliver more', 'deliver less')} of the set's "
+    return (f"Member edges in layers 0-9 {said(h1, 'deliver more', 'deliver less', 'does not differ detectably')} of the set's "
             f"effect on a later query's prediction than layers 20-29 (difference of delivered "
             f"fractions {ci(h1)}, {h1.verdict}); {len(ld)} of {n_ld} layers add a significant share "
             f"(BH), the largest "

@@ -20,9 +20,12 @@ Dose-response per prompt: OLS slope of presence vs b (per unit of bias).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from experiments.research import attn_control as A
+from experiments.research import wording
 from experiments.research.harness import Design, Hypothesis, Output, quality_of
 from tempo_jax import quality as Q
 from tempo_jax import stats as S
@@ -269,14 +272,7 @@ def answer(tests, design) -> str:
     ci = lambda t: f"{t.estimate:+.3g} [{t.lo:+.3g}, {t.hi:+.3g}]"
     h1, h2 = by["slope_span"], by["slope_span_minus_ctrl"]
 
-    def said(t, pos, neg, none):
-        if t.verdict.startswith("differs (+)"):
-            return pos
-        if t.verdict.startswith("differs (-)"):
-            return neg
-        if t.verdict.startswith("no effect"):
-            return "does not detectably change (within +-0.005 per unit of bias)"
-        return none
+    said = functools.partial(wording.said, same="does not detectably change (within +-0.005 per unit of bias)")
 
     q = [t for t in tests if t.family == "quality"]
     part = lambda ts: ", ".join(f"{_NAMES.get(t.column, t.column)} {ci(t)}" for t in ts)
