@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from experiments.research.tables import genre_table
 from tempo_jax.engine import GenerationConfig, generate
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
@@ -198,28 +199,12 @@ def run(ctx) -> Output:
 
 def _table(rows) -> list[dict]:
     """Per genre (and all) and threshold: mean [BCa 95% CI] of each measure over prompts."""
-    from tempo_jax import stats as S
-
-    out = []
-    for genre in ("all", "prose", "code", "facts"):
-        sub = [r for r in rows if genre == "all" or r["genre"] == genre]
-        for t in THRESHOLDS:
-            k = name(t)
-            rec = {"genre": genre, "threshold": t, "n": len(sub)}
-            for col, key in (("fwd_per_step", f"fwd_{k}"), ("ms_per_step", f"ms_{k}"),
-                             ("self_ppl", f"ppl_{k}"), ("log10_paths", f"lpaths_{k}"),
-                             ("repeat_3", f"q_repeat_3_{k}"), ("distinct_2", f"q_distinct_2_{k}"),
-                             ("correct", f"q_correct_{k}"), ("coverage", f"q_coverage_any_{k}"),
-                             ("parses", f"q_parses_{k}"), ("next_line_sim", f"q_next_line_sim_{k}")):
-                v = np.asarray([r[key] for r in sub if key in r], np.float64)
-                v = v[np.isfinite(v)]
-                if len(v) == 0:
-                    continue
-                ci = S.bootstrap_ci(v, n_boot=1999) if len(v) > 2 and np.ptp(v) > 0 else \
-                    {"mean": float(v.mean()), "lo": float(v.mean()), "hi": float(v.mean())}
-                rec[col], rec[f"{col}_lo"], rec[f"{col}_hi"] = ci["mean"], ci["lo"], ci["hi"]
-            out.append(rec)
-    return out
+    return genre_table(rows, [({"threshold": t}, name(t)) for t in THRESHOLDS],
+                       [("fwd_per_step", "fwd_"), ("ms_per_step", "ms_"), ("self_ppl", "ppl_"),
+                        ("log10_paths", "lpaths_"), ("repeat_3", "q_repeat_3_"), ("distinct_2", "q_distinct_2_"),
+                        ("correct", "q_correct_"), ("coverage", "q_coverage_any_"), ("parses", "q_parses_"),
+                        ("next_line_sim", "q_next_line_sim_")],
+                       n_boot=1999, point_below=3, skip_empty=True)
 
 
 def _pareto(xs, ys) -> list[int]:

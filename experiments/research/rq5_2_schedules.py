@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from experiments.research.tables import genre_table
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.errors import UsageError
 
@@ -248,26 +249,11 @@ def run(ctx) -> Output:
 
 def _table(rows, conds) -> list[dict]:
     """Per genre (and all) and schedule: mean [BCa 95% CI] over prompts."""
-    from tempo_jax import stats as S
-
-    out = []
-    for genre in ("all", "prose", "code", "facts"):
-        sub = [r for r in rows if genre == "all" or r["genre"] == genre]
-        for key, s in conds.items():
-            rec = {"genre": genre, "schedule": key, "label": s.label, "n": len(sub)}
-            for col, c in (("fwd_per_step", f"fwd_{key}"), ("self_ppl", f"ppl_{key}"),
-                           ("J", f"J_{key}"), ("log10_paths", f"lpaths_{key}"),
-                           ("repeat_3", f"q_repeat_3_{key}"), ("distinct_2", f"q_distinct_2_{key}"),
-                           ("correct", f"q_correct_{key}"), ("parses", f"q_parses_{key}")):
-                v = np.asarray([r[c] for r in sub if c in r], np.float64)
-                v = v[np.isfinite(v)]
-                if len(v) == 0:
-                    continue
-                ci = S.bootstrap_ci(v, n_boot=1999) if len(v) > 2 and np.ptp(v) > 0 else \
-                    {"mean": float(v.mean()), "lo": float(v.mean()), "hi": float(v.mean())}
-                rec[col], rec[f"{col}_lo"], rec[f"{col}_hi"] = ci["mean"], ci["lo"], ci["hi"]
-            out.append(rec)
-    return out
+    return genre_table(rows, [({"schedule": key, "label": s.label}, key) for key, s in conds.items()],
+                       [("fwd_per_step", "fwd_"), ("self_ppl", "ppl_"), ("J", "J_"), ("log10_paths", "lpaths_"),
+                        ("repeat_3", "q_repeat_3_"), ("distinct_2", "q_distinct_2_"), ("correct", "q_correct_"),
+                        ("parses", "q_parses_")],
+                       n_boot=1999, point_below=3, skip_empty=True)
 
 
 def _figure(ctx, rows, table, conds):

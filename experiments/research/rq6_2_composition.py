@@ -43,8 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.research import wording
 from experiments.research.harness import Design, Hypothesis, Output
 from experiments.research.position_probe import pad, prompt_state
+from experiments.research.tables import ci_cells
 from tempo_jax import stats as S
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.masks import step_mask
@@ -537,11 +539,11 @@ def _pair_table(comp, q_all, k_all, down, name, H):
 def _red_table(rows, pairs, name, seed):
     out = []
     for j, (a, b) in enumerate(pairs):
-        rk = S.bootstrap_ci([r[f"pair{j:02d}_red_kl"] for r in rows], n_boot=999, seed=seed)
-        ra = S.bootstrap_ci([r[f"pair{j:02d}_red_att"] for r in rows], n_boot=999, seed=seed)
-        out.append({"pair": f"{name(a)}+{name(b)}", "red_kl": rk["mean"], "red_kl_lo": rk["lo"], "red_kl_hi": rk["hi"],
-                    "red_att": ra["mean"], "red_att_lo": ra["lo"], "red_att_hi": ra["hi"],
-                    "frac_prompts_redundant_kl": float(np.mean([r[f"pair{j:02d}_red_kl"] <= 0 for r in rows]))})
+        rec = {"pair": f"{name(a)}+{name(b)}"}
+        for key in ("red_kl", "red_att"):
+            rec.update(ci_cells(key, [r[f"pair{j:02d}_{key}"] for r in rows], n_boot=999, seed=seed))
+        rec["frac_prompts_redundant_kl"] = float(np.mean([r[f"pair{j:02d}_red_kl"] <= 0 for r in rows]))
+        out.append(rec)
     return out
 
 
@@ -615,14 +617,7 @@ def answer(tests, design) -> str:
     by = {t.column: t for t in tests}
     ci = lambda t: f"{t.estimate:+.3f} [{t.lo:+.3f}, {t.hi:+.3f}]"
 
-    def said(t, plus, minus, none="cannot tell"):
-        if t.verdict.startswith("differs (+)"):
-            return plus
-        if t.verdict.startswith("differs (-)"):
-            return minus
-        if t.verdict.startswith("no effect"):
-            return "no difference (equivalence)"
-        return none
+    said = functools.partial(wording.said, same="no difference (equivalence)")
 
     q, k, rk, ra = by["rho_q"], by["rho_k"], by["red_kl"], by["red_att"]
     sq, sk, ak, ia = by["spec_q"], by["spec_k"], by["add_kl"], by["int_att"]
