@@ -22,6 +22,7 @@ import numpy as np
 
 from experiments.research.harness import Design, Hypothesis, Output
 from experiments.research.layer_probe import measure
+from experiments.research.tables import ci_cells
 from experiments.research.wording import said
 from tempo_jax import stats as S
 
@@ -161,14 +162,12 @@ def _layer_table(recs, f_all, L, seed):
     att_single = np.stack([r.att_single.mean(1) for r in recs])
     out = []
     for layer in range(L):
-        col = lambda x: S.bootstrap_ci(x, n_boot=1999, seed=seed)
-        kb = col(np.stack([r.kl_boost[layer] for r in recs]))
-        kc = col(np.stack([r.kl_ctrl[layer] for r in recs]))
-        dl = col(f_all[:, layer + 1] - f_all[:, layer])
-        out.append({"layer": layer, "delivered": dl["mean"], "delivered_lo": dl["lo"],
-                    "delivered_hi": dl["hi"], "kl_boost": kb["mean"], "kl_boost_lo": kb["lo"],
-                    "kl_boost_hi": kb["hi"], "kl_ctrl": kc["mean"], "kl_ctrl_lo": kc["lo"],
-                    "kl_ctrl_hi": kc["hi"],
+        rec = {"layer": layer}
+        for name, x in (("delivered", f_all[:, layer + 1] - f_all[:, layer]),
+                        ("kl_boost", np.stack([r.kl_boost[layer] for r in recs])),
+                        ("kl_ctrl", np.stack([r.kl_ctrl[layer] for r in recs]))):
+            rec.update(ci_cells(name, x, n_boot=1999, seed=seed))
+        out.append({**rec,
                     "bias_mean": float(np.mean([r.bias[layer] for r in recs])),
                     "mass_moved": float(np.mean([r.moved[layer] for r in recs])),
                     "ctrl_mass_moved": float(np.mean([r.ctrl_moved[layer] for r in recs])),
