@@ -1,0 +1,56 @@
+"""What the compiled TEMPO step contains (structure, not timing): regressions of measured speed fixes.
+
+``benchmarks/step_costs.py`` measures the costs; these tests only pin the compiled structure that
+made the difference, so a refactor cannot silently bring a slow form back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+
+from tempo_jax.config import ModelConfig
+from tempo_jax.engine import GenerationConfig
+from tempo_jax.engine import core
+from tempo_jax.engine.rules import Capture
+from tempo_jax.engine.run import _init, _step, check_request, pad_prompt
+from tempo_jax.engine.selection import top_k
+from tempo_jax.model import init_params
+
+V = 4099  # a vocabulary much larger than anything else in the step, so a sort over it is visible
+CFG = ModelConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                  num_kv_heads=2, head_dim=8, max_position_embeddings=512, name="hlo-probe")
+PROMPT = [5, 6, 7]
+
+
+def _step_hlo(g: GenerationConfig, width: int) -> str:
+    params = init_params(CFG, jax.random.key(0))
+    cap = check_request(CFG, g, PROMPT)
+    spec, inputs = g.static(), g.inputs(CFG)
+    st = _init[core](params, CFG, spec, inputs, pad_prompt(g, PROMPT), jnp.int32(len(PROMPT)), cap)
+    return _step[core].lower(params, CFG, spec, inputs, st, Capture.NONE, width,
+                             view=cap).compile().as_text()
+
+
+def _vocab_sorts(hlo: str) -> list[str]:
+    return [l for l in hlo.splitlines() if re.search(r"\bsort\(", l) and f"[{V}]" in l]
+
+
+def test_threshold_step_selects_without_sorting_the_vocabulary():
+    # without the barrier in selection.top_k, slices of top_k's result fuse into later ops and
+    # XLA:CPU sorts all V entries every step (measured ~9 ms a step for V = 49152)
+    for width in (1, 2, 8):
+        hlo = _step_hlo(GenerationConfig(max_steps=4, max_width=8, threshold=0.1, prune=True), width)
+        assert _vocab_sorts(hlo) == [], f"feed width {width}: the step sorts the vocabulary"
+
+
+def test_top_k_helper_equals_lax_top_k_with_ties():
+    x = jnp.asarray([0.1, 0.5, 0.5, 0.2, 0.5, 0.0])
+    v, i = jax.jit(lambda x: top_k(x, 4))(x)
+    v0, i0 = jax.lax.top_k(x, 4)
+    assert i.tolist() == i0.tolist() == [1, 2, 4, 3]  # ties: lower index first
+    assert v.tolist() == v0.tolist()
+    two = jnp.stack([x, x[::-1]])
+    assert jax.jit(lambda x: top_k(x, 2)[1])(two).tolist() == [[1, 2], [1, 3]]
