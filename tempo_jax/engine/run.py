@@ -33,37 +33,40 @@ def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInp
                   prompt_len, capacity: int, record: bool = False, fit_width: bool = True):
     """Whole generation inside ``lax.while_loop`` (jit/vmap friendly; no host round trips).
 
-    ``fit_width``: each step feeds only as many queries as it has members, like the host driver
-    (``lax.switch`` over the mode's compiled widths, picked from ``state.next_n``); False feeds the
-    full width W every step. Under ``vmap`` a switch on a per-world index runs every branch, so
-    batched callers (sweeps) pass False. Results do not depend on it (float rounding aside).
+    ``fit_width``: each step feeds only as many queries as it has members, like the host driver:
+    one inner ``while_loop`` per compiled width (1, 2, 4, ..., W) runs the steps whose
+    ``state.next_n`` that width is the smallest to hold, and an outer loop repeats the widths
+    until the run is done. (Loops, not a ``lax.switch``: XLA:CPU copied the KV cache into and out
+    of switch branches every step.) False feeds the full width W every step: under ``vmap`` the
+    worlds' loops run in lockstep, so batched callers (sweeps) pass False. Results do not depend on
+    it (float rounding aside).
     Returns the final :class:`TempoState`; with ``record`` also :class:`StepRecords` (per-step
     ``[S,L,H]`` attention reductions, NaN for steps not run).
     """
     mech = mechanics(spec)
     widths = mech.feed_widths(spec) if fit_width else (spec.width,)
+    bounds = jnp.asarray(widths)
     capture = Capture.SUMMARY if record else Capture.NONE
 
-    def one_step(st):  # -> (new state, StepCapture) at the smallest width holding st.next_n
-        branches = [lambda x, w=w: mech.step(params, mcfg, spec, inputs, x, capture=capture,
-                                             feed_width=w) for w in widths]
-        if len(branches) == 1:
-            return branches[0](st)
-        return jax.lax.switch(jnp.searchsorted(jnp.asarray(widths), st.next_n), branches, st)
+    def advance(carry, w: int):  # one step at feed width w (>= next_n)
+        before, rec = carry
+        new, cap = mech.step(params, mcfg, spec, inputs, before, capture=capture, feed_width=w)
+        if record:
+            s = before.step
+            rec = rec.set(s, StepRecords.of_step(cap, before.alive, before.slot_step, before.set_n,
+                                                 s, new.fed_n[s]))
+        return new, rec
+
+    def each_width(carry):
+        for i, w in enumerate(widths):
+            fits = lambda c, i=i: ~c[0].done & (jnp.searchsorted(bounds, c[0].next_n) == i)
+            carry = jax.lax.while_loop(fits, lambda c, w=w: advance(c, w), carry)
+        return carry
 
     st = mech.init_state(params, mcfg, spec, inputs, prompt, prompt_len, capacity)
-    if not record:
-        return jax.lax.while_loop(lambda x: ~x.done, lambda x: one_step(x)[0], st)
-
-    def body(carry):
-        before, rec = carry
-        s = before.step
-        new, cap = one_step(before)
-        one = StepRecords.of_step(cap, before.alive, before.slot_step, before.set_n, s, new.fed_n[s])
-        return new, rec.set(s, one)
-
-    rec0 = StepRecords.empty(spec.steps, mcfg.num_layers, mcfg.num_heads)
-    return jax.lax.while_loop(lambda c: ~c[0].done, body, (st, rec0))
+    rec0 = StepRecords.empty(spec.steps, mcfg.num_layers, mcfg.num_heads) if record else None
+    st, rec = jax.lax.while_loop(lambda c: ~c[0].done, each_width, (st, rec0))
+    return (st, rec) if record else st
 
 
 def _jit_init(mech):
