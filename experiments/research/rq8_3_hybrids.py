@@ -404,8 +404,8 @@ def _figure(ctx, rows, pol_meta) -> None:
     ctx.figure(fig, "hybrids")
 
 
-def answer(tests: list[TestResult], design: Design) -> str:
-    by = {t.column: t for t in tests}
+def method_contrasts(by: dict[str, TestResult]) -> list[str]:
+    """The four decoder contrasts of rq8.3 / rq8.3b in words: estimate in points [95% CI] (verdict)."""
 
     def say(col, what):
         t = by.get(col)
@@ -414,10 +414,15 @@ def answer(tests: list[TestResult], design: Design) -> str:
         return (f"{what} {t.estimate * 100:+.0f} points [{t.lo * 100:+.0f}, {t.hi * 100:+.0f}] "
                 f"({t.verdict})")
 
-    parts = [say("d_mcts_t_tempo", "MCTS over TEMPO sets at TEMPO's own spend minus TEMPO"),
-             say("d_mcts_b_beam", "MCTS at beam's spend minus beam (width 4)"),
-             say("d_tempo_greedy", "TEMPO minus greedy"),
-             say("d_beam_greedy", "beam minus greedy")]
+    return [say("d_mcts_t_tempo", "MCTS over TEMPO sets at TEMPO's own spend minus TEMPO"),
+            say("d_mcts_b_beam", "MCTS at beam's spend minus beam (width 4)"),
+            say("d_tempo_greedy", "TEMPO minus greedy"),
+            say("d_beam_greedy", "beam minus greedy")]
+
+
+def answer(tests: list[TestResult], design: Design) -> str:
+    by = {t.column: t for t in tests}
+    parts = method_contrasts(by)
     t = by.get("d_reward_policy")
     pol = (f"the dev-learned threshold policy minus constant tau 0.1 on the declared reward "
            f"{t.estimate:+.3f} [{t.lo:+.3f}, {t.hi:+.3f}] ({t.verdict})" if t else "policy: not tested")

@@ -88,3 +88,10 @@ def run(ctx) -> Output:
         rows.append(row)
         texts.append({"prompt_id": p.id, **r["text"]})
     return Output(rows=rows, tables={"outputs": texts}, notes=[])
+
+
+def answer(tests, design: Design) -> str:
+    by = {t.column: t for t in tests}
+    n = by["d_mcts_t_tempo"].n if "d_mcts_t_tempo" in by else 0
+    return (f"Code parse rate at matched forward-token budget (n = {n} code prompts, {STEPS} tokens; "
+            "95% BCa CIs unadjusted, verdicts after Holm): " + "; ".join(H.method_contrasts(by)) + ".")
