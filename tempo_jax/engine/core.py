@@ -120,6 +120,15 @@ def feed_widths(spec: StaticSpec) -> tuple[int, ...]:
 VIEW_MIN = 256  # smallest attended prefix the host driver compiles; then doubling up to K
 
 
+def views(capacity: int) -> tuple[int, ...]:
+    """Every attended prefix :func:`view_for` can return for a cache of ``capacity`` slots."""
+    out, v = [], VIEW_MIN
+    while v < capacity:
+        out.append(v)
+        v *= 2
+    return tuple(out) + (capacity,)
+
+
 def view_for(needed: int, capacity: int) -> int:
     """The attended prefix for a step that needs ``needed`` slots: the smallest of 256, 512, 1024,
     ... that holds it, or the capacity K (few compiled variants; cost follows the written prefix).

@@ -37,7 +37,9 @@ def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInp
     one inner ``while_loop`` per compiled width (1, 2, 4, ..., W) runs the steps whose
     ``state.next_n`` that width is the smallest to hold, and an outer loop repeats the widths
     until the run is done. (Loops, not a ``lax.switch``: XLA:CPU copied the KV cache into and out
-    of switch branches every step.) False feeds the full width W every step: under ``vmap`` the
+    of switch branches every step.) Attention reads only a bucketed written prefix, as on the host
+    (:func:`core.views`: one loop per bucket, in order, since the written prefix only grows).
+    False feeds the full width W every step and attends to the whole cache: under ``vmap`` the
     worlds' loops run in lockstep, so batched callers (sweeps) pass False. Results do not depend on
     it (float rounding aside).
     Returns the final :class:`TempoState`; with ``record`` also :class:`StepRecords` (per-step
@@ -48,24 +50,37 @@ def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInp
     bounds = jnp.asarray(widths)
     capture = Capture.SUMMARY if record else Capture.NONE
 
-    def advance(carry, w: int):  # one step at feed width w (>= next_n)
+    # attended prefixes as the host driver buckets them (core.view_for); the written prefix only
+    # grows, so the views are visited in order, once each
+    views = core.views(capacity) if fit_width and mech is core else (None,)
+
+    def advance(carry, w: int, v):  # one step at feed width w (>= next_n), attending v slots
         before, rec = carry
-        new, cap = mech.step(params, mcfg, spec, inputs, before, capture=capture, feed_width=w)
+        view = {} if v is None else {"view": v}
+        new, cap = mech.step(params, mcfg, spec, inputs, before, capture=capture, feed_width=w,
+                             **view)
         if record:
             s = before.step
             rec = rec.set(s, StepRecords.of_step(cap, before.alive, before.slot_step, before.set_n,
                                                  s, new.fed_n[s]))
         return new, rec
 
-    def each_width(carry):
+    def room(c, n: int, v) -> jax.Array:  # does a feed of n queries fit in view v?
+        return True if v is None or v == capacity else c[0].n_written + n <= v
+
+    def each_width(carry, v):
         for i, w in enumerate(widths):
-            fits = lambda c, i=i: ~c[0].done & (jnp.searchsorted(bounds, c[0].next_n) == i)
-            carry = jax.lax.while_loop(fits, lambda c, w=w: advance(c, w), carry)
+            fits = lambda c, i=i, w=w: (~c[0].done & (jnp.searchsorted(bounds, c[0].next_n) == i)
+                                        & room(c, w, v))
+            carry = jax.lax.while_loop(fits, lambda c, w=w: advance(c, w, v), carry)
         return carry
 
-    st = mech.init_state(params, mcfg, spec, inputs, prompt, prompt_len, capacity)
-    rec0 = StepRecords.empty(spec.steps, mcfg.num_layers, mcfg.num_heads) if record else None
-    st, rec = jax.lax.while_loop(lambda c: ~c[0].done, each_width, (st, rec0))
+    carry = (mech.init_state(params, mcfg, spec, inputs, prompt, prompt_len, capacity),
+             StepRecords.empty(spec.steps, mcfg.num_layers, mcfg.num_heads) if record else None)
+    for v in views:
+        carry = jax.lax.while_loop(lambda c, v=v: ~c[0].done & room(c, widths[-1], v),
+                                   lambda c, v=v: each_width(c, v), carry)
+    st, rec = carry
     return (st, rec) if record else st
 
 

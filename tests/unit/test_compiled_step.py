@@ -58,21 +58,25 @@ def test_top_k_helper_equals_lax_top_k_with_ties():
 
 
 def test_device_driver_fitted_widths_equal_full_width():
-    """run_on_device feeds each step only its members (lax.switch over widths 1, 2, 4, 8); the
-    state and the per-step records equal the full-width program's (sets of 5 and 8 members here)."""
+    """run_on_device feeds each step only its members (one loop per width 1, 2, 4, 8) and attends
+    only a bucketed written prefix (256 slots, then the capacity); the state and the per-step
+    records equal the full-width, full-capacity program's (sets of 5 and 8 members here, and a
+    run that writes past slot 256)."""
     import numpy as np
 
     from tempo_jax.engine.run import run_on_device
 
     cfg = dataclasses.replace(CFG, vocab_size=97)
     params = init_params(cfg, jax.random.key(0), scale=0.5)
-    g = GenerationConfig(max_steps=6, max_width=8, threshold=0.02, prune=True, prune_window=1)
+    g = GenerationConfig(max_steps=40, max_width=8, threshold=0.02, prune=True, prune_window=1)
     cap = check_request(cfg, g, PROMPT)
+    assert cap > 256
     run = lambda fit: jax.jit(lambda: run_on_device(
         params, cfg, g.static(), g.inputs(cfg), pad_prompt(g, PROMPT), jnp.int32(len(PROMPT)), cap,
         record=True, fit_width=fit))()
     (a, rec_a), (b, rec_b) = run(True), run(False)
     assert len(set(np.asarray(a.set_n).tolist())) > 1  # more than one feed width was used
+    assert int(a.n_written) > 256  # and both attended prefixes
     for k in ("tokens", "valid", "set_n", "slots", "positions", "pruned_at", "fed_n"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
