@@ -186,6 +186,13 @@ class Bottleneck:
     u_diff: np.ndarray  # [E] u_x - u_y
 
 
+def swap_sets(dist: np.ndarray):
+    """The two worlds' member sets from the prompt's next-token distribution ``dist[V]``: A = the
+    top W tokens, B = the same with the W-th (x) swapped for the (W+1)-th (y) -> (x, y, [A, B])."""
+    top = np.argsort(-dist, kind="stable")[:W + 1].astype(np.int32)
+    return int(top[W - 1]), int(top[W]), [top[:W], np.concatenate([top[:W - 1], top[W:W + 1]])]
+
+
 def measure(params, mcfg: ModelConfig, ids) -> Bottleneck:
     """All readings for one prompt (see the module docstring)."""
     L, H = mcfg.num_layers, mcfg.num_heads
@@ -193,10 +200,7 @@ def measure(params, mcfg: ModelConfig, ids) -> Bottleneck:
     prompt, P = pad(ids)
     K = len(prompt) + W + 2
     dist, cache0, presid = prompt_pass(params, mcfg, jnp.asarray(prompt), jnp.int32(P), K)
-    dist = np.asarray(dist)
-    top = np.argsort(-dist, kind="stable")[:W + 1].astype(np.int32)
-    x, y = int(top[W - 1]), int(top[W])
-    sets = [top[:W], np.concatenate([top[:W - 1], top[W:W + 1]])]
+    x, y, sets = swap_sets(np.asarray(dist))
     caches, mres = [], []
     for s in sets:
         logits, c, r = write_set(params, mcfg, cache0, jnp.int32(P), jnp.asarray(s))

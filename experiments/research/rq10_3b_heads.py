@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.research.harness import RESULTS, Design, Hypothesis, Output
-from experiments.research.rq10_3_bottleneck import W, pad, prompt_pass, read_worlds, write_set
+from experiments.research.rq10_3_bottleneck import (W, pad, prompt_pass, read_worlds, swap_sets,
+                                                    write_set)
 from tempo_jax import stats as S
 from tempo_jax.config import ModelConfig
 from tempo_jax.errors import UsageError
@@ -124,10 +125,7 @@ def measure(params, mcfg: ModelConfig, ids, cuts) -> HeadCuts:
     prompt, P = pad(ids)
     K = len(prompt) + W + 1
     dist, cache0, _ = prompt_pass(params, mcfg, jnp.asarray(prompt), jnp.int32(P), K)
-    dist = np.asarray(dist)
-    top = np.argsort(-dist, kind="stable")[:W + 1].astype(np.int32)
-    x, y = int(top[W - 1]), int(top[W])
-    sets = [top[:W], np.concatenate([top[:W - 1], top[W:W + 1]])]
+    x, y, sets = swap_sets(np.asarray(dist))
     caches = []
     for s in sets:
         logits, c, _ = write_set(params, mcfg, cache0, jnp.int32(P), jnp.asarray(s))
