@@ -95,6 +95,46 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: floa
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def unstack_layers(params: Params) -> Params:
+    """The same weights laid out for decoding: ``layers`` becomes a tuple of L per-layer dicts, each
+    leaf its own buffer, with the q/k/v and gate/up products fused (``wqkv[E,(H+2G)*D]``,
+    ``bqkv[H+2G,D]``, ``w_gate_up[E,2F]``; ``wo``, ``w_down``, norms and ``bo`` as they were).
+    Parameters already in this layout are returned as they are.
+
+    :func:`forward` runs both layouts and gives the same result up to float rounding. With the
+    stacked ``[L,...]`` layout (what loading gives, what research code indexes as
+    ``params["layers"][name][l]``) the layers run as a ``lax.scan``, and XLA:CPU copies each
+    layer's weight slice out of the stack before its product; at one query per step that copy costs
+    about as much as the product. This layout unrolls the layers into the program instead: no
+    copies and fewer, larger products, but compiles take several times longer, so it pays off for
+    long decodes (figures in docs/performance.md). Costs one copy of the layer weights, made here,
+    outside any jit.
+    """
+    if is_unstacked(params):
+        return params
+    layers = params["layers"]
+    n = layers["wq"].shape[0]
+    out = dict(params)
+    out["layers"] = tuple(_unstack_one({k: v[i] for k, v in layers.items()}) for i in range(n))
+    return out
+
+
+def _unstack_one(lp: dict) -> dict:
+    """One layer's stacked-layout weights -> the fused per-layer layout of :func:`unstack_layers`."""
+    e = lp["wq"].shape[0]
+    out = {k: v for k, v in lp.items() if k in ("attn_norm", "mlp_norm", "wo", "w_down", "bo")}
+    out["wqkv"] = jnp.concatenate([lp[w].reshape(e, -1) for w in ("wq", "wk", "wv")], axis=1)
+    out["w_gate_up"] = jnp.concatenate([lp["w_gate"], lp["w_up"]], axis=1)
+    if "bq" in lp:
+        out["bqkv"] = jnp.concatenate([lp["bq"], lp["bk"], lp["bv"]], axis=0)
+    return out
+
+
+def is_unstacked(params: Params) -> bool:
+    """Whether ``params["layers"]`` is a tuple of per-layer dicts (:func:`unstack_layers`)."""
+    return isinstance(params["layers"], (tuple, list))
+
+
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
     x32 = x.astype(jnp.float32)
@@ -217,9 +257,16 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         # equivalent 3-D einsums markedly slower for decode-sized T
         h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
         proj = lambda w: (h @ w.reshape(w.shape[0], -1)).reshape(b, t, w.shape[1], w.shape[2])
-        q, k, v = proj(lp["wq"]), proj(lp["wk"]), proj(lp["wv"])
-        if cfg.qkv_bias:
-            q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+        if "wqkv" in lp:  # unstacked layout: one product, split into heads
+            qkv = (h @ lp["wqkv"]).reshape(b, t, -1, cfg.head_dim)
+            if cfg.qkv_bias:
+                qkv = qkv + lp["bqkv"]
+            nh, ng = cfg.num_heads, cfg.num_kv_heads
+            q, k, v = qkv[:, :, :nh], qkv[:, :, nh:nh + ng], qkv[:, :, nh + ng:]
+        else:
+            q, k, v = proj(lp["wq"]), proj(lp["wk"]), proj(lp["wv"])
+            if cfg.qkv_bias:
+                q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
         q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
         # Write the new keys/values straight into the full cache (an in-place scatter of T rows),
         # then read this layer's slice: no per-layer extract + write-back of the whole layer.
@@ -243,7 +290,11 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
             o = o + lp["bo"]
         x = x + o
         h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
-        ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
+        if "w_gate_up" in lp:  # unstacked layout
+            gu = h @ lp["w_gate_up"]
+            ff = jax.nn.silu(gu[:, :cfg.intermediate_size]) * gu[:, cfg.intermediate_size:]
+        else:
+            ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
         x = x + (ff @ lp["w_down"]).reshape(b, t, -1)
         if liv.resid_patch is not None:
             x = jnp.where(liv.resid_patch_mask[..., None], liv.resid_patch.astype(x.dtype), x)
@@ -259,8 +310,21 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     x = params["embed"][tokens]
     layer_masks = jnp.moveaxis(mask, 1, 0) if per_layer_mask else jnp.zeros((cfg.num_layers,), bool)
     per_layer_iv = iv.replace(attn_bias=None if iv.attn_bias is None else jnp.moveaxis(iv.attn_bias, 1, 0))
-    xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks, per_layer_iv)
-    (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
+    if is_unstacked(params):
+        if len(params["layers"]) != cfg.num_layers:
+            raise ValueError(f"params hold {len(params['layers'])} unstacked layers, the config "
+                             f"{cfg.num_layers}")
+        # one layer body per layer, reading each layer's own weight buffers (see unstack_layers)
+        carry, outs = (x, cache.k, cache.v), []
+        for li, lp in enumerate(params["layers"]):
+            lmask, liv = jax.tree_util.tree_map(lambda a: a[li], (layer_masks, per_layer_iv))
+            carry, o = layer(carry, (lp, li, lmask, liv))
+            outs.append(o)
+        (x, ck, cv) = carry
+        tapped = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+    else:
+        xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks, per_layer_iv)
+        (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
     if not return_hidden:
         x = unembed(params, cfg, x)
     return x, KVCache(ck, cv), tapped

@@ -25,13 +25,17 @@ CONFIGS = {
 }
 
 
-def traces(m) -> dict[str, np.ndarray]:
+def traces(m, params=None, names=None) -> dict[str, np.ndarray]:
+    """The pinned arrays of the runs ``names`` (default all), from ``params`` (default the model's)."""
     from tempo_jax.engine import generate
 
     ids = m.tokenizer(PROMPT).input_ids
+    params = m.params if params is None else params
     out = {}
     for name, g in CONFIGS.items():
-        tr = generate(m.params, m.cfg, ids, g)
+        if names is not None and name not in names:
+            continue
+        tr = generate(params, m.cfg, ids, g)
         for k, v in tr.arrays.items():
             out[f"{name}/{k}"] = np.asarray(v)
     return out

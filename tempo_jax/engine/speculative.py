@@ -37,7 +37,7 @@ from tempo_jax.engine.core import prefill
 from tempo_jax.engine.rules import Method
 from tempo_jax.engine.schedules import thresholds
 from tempo_jax.engine.selection import entropy
-from tempo_jax.model import KVCache, forward
+from tempo_jax.model import KVCache, forward, is_unstacked
 from tempo_jax.slots import PROMPT, UNWRITTEN
 from tempo_jax.trace import Trace
 
@@ -117,7 +117,8 @@ def draft_params(params, mcfg: ModelConfig, k: int):
     if not 1 <= k < mcfg.num_layers:
         raise ValueError(f"draft_layers must be in 1..{mcfg.num_layers - 1}, got {k}")
     dp = dict(params)
-    dp["layers"] = jax.tree_util.tree_map(lambda x: x[:k], params["layers"])
+    layers = params["layers"]
+    dp["layers"] = layers[:k] if is_unstacked(params) else jax.tree_util.tree_map(lambda x: x[:k], layers)
     return dp, dataclasses.replace(mcfg, num_layers=k, name=f"{mcfg.name}[:{k}]")
 
 

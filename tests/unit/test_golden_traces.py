@@ -13,14 +13,28 @@ from golden_traces import PATH, traces
 pytestmark = pytest.mark.slow
 
 
-def test_traces_equal_pinned(default_model):
+def assert_pinned(got, atol):
     want = dict(np.load(PATH))
-    got = traces(default_model)
+    want = {k: w for k, w in want.items() if k.split("/")[0] in {g.split("/")[0] for g in got}}
     assert sorted(got) == sorted(want)
     for k, w in want.items():
         g = got[k]
         assert g.shape == w.shape, k
         if np.issubdtype(w.dtype, np.floating):
-            np.testing.assert_allclose(g, w, rtol=0, atol=1e-6, equal_nan=True, err_msg=k)
+            np.testing.assert_allclose(g, w, rtol=0, atol=atol, equal_nan=True, err_msg=k)
         else:
             np.testing.assert_array_equal(g, w, err_msg=k)
+
+
+def test_traces_equal_pinned(default_model):
+    assert_pinned(traces(default_model), atol=1e-6)
+
+
+def test_unstacked_layout_gives_the_pinned_traces(default_model):
+    """The decode layout (model.unstack_layers: per-layer weights, fused q/k/v and gate/up) runs
+    the same engine: identical tokens, sets and pruning; floats within 5e-5 (the fused products
+    round differently: when written, probabilities moved by at most 4e-6, entropies by 1.3e-5)."""
+    from tempo_jax.model import unstack_layers
+
+    flat = unstack_layers(default_model.params)
+    assert_pinned(traces(default_model, flat, names=("greedy", "tempo_prune")), atol=5e-5)
