@@ -3,12 +3,19 @@
 Compares, in one run and on one prompt:
 
 * tempo-jax: prefill with ``forward`` (causal mask), then a jitted single-token step (cache donated,
-  ``TapsSpec(attn=True)``, attention probabilities materialised every step, argmax on device);
+  ``TapsSpec(attn=True)``, attention probabilities materialised every step, argmax on device), in
+  both weight layouts: stacked ``[L,...]`` (what loading gives; a ``lax.scan`` over layers) and
+  unstacked (``model.unstack_layers``: per-layer buffers, fused q/k/v and gate/up; the decode
+  layout, whose figure is ``steps_per_s`` / ``fraction_of_limit``);
 * Hugging Face transformers greedy ``generate`` (eager attention, ``output_attentions=True``) of an
   HF model holding the same converted weights (``hf_reference.py``), decode-only rate (prefill time
   removed by timing a 1-token generate too);
-* the weight-streaming limit: memory read bandwidth (largest of a jitted ``jnp.sum`` and a NumPy
-  sum over a big float32 array, best of several) / parameter bytes.
+* the weight-streaming limit: memory read bandwidth (largest of a jitted ``jnp.sum``, a jitted
+  matrix-vector product and a NumPy sum over a big float32 array, best of three) / parameter bytes, measured again after every
+  round, because this machine's bandwidth moved between 25 and 45 GB/s from one minute to the next.
+
+Rounds interleave all sides; ratios are medians over rounds of the ratio within a round, printed
+with [min, max] (a fraction of the limit uses that round's bandwidth).
 
 Compile time (lowering + XLA compile of the decode step) is reported separately.
 
@@ -18,7 +25,8 @@ Compile time (lowering + XLA compile of the decode step) is reported separately.
 
 The last line holds key=value figures, e.g.
 ``steps_per_s=.. hf_tokens_per_s=.. speedup_vs_hf=.. bandwidth_gbs=.. limit_steps_per_s=..
-fraction_of_limit=.. compile_s=.. device=..``.
+fraction_of_limit=.. stacked_fraction_of_limit=.. unstacked_vs_stacked=.. compile_s=..
+stacked_compile_s=.. device=..`` (rates, bandwidth and fractions are medians over rounds).
 """
 
 from __future__ import annotations
@@ -91,26 +99,34 @@ def param_bytes(params) -> int:
 
 
 def measure_bandwidth(gib: float, repeats: int) -> tuple[float, dict]:
-    """Memory read bandwidth in GB/s: best of ``repeats`` full reads of a ``gib`` GiB float32 array,
-    by a jitted jnp.sum and by NumPy; returns the larger (the stricter limit) and both figures."""
-    n = int(gib * (1 << 30)) // 4
+    """Memory read bandwidth in GB/s: best of ``repeats`` full reads of a ``gib`` GiB float32 array
+    by a jitted ``jnp.sum``, by a jitted matrix-vector product (rows of 1024: the access pattern of
+    a decode step's products) and, on CPU, by NumPy; returns the largest (the strictest limit) and
+    every figure."""
+    n = int(gib * (1 << 30)) // 4 // 1024 * 1024
     nbytes = n * 4
     host = np.ones(n, np.float32)
     dev = jax.device_put(host)
-    jsum = jax.jit(jnp.sum)
-    jsum(dev).block_until_ready()
-    best_j = best_np = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jsum(dev).block_until_ready()
-        best_j = min(best_j, time.perf_counter() - t0)
+    vec = jnp.ones((1024,), jnp.float32)
+    probes = {"jax_sum_gbs": jax.jit(jnp.sum),
+              "jax_matvec_gbs": jax.jit(lambda a, v=vec: a.reshape(-1, 1024) @ v)}
+    figures = {}
+    for name, fn in probes.items():
+        fn(dev).block_until_ready()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(dev).block_until_ready()
+            best = min(best, time.perf_counter() - t0)
+        figures[name] = nbytes / best / 1e9
     if jax.default_backend() == "cpu":  # NumPy only says something about host memory
+        best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
             host.sum()
-            best_np = min(best_np, time.perf_counter() - t0)
+            best = min(best, time.perf_counter() - t0)
+        figures["numpy_sum_gbs"] = nbytes / best / 1e9
     del dev, host
-    figures = {"jax_sum_gbs": nbytes / best_j / 1e9, "numpy_sum_gbs": nbytes / best_np / 1e9}
     return max(figures.values()), figures
 
 
@@ -196,7 +212,8 @@ def main(argv=None):
                     help="default: the default model (SmolLM2-135M-Instruct) in float32; "
                          "llama3.2-3b: Llama-3.2-3B shape with random bfloat16 weights (no HF)")
     ap.add_argument("--steps", type=int, default=64, help="decode steps per timed pass")
-    ap.add_argument("--repeats", type=int, default=5, help="timed passes (best is reported)")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="rounds: one timed pass per layout (and HF), then a bandwidth probe")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
     ap.add_argument("--hf-threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--bandwidth-gib", type=float, default=None,
@@ -243,49 +260,59 @@ def main(argv=None):
     print(f"model: {cfg.name}  params {nbytes / 1e6:.1f} MB  prompt {len(prompt_ids)} tokens  "
           f"steps {args.steps} x {args.repeats} passes", flush=True)
 
-    bw, bw_figs = measure_bandwidth(args.bandwidth_gib, repeats=5)
-
-    jx = JaxDecoder(cfg, params, prompt_ids, args.steps, cache_dtype)
+    layouts = {"unstacked": M.unstack_layers(params), "stacked": params}
+    jx = {name: JaxDecoder(cfg, p, prompt_ids, args.steps, cache_dtype) for name, p in layouts.items()}
     hf = None
     if run_hf_too:
         hf = HfGreedy(hf_model(cfg, params), prompt_ids, args.steps, threads=args.hf_threads)
-    # interleave the timed passes so that both sides see the same machine load (best pass counts)
+    # interleave the timed passes so that all sides see the same machine load, and probe the
+    # bandwidth after each round (it drifts): per-round ratios, medians over rounds
     load = ForeignLoad().start()
-    for _ in tqdm(range(args.repeats), desc="timed passes" + (" (jax, hf)" if hf else " (jax)")):
-        jx.timed_pass()
+    bws = []
+    for _ in tqdm(range(args.repeats), desc="rounds (jax x2" + (", hf" if hf else "") + ", bandwidth)"):
+        for d in jx.values():
+            d.timed_pass()
         if hf:
             hf.timed_pass()
+        bws.append(measure_bandwidth(args.bandwidth_gib, repeats=3))
     foreign = load.stop()
-    bw2, bw_figs2 = measure_bandwidth(args.bandwidth_gib, repeats=5)  # again, after: keep the best
-    if bw2 > bw:
-        bw, bw_figs = bw2, bw_figs2
-    limit = bw * 1e9 / nbytes
+    bw = np.array([b for b, _ in bws])
+    limit = bw * 1e9 / nbytes  # per round
+    rate = {name: np.array(d.rates) for name, d in jx.items()}
+    frac = {name: r / limit for name, r in rate.items()}
+    speedup = rate["unstacked"] / rate["stacked"]
+    med = lambda a: float(np.median(a))
+    rng = lambda a: f"{med(a):.2f} [{np.min(a):.2f}, {np.max(a):.2f}]"
 
-    sps = max(jx.rates)
-    rows = [("tempo-jax decode (attn taps)", sps, 1.0)]
+    sps = med(rate["unstacked"])
+    rows = [("tempo-jax decode, unstacked layout", sps),
+            ("tempo-jax decode, stacked layout (scan)", med(rate["stacked"]))]
     if hf:
         hf_rate = hf.rate()
-        rows.append(("HF eager generate (output_attentions)", hf_rate, hf_rate / sps))
+        rows.append(("HF eager generate (output_attentions; best)", hf_rate))
         same = 0
-        for a, b in zip(jx.generated, hf.generated):
+        for a, b in zip(jx["unstacked"].generated, hf.generated):
             if a != b:
                 break
             same += 1
-    rows.append(("weight-streaming limit", limit, limit / sps))
+    rows.append(("weight-streaming limit", med(limit)))
     print()
-    print(f"{'':40s} {'steps/s':>9s} {'ms/step':>9s} {'x tempo-jax':>12s}")
-    for name, rate, rel in rows:
-        print(f"{name:40s} {rate:9.2f} {1e3 / rate:9.2f} {rel:11.2f}x")
+    print(f"{'median over rounds':40s} {'steps/s':>9s} {'ms/step':>9s} {'x unstacked':>12s}")
+    for name, r in rows:
+        print(f"{name:40s} {r:9.2f} {1e3 / r:9.2f} {r / sps:11.2f}x")
     print()
-    print(f"memory read bandwidth {bw:.2f} GB/s (best of jitted jnp.sum {bw_figs['jax_sum_gbs']:.2f}"
-          + (f", NumPy sum {bw_figs['numpy_sum_gbs']:.2f}" if np.isfinite(bw_figs['numpy_sum_gbs'])
-             and bw_figs['numpy_sum_gbs'] > 0 else "")
-          + f" over {args.bandwidth_gib:g} GiB); params {nbytes / 1e6:.1f} MB -> limit "
-          f"{limit:.2f} steps/s")
-    print(f"tempo-jax: best {sps:.2f}, median {np.median(jx.rates):.2f} steps/s over {len(jx.rates)} "
-          f"passes; cache capacity {jx.capacity}; decode-step compile {jx.compile_s:.2f} s; "
-          f"prefill ({jx.t} tokens) compile {jx.prefill_compile_s:.2f} s, run "
-          f"{jx.prefill_s * 1e3:.1f} ms")
+    print(f"fraction of the weight-streaming limit, per round: unstacked {rng(frac['unstacked'])}, "
+          f"stacked {rng(frac['stacked'])}; unstacked / stacked steps/s {rng(speedup)}")
+    probes = ", ".join(f"{k.removesuffix('_gbs').replace('_', ' ')} {rng([f[k] for _, f in bws])}"
+                       for k in bws[0][1])
+    print(f"memory read bandwidth per round {rng(bw)} GB/s (the largest of: {probes}; best of 3 "
+          f"over {args.bandwidth_gib:g} GiB); params {nbytes / 1e6:.1f} MB")
+    for name, d in jx.items():
+        print(f"{name}: steps/s {rng(d.rates)} over {len(d.rates)} passes; decode-step compile "
+              f"{d.compile_s:.2f} s; prefill ({d.t} tokens) compile {d.prefill_compile_s:.2f} s, "
+              f"run {d.prefill_s * 1e3:.1f} ms")
+    print(f"cache capacity {jx['unstacked'].capacity}; both layouts decode the same tokens: "
+          f"{jx['unstacked'].generated == jx['stacked'].generated}")
     if hf:
         whole = args.steps / min(hf.full)
         print(f"HF: decode-only {hf_rate:.2f} tokens/s (whole generate incl. prefill {whole:.2f}); "
@@ -299,8 +326,12 @@ def main(argv=None):
     if hf:
         figures["hf_tokens_per_s"] = f"{hf_rate:.2f}"
         figures["speedup_vs_hf"] = f"{sps / hf_rate:.2f}"
-    figures.update(bandwidth_gbs=f"{bw:.2f}", limit_steps_per_s=f"{limit:.2f}",
-                   fraction_of_limit=f"{sps / limit:.2f}", compile_s=f"{jx.compile_s:.2f}",
+    figures.update(bandwidth_gbs=f"{med(bw):.2f}", limit_steps_per_s=f"{med(limit):.2f}",
+                   fraction_of_limit=f"{med(frac['unstacked']):.2f}",
+                   stacked_fraction_of_limit=f"{med(frac['stacked']):.2f}",
+                   unstacked_vs_stacked=f"{med(speedup):.2f}",
+                   compile_s=f"{jx['unstacked'].compile_s:.2f}",
+                   stacked_compile_s=f"{jx['stacked'].compile_s:.2f}",
                    device=device_name, dtype=jnp.dtype(cache_dtype).name)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 

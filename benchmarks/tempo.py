@@ -15,7 +15,11 @@ members). Rates are logical steps / generate wall time (prompt forward included,
 setting); a setting's rate is its best round, a ratio is the median over rounds of the ratio
 within each round [min, max], which drift of the machine moves least.
 
-    python benchmarks/tempo.py [--steps 64] [--rounds 5] [--no-hf]
+Weights: ``--layout unstacked`` (default) runs every setting on ``model.unstack_layers`` (the
+decode layout: per-layer buffers, fused products; longer compiles), ``stacked`` on the layout
+loading gives (a ``lax.scan`` over layers). The ratios compare settings within one layout.
+
+    python benchmarks/tempo.py [--steps 64] [--rounds 5] [--no-hf] [--layout stacked]
 
 Last line: key=value figures (steps_per_s, first_step_s, mean_set, max_set, greedy_steps_per_s,
 tau099_steps_per_s, device_steps_per_s, tau099_vs_greedy, tau01_vs_greedy, device_vs_host,
@@ -50,14 +54,18 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="parameters and KV cache (the HF comparison runs in float32 only)")
+    ap.add_argument("--layout", choices=["unstacked", "stacked"], default="unstacked",
+                    help="weight layout of every setting (model.unstack_layers or as loaded)")
     args = ap.parse_args()
 
     from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.model import unstack_layers
     from tempo_jax.loading import load_model
 
     import jax.numpy as jnp
 
     m = load_model(dtype=jnp.dtype(args.dtype))
+    params = unstack_layers(m.params) if args.layout == "unstacked" else m.params
     ids = m.tokenizer(PROMPT).input_ids
     S = args.steps
     args.no_hf = args.no_hf or args.dtype != "float32"
@@ -66,7 +74,7 @@ def main() -> None:
     t0 = time.perf_counter()
     first_step = {}
     # same capture mode ("none") as the timed run, so the timed run compiles nothing
-    generate(m.params, m.cfg, ids, g, capture="none", on_step=lambda s, st, a: first_step.setdefault(
+    generate(params, m.cfg, ids, g, capture="none", on_step=lambda s, st, a: first_step.setdefault(
         "t", time.perf_counter() - t0) if s == 0 else None)
     cold_total = time.perf_counter() - t0
     settings = {  # name: (config, driver)
@@ -76,13 +84,13 @@ def main() -> None:
         "device": (g, "device"),
     }
     for name, (cfg, driver) in settings.items():  # compile every setting before timing
-        generate(m.params, m.cfg, ids, cfg, driver=driver)
+        generate(params, m.cfg, ids, cfg, driver=driver)
     best, traces, rounds = {}, {}, []
     for r in range(args.rounds):
         rates = {}
         for name, (cfg, driver) in settings.items():
             t1 = time.perf_counter()
-            tr = generate(m.params, m.cfg, ids, cfg, driver=driver, progress=False)
+            tr = generate(params, m.cfg, ids, cfg, driver=driver, progress=False)
             rates[name] = tr.n_steps / (time.perf_counter() - t1)
             if rates[name] > best.get(name, 0.0):
                 best[name], traces[name] = rates[name], tr
@@ -97,7 +105,7 @@ def main() -> None:
     hf = None if args.no_hf else hf_tokens_per_s(m.cfg, m.params, ids, S)
     ratio = med
     print(f"\ndevice: {jax.devices()[0].device_kind}   prompt: {PROMPT!r}   steps: {tr.n_steps}   "
-          f"{args.rounds} interleaved rounds (steps/s: best round)")
+          f"{args.rounds} interleaved rounds (steps/s: best round); {args.layout} weights")
     print(f"{'':44s}{'steps/s':>10s}   ratio: median of per-round ratios [min, max]")
     note = lambda a, b, what: f"{med(a, b):.2f}x {what} [{span(a, b)[0]:.2f}, {span(a, b)[1]:.2f}]"
     rows = [("engine greedy (method greedy)", "greedy", "1.00x (base)"),
@@ -122,6 +130,7 @@ def main() -> None:
     if hf is not None:
         kv.update(hf_tokens_per_s=f"{hf:.3f}", speedup_vs_hf=f"{steps_per_s / hf:.2f}")
     kv["dtype"] = args.dtype
+    kv["layout"] = args.layout
     print(" ".join(f"{k}={v}" for k, v in kv.items()))
 
 

@@ -120,6 +120,11 @@ def _cmd_generate(args) -> int:
             draft_layers=args.draft_layers, draft_len=args.draft_len)
         gcfg.validate()
     m = _load(args.model, args.dtype)
+    params = m.params
+    if args.layout == "unstacked":
+        from tempo_jax.model import unstack_layers
+
+        params = unstack_layers(m.params)
     decode = lambda ids: m.tokenizer.decode(ids)
     eos = m.cfg.eos_token_ids
     all_ids = []
@@ -141,7 +146,7 @@ def _cmd_generate(args) -> int:
         if args.method == "beam":
             from tempo_jax.engine.beam import beam_search
 
-            trace = beam_search(m.params, m.cfg, ids, width=args.beam_width, max_steps=args.max_steps,
+            trace = beam_search(params, m.cfg, ids, width=args.beam_width, max_steps=args.max_steps,
                                 length_penalty=args.length_penalty, model_id=m.source)
         else:
             writer = None
@@ -150,7 +155,7 @@ def _cmd_generate(args) -> int:
                 from tempo_jax.report import capture_dir
 
                 writer = CaptureWriter(capture_dir(out, f"trace_{k:03d}"))
-            trace = generate(m.params, m.cfg, ids, gcfg, progress=True, model_id=m.source,
+            trace = generate(params, m.cfg, ids, gcfg, progress=True, model_id=m.source,
                              on_step=writer, capture="full" if args.html else None)
         stem = f"trace_{k:03d}"
         j, z = trace.save(out, stem)
@@ -260,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help=model_help)
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the parameters and the KV cache (logits and softmax stay float32)")
+    g.add_argument("--layout", choices=["stacked", "unstacked"], default="stacked",
+                   help="weights as loaded (short compiles) or unstacked per layer (model."
+                        "unstack_layers: steps about 1.3x faster on CPU, compiles about 5x longer; "
+                        "for long runs and many prompts); same tokens, float rounding aside")
     g.add_argument("--threshold", type=float, default=0.1,
                    help="tau_0, in (0, 1]: keep every token with p >= tau")
     g.add_argument("--schedule", default="constant", choices=Schedule.names(),

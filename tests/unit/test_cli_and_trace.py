@@ -33,6 +33,17 @@ def test_generate_command_writes_trace(tmp_path, capsys):
     assert any(len(st["members"]) > 1 for st in meta["steps"]) == ("[" in text.split("clean:")[0])
 
 
+@pytest.mark.slow
+def test_generate_layout_unstacked_prints_the_same_run(tmp_path, capsys):
+    args = ["generate", "--prompt", "The cat sat on the", "--max-steps", "5", "--threshold", "0.05",
+            "--max-width", "2", "--no-colour"]
+    printed = {}
+    for layout in ("stacked", "unstacked"):
+        assert main(args + ["--layout", layout, "--out", str(tmp_path / layout)]) == 0
+        printed[layout] = capsys.readouterr().out.replace(str(tmp_path / layout), "OUT")
+    assert printed["stacked"] == printed["unstacked"] and "clean text:" in printed["stacked"]
+
+
 def test_render_marks_sets_and_pruned_members():
     arrays = {
         "tokens": np.array([[7, 8], [9, 0]]), "probs": np.array([[0.5, 0.3], [0.9, 0.0]]),

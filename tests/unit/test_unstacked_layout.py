@@ -131,3 +131,17 @@ def test_engine_runs_the_same_on_either_layout(name):
             np.testing.assert_allclose(v, w, rtol=0, atol=1e-5, equal_nan=True, err_msg=k)
         else:
             np.testing.assert_array_equal(v, w, err_msg=k)
+
+
+def test_beam_search_runs_the_same_on_either_layout():
+    from tinymodel import tiny
+
+    from tempo_jax.engine.beam import beam_search
+
+    _, cfg, params = tiny(0)
+    want = beam_search(params, cfg, [5, 9, 11, 7], width=3, max_steps=8).arrays
+    got = beam_search(unstack_layers(params), cfg, [5, 9, 11, 7], width=3, max_steps=8).arrays
+    assert sorted(got) == sorted(want)
+    for k, w in want.items():
+        np.testing.assert_allclose(np.asarray(got[k], float), np.asarray(w, float), rtol=0,
+                                   atol=1e-5, err_msg=k)
