@@ -4,7 +4,8 @@ Axis letters: B batch, T query tokens, K cache slots, L layers, H query heads, G
 R = H/G heads per group, D head dim, E width, F MLP width, V vocab.
 
 Parameters are a plain pytree in the Hugging Face layout (rotate-half RoPE, q/k not permuted, no
-scale folded in); projection matrices are stored input-major and split per head, e.g. ``wq[L,E,H,D]``.
+scale folded in); projection matrices are stored input-major and split per head, e.g. ``wq[L,E,H,D]``,
+stacked over layers. :func:`unstack_layers` gives the per-layer decode layout that the forward also runs.
 Causality is never derived from positions: the caller passes the boolean mask.
 """
 
@@ -232,6 +233,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     mask is False beyond them and that ``slots`` < A); attention taps are zero-padded back to K. A
     step then costs what its written prefix needs, not what the cache capacity is.
     Attention is materialised as ``[B,H,T,K]`` per layer: for long prompts use :func:`prefill`.
+    ``params`` in the stacked layout run the layers as a ``lax.scan``; in the unstacked layout
+    (:func:`unstack_layers`) as an unrolled loop over the same layer body.
     """
     positions = jnp.asarray(positions)
     if jnp.issubdtype(positions.dtype, jnp.integer):
