@@ -8,12 +8,17 @@ behind the differences, side by side in one run (ratios; CPU seconds and wall se
    ``scan`` over the stacked ``[L,...]`` array (what the model does) vs a Python loop over
    per-layer arrays, at F = 1 and 2.
 
+4. The decode step (one query, attention taps off) on both weight layouts (stacked scan, and
+   ``model.unstack_layers``) at attended prefixes of 128, 1024 and 4096 slots: what attention over
+   a long cache adds to a step.
+
 CPU seconds (process time, all threads) are less sensitive to other jobs than wall time; both are
 printed. Best of ``--rounds``. Nothing here is asserted: read the ratios.
 
     python benchmarks/step_costs.py [--rounds 3]
 
-Last line: key=value (step_F{n}_vs_greedy, head_F{n}_vs_F1, mlp_scan_vs_list_F{n}).
+Last line: key=value (step_F{n}_vs_greedy, head_F{n}_vs_F1, mlp_scan_vs_list_F{n},
+decode_{layout}_K{k}_vs_K128).
 """
 
 from __future__ import annotations
@@ -96,6 +101,31 @@ def layer_loop_costs(m, rounds: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def decode_costs(m, rounds: int) -> dict[str, tuple[float, float]]:
+    """One decode step at attended prefixes 128 / 1024 / 4096, stacked and unstacked weights."""
+    from tempo_jax import model as M
+
+    out = {}
+    layouts = {"stacked": m.params, "unstacked": M.unstack_layers(m.params)}
+    for k in (128, 1024, 4096):
+        for name, params in layouts.items():
+            def step(p, cache, pos, k=k):
+                mask = (jnp.arange(k) <= pos)[None, None, :]
+                logits, cache, _ = M.forward(p, m.cfg, jnp.zeros((1, 1), jnp.int32),
+                                             jnp.full((1, 1), pos, jnp.float32),
+                                             jnp.full((1, 1), pos, jnp.int32), mask, cache)
+                return logits, cache
+
+            f = jax.jit(step, donate_argnums=(1,))
+            box = [M.init_cache(m.cfg, 1, k)]
+
+            def one(f=f, box=box, params=params, k=k):
+                logits, box[0] = f(params, box[0], jnp.int32(k - 1))  # every slot attended
+                return logits
+            out[f"{name}_K{k}"] = best_of(one, rounds, 5)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -125,6 +155,15 @@ def main() -> None:
         s, l = loops[f"scan_F{n}"][0], loops[f"list_F{n}"][0]
         print(f"   F{n}: scan {s:6.1f}  list {l:6.1f}   scan = {s / l:4.2f}x list (CPU)")
         kv[f"mlp_scan_vs_list_F{n}"] = f"{s / l:.2f}"
+    dec = decode_costs(m, args.rounds)
+    print("\n4. decode step (1 query) by attended prefix K, both weight layouts")
+    for name in ("stacked", "unstacked"):
+        base = dec[f"{name}_K128"][1]
+        for k in (128, 1024, 4096):
+            c, w = dec[f"{name}_K{k}"]
+            print(f"   {name:9s} K {k:5d} {c:7.1f} / {w:6.1f}   {w / base:5.2f}x K 128 (wall)")
+            if k != 128:
+                kv[f"decode_{name}_K{k}_vs_K128"] = f"{w / base:.2f}"
     print(" ".join(f"{k}={v}" for k, v in kv.items()))
 
 
