@@ -102,36 +102,26 @@ def forced_dist(dist, token: int):
 
 
 def generate_forced(params, mcfg, ids, gcfg: GenerationConfig, force: tuple[int, int] | None):
-    """Host-driver generation (like ``engine.generate``) with token ``force[1]`` forced into the set
-    of step ``force[0]`` by :func:`forced_dist`; ``force=None`` is a plain run. Returns the Trace."""
-    import jax
-
-    from tempo_jax.engine import core
-    from tempo_jax.engine.run import _init, _step, check_request, mechanics, pad_prompt
+    """Host-driver ``engine.generate`` with token ``force[1]`` forced into the set of step
+    ``force[0]`` by :func:`forced_dist` (a ``before_step`` edit of d_s and its member count);
+    ``force=None`` is a plain run. Returns the Trace."""
+    from tempo_jax.engine import generate
     from tempo_jax.errors import UsageError
-    from tempo_jax.trace import Trace
 
-    capacity = check_request(mcfg, gcfg, ids)
     if force is not None and not (0 <= force[0] < gcfg.max_steps and 0 <= force[1] < mcfg.vocab_size):
         raise UsageError(f"force (step, token) {force} outside steps [0, {gcfg.max_steps}) or the vocabulary")
-    spec, inputs = gcfg.static(), gcfg.inputs(mcfg)
-    mech = mechanics(spec)
-    if mech is not core:
+    if gcfg.compat != "none":
         raise UsageError("forcing supports the default (compat none) engine only")
-    st = _init[mech](params, mcfg, spec, inputs, pad_prompt(gcfg, ids), jax.numpy.int32(len(ids)),
-                     capacity)
-    widths = mech.feed_widths(spec)
-    for s in range(gcfg.max_steps):
-        if force is not None and s == force[0]:
-            d = forced_dist(st.dist, force[1])
-            st = st.replace(dist=d, next_n=spec.selection.count(d, inputs.thresholds[s]))
-        next_n, n_written = jax.device_get((st.next_n, st.n_written))
-        width = next(w for w in widths if w >= int(next_n))
-        view = core.view_for(int(n_written) + width, capacity)
-        st, _ = _step[mech](params, mcfg, spec, inputs, st, core.Capture.NONE, width, view=view)
-        if bool(st.done):
-            break
-    return Trace.from_state(st, gcfg, list(map(int, ids)), "", {})
+    spec, inputs = gcfg.static(), gcfg.inputs(mcfg)
+
+    def force_token(s, st):
+        if s != force[0]:
+            return st
+        d = forced_dist(st.dist, force[1])
+        return st.replace(dist=d, next_n=spec.selection.count(d, inputs.thresholds[s]))
+
+    return generate(params, mcfg, ids, gcfg, inputs=inputs,
+                    before_step=None if force is None else force_token)
 
 
 # --- choosing the wrong token -------------------------------------------------------------------

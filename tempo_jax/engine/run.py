@@ -130,7 +130,8 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
              driver: str = "host", progress: bool = False,
              on_step: Callable[[int, TempoState, StepCapture], None] | None = None,
              model_id: str = "", inputs: EngineInputs | None = None,
-             capture: str | None = None) -> Trace:
+             capture: str | None = None,
+             before_step: Callable[[int, TempoState], TempoState] | None = None) -> Trace:
     """Generate from one prompt and return its :class:`Trace`.
 
     driver "host": a Python loop over the jitted step (streams per-step data to ``on_step(s, state,
@@ -139,10 +140,15 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     ``capture`` ("none" | "summary" | "full"; default "full" when ``on_step`` is given) chooses the
     fields of ``captured`` (:class:`~tempo_jax.engine.outputs.StepCapture`). Use
     :class:`tempo_jax.capture.CaptureWriter` as ``on_step`` to stream it to disk.
+    ``before_step(s, state) -> state`` (host driver; not speculative) edits the state step
+    ``s`` starts from, e.g. its distribution ``state.dist`` with a matching ``state.next_n`` (a
+    forced token); the step then feeds ``state.next_n`` members.
     ``inputs`` replaces the array inputs ``gcfg.inputs(mcfg)``; change fields with
     ``gcfg.inputs(mcfg).replace(siblings=table)`` (partial isolation), ``interventions=...``
     (:class:`tempo_jax.interventions.Interventions`, batch axis 1, K = the run's capacity), etc.
     """
+    if before_step is not None and gcfg.method == Method.SPECULATIVE:
+        raise ValueError("before_step needs the step loop; speculative decoding runs rounds")
     if gcfg.method == Method.SPECULATIVE:  # its own round loop, a greedy-layout trace
         from tempo_jax.engine import speculative
 
@@ -153,6 +159,8 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     capture = Capture.check(capture or ("full" if on_step is not None else "none"), "capture mode")
     if capture != Capture.NONE and driver != "host":
         raise ValueError("capture streams per step, so it needs driver='host'")
+    if before_step is not None and driver != "host":
+        raise ValueError("before_step edits the state between steps, so it needs driver='host'")
     capacity = check_request(mcfg, gcfg, prompt_ids)
     spec = gcfg.static()
     inputs = gcfg.inputs(mcfg) if inputs is None else inputs
@@ -179,6 +187,9 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
         widths = mech.feed_widths(spec)
         next_n, n_written = int(st.next_n), int(st.n_written)
         for s in range(gcfg.max_steps):
+            if before_step is not None:
+                st = before_step(s, st)
+                next_n, n_written = jax.device_get((st.next_n, st.n_written))
             # feed only as many queries as this step has members (smallest compiled width), and
             # attend only to a bucketed written prefix (core.view_for), not the whole capacity
             width = next(w for w in widths if w >= next_n)

@@ -59,3 +59,29 @@ def test_stack_adds_a_world_axis():
     both = stack(worlds)
     assert both.thresholds.shape == (2, 3) and both.siblings.shape == (2, 2, 4)
     np.testing.assert_allclose(both.thresholds[:, 0], [0.1, 0.2], rtol=1e-6)
+
+
+def test_before_step_edits_the_state_a_step_starts_from():
+    """engine.generate(before_step=...): the identity hook changes nothing; a hook that puts all
+    of d_s's mass on one token makes that token the step's only member, and the steps before it
+    are untouched; drivers that cannot call it refuse it in one line."""
+    _, cfg, params = tiny(0)
+    g = GenerationConfig(max_steps=6, max_width=4, threshold=0.05)
+    plain = generate(params, cfg, [5, 9, 11, 7], g)
+    same = generate(params, cfg, [5, 9, 11, 7], g, before_step=lambda s, st: st)
+    for k, v in plain.arrays.items():
+        np.testing.assert_array_equal(np.asarray(same.arrays[k]), np.asarray(v), err_msg=k)
+    members = lambda tr, s: [m["token"] for m in tr.steps()[s]["members"]]
+    w = next(t for t in range(cfg.vocab_size) if t not in members(plain, 3))
+
+    def one_hot(s, st):
+        return st if s != 3 else st.replace(dist=jnp.zeros_like(st.dist).at[w].set(1.0),
+                                            next_n=jnp.int32(1))
+    forced = generate(params, cfg, [5, 9, 11, 7], g, before_step=one_hot)
+    assert [members(forced, s) for s in range(3)] == [members(plain, s) for s in range(3)]
+    assert members(forced, 3) == [w]
+    with pytest.raises(ValueError, match="needs driver='host'"):
+        generate(params, cfg, [5, 9, 11, 7], g, driver="device", before_step=one_hot)
+    spec = GenerationConfig(max_steps=6, method="speculative", draft_layers=1)
+    with pytest.raises(ValueError, match="speculative decoding runs rounds"):
+        generate(params, cfg, [5, 9, 11, 7], spec, before_step=one_hot)
