@@ -133,10 +133,7 @@ def view_for(needed: int, capacity: int) -> int:
     """The attended prefix for a step that needs ``needed`` slots: the smallest of 256, 512, 1024,
     ... that holds it, or the capacity K (few compiled variants; cost follows the written prefix).
     Results equal full-capacity attention up to float rounding (a shorter softmax reduction)."""
-    v = VIEW_MIN
-    while v < needed:
-        v *= 2
-    return min(v, capacity)
+    return next((v for v in views(capacity) if v >= needed), capacity)
 
 
 # --- shared pieces of a step ----------------------------------------------------------------------
