@@ -13,7 +13,7 @@ Compares, in one run and on one prompt:
 * the weight-streaming limit: memory read bandwidth (largest of a jitted ``jnp.sum``, a jitted
   matrix-vector product and a NumPy sum over a big float32 array, best of three) / parameter
   bytes, measured again after every round, because this machine's bandwidth moved between 25 and
-  45 GB/s from one minute to the next.
+  50 GB/s from one minute to the next.
 
 Rounds interleave all sides; ratios are medians over rounds of the ratio within a round, printed
 with [min, max] (a fraction of the limit uses that round's bandwidth).
