@@ -1,5 +1,6 @@
 """Why CPU decode stops short of the weight-streaming limit: where the unstacked decode step's time
-goes, kernel by kernel, and how many threads its matrix products use.
+goes, kernel by kernel, how fast its matrix products read their weights against one- and two-thread
+read bandwidth, and whether two products ever run at the same time.
 
 In one run, on the default model (unstacked layout, the decode step of ``decode.py`` with attention
 taps on):
