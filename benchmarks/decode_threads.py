@@ -18,10 +18,12 @@ taps on):
     python benchmarks/decode_threads.py
 
 The last line holds key=value figures: ``step_ms=.. fraction_of_limit=.. busy_cores=.. limit_gbs=..
-one_thread_gbs=.. two_thread_gbs=.. products_ms=.. products_gbs=.. lm_head_ms=.. other_kernels_ms=..
-idle_ms=.. overlapping_products=.. ceiling_one_thread=..``. The kernel names it reads (``dot``,
-``*dot_fusion``) are XLA:CPU's of jax 0.10; another XLA version may name them otherwise, and then
-the per-kind table is left out (the totals still print).
+one_thread_gbs=.. two_thread_gbs=.. products_ms=.. products_gbs=.. lm_head_ms=.. lm_head_gbs=..
+other_kernels_ms=.. idle_ms=.. overlapping_products=.. ceiling_one_thread=..``. The trace has one
+event per kernel, so it shows whether two products overlap, not how many threads one product uses
+inside its kernel. The kernel names it reads (``dot``, ``*dot_fusion``) are XLA:CPU's of jax 0.10;
+another XLA version may name them otherwise, and then the per-kind table is left out (the totals
+still print).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def kernel_events(trace_dir: str) -> list[dict]:
 def busy_union_us(events: list[dict]) -> float:
     """Microseconds during which at least one of ``events`` ran."""
     total, cur = 0.0, None
-    for e in events:
+    for e in sorted(events, key=lambda e: e["ts"]):
         a, b = e["ts"], e["ts"] + e["dur"]
         if cur is None or a > cur[1]:
             if cur is not None:
@@ -99,17 +101,18 @@ def busy_union_us(events: list[dict]) -> float:
 
 
 def overlapping(events: list[dict]) -> int:
-    """How many of ``events`` overlap in time with another of them on a different thread."""
-    n = 0
+    """How many of ``events`` overlap in time with at least one other of them on a different
+    thread (both events of an overlapping pair count)."""
+    events = sorted(events, key=lambda e: e["ts"])
+    hit: set[int] = set()
     for i, e in enumerate(events):
         end = e["ts"] + e["dur"]
-        for f in events[i + 1:]:
-            if f["ts"] >= end:
+        for j in range(i + 1, len(events)):
+            if events[j]["ts"] >= end:
                 break
-            if f["tid"] != e["tid"]:
-                n += 1
-                break
-    return n
+            if events[j]["tid"] != e["tid"]:
+                hit.update((i, j))
+    return len(hit)
 
 
 def main(argv=None):
@@ -123,6 +126,8 @@ def main(argv=None):
         raise SystemExit("decode_threads.py measures XLA:CPU's threads; run it on a CPU backend")
     if min(args.steps, args.repeats, args.profile_steps) < 1:
         raise SystemExit("--steps, --repeats and --profile-steps must be >= 1")
+    if args.profile_steps > args.steps:  # the cache holds the prompt + --steps slots
+        raise SystemExit(f"--profile-steps ({args.profile_steps}) must be <= --steps ({args.steps})")
 
     lm = load_model()
     cfg = lm.cfg
@@ -162,7 +167,9 @@ def main(argv=None):
     prods = [e for e in ev if e["name"] == "dot"]
     heads = [e for e in ev if e["name"].endswith("dot_fusion")]
     rest = [e for e in ev if e["name"] != "dot" and not e["name"].endswith("dot_fusion")]
-    layer_bytes = nbytes - int(params["embed"].size) * params["embed"].dtype.itemsize
+    layer_bytes = param_bytes(params["layers"])
+    head = params["embed"] if cfg.tie_embeddings else params["lm_head"]
+    head_bytes = int(head.size) * head.dtype.itemsize
     prod_ms = per(sum(e["dur"] for e in prods))
     head_ms = per(sum(e["dur"] for e in heads))
     other_ms = per(sum(e["dur"] for e in rest))
@@ -191,7 +198,9 @@ def main(argv=None):
     else:
         print(f"  ({len(prods) / n:.0f} 'dot' kernels per step, not 4 per layer: per-kind table left out)")
     prod_gbs = layer_bytes / 1e6 / prod_ms if prod_ms else float("nan")
-    print(f"  layer products {prod_ms:.2f} ms ({prod_gbs:.1f} GB/s); LM head {head_ms:.2f} ms; "
+    head_gbs = head_bytes / 1e6 / head_ms if head_ms else float("nan")
+    print(f"  layer products {prod_ms:.2f} ms ({prod_gbs:.1f} GB/s); LM head {head_ms:.2f} ms "
+          f"({head_gbs:.1f} GB/s); "
           f"{collections.Counter(e['name'] for e in rest).total() / n:.0f} other kernels "
           f"{other_ms:.2f} ms; no kernel running {idle_ms:.2f} ms (host dispatch between steps "
           f"included); span {span_ms:.2f} ms")
@@ -203,7 +212,8 @@ def main(argv=None):
     print(f"step_ms={step_ms:.2f} fraction_of_limit={fraction:.2f} busy_cores={busy_cores:.2f} "
           f"limit_gbs={limit_gbs:.1f} "
           f"one_thread_gbs={one:.1f} two_thread_gbs={two:.1f} products_ms={prod_ms:.2f} "
-          f"products_gbs={prod_gbs:.1f} lm_head_ms={head_ms:.2f} other_kernels_ms={other_ms:.2f} "
+          f"products_gbs={prod_gbs:.1f} lm_head_ms={head_ms:.2f} lm_head_gbs={head_gbs:.1f} "
+          f"other_kernels_ms={other_ms:.2f} "
           f"idle_ms={idle_ms:.2f} overlapping_products={overl} ceiling_one_thread={ceiling:.2f}")
 
 

@@ -24,11 +24,13 @@ def ev(ts, dur, tid=1, name="dot"):
 def test_busy_union_merges_overlaps_and_keeps_gaps(dt):
     assert dt.busy_union_us([ev(0, 10), ev(5, 10, 2), ev(20, 5)]) == 20  # [0,15) + [20,25)
     assert dt.busy_union_us([ev(0, 10), ev(2, 3)]) == 10  # nested
+    assert dt.busy_union_us([ev(20, 5), ev(0, 10)]) == 15  # order of the list does not matter
     assert dt.busy_union_us([]) == 0
 
 
 def test_overlap_counts_only_other_threads(dt):
-    assert dt.overlapping([ev(0, 10, 1), ev(5, 10, 2), ev(20, 5, 1)]) == 1
+    assert dt.overlapping([ev(0, 10, 1), ev(5, 10, 2), ev(20, 5, 1)]) == 2  # both of the pair
+    assert dt.overlapping([ev(0, 30, 1), ev(5, 5, 2), ev(12, 5, 2)]) == 3  # one long, two short
     assert dt.overlapping([ev(0, 10, 1), ev(5, 3, 1)]) == 0  # same thread: one after another
     assert dt.overlapping([ev(0, 10, 1), ev(10, 5, 2)]) == 0  # touching, not overlapping
 
