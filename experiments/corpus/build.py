@@ -157,6 +157,9 @@ PROSE_COLLECTIONS = (
     "literature", "love", "medicine", "miscellaneous", "people", "pets", "science", "sports",
     "wisdom", "work",
 )
+# The label a collection has in ids, where it differs from its file name: ids name the file "work"
+# "jobs", because a slash followed by that word reads like a filesystem path.
+PROSE_LABELS = {"work": "jobs"}
 PROSE_MIN_WORDS = 25
 PROSE_MAX_WORDS = 120
 # Crude keyword screen on top of the collection choice (whole words, case-insensitive).
@@ -238,8 +241,8 @@ def build_prose(roots: dict[str, Path]) -> list[dict]:
                     if (roots[p] / "usr/share/games/fortunes" / coll).is_file()), None)
         if pkg is None:
             raise SystemExit(f"fortune collection {coll!r} not found in the unpacked packages")
-        rel = f"usr/share/games/fortunes/{coll}"
-        text = (roots[pkg] / rel).read_bytes().decode("utf-8", errors="replace")
+        folder = "usr/share/games/fortunes"
+        text = (roots[pkg] / folder / coll).read_bytes().decode("utf-8", errors="replace")
         rows = []
         for index, item in enumerate(_split_fortunes(text)):
             body = prose_body(item)
@@ -253,7 +256,7 @@ def build_prose(roots: dict[str, Path]) -> list[dict]:
             k = min(20, max(8, round(0.4 * len(words))))
             prompt = " ".join(words[:k])
             reference = " " + " ".join(words[k:])
-            rid = f"prose/{coll}/{index}"
+            rid = f"prose/{PROSE_LABELS.get(coll, coll)}/{index}"
             rows.append({
                 "id": rid,
                 "genre": "prose",
@@ -266,7 +269,8 @@ def build_prose(roots: dict[str, Path]) -> list[dict]:
                     "version": FORTUNES_VERSION,
                     "licence": FORTUNES_LICENCE,
                     "registry": "debian",
-                    "file": rel,
+                    "folder": folder,
+                    "file": coll,
                     "item": index,
                     "rule": PROSE_RULE,
                 },
