@@ -236,12 +236,12 @@ def prose_body(item: str) -> str | None:
 
 def build_prose(roots: dict[str, Path]) -> list[dict]:
     per_collection: dict[str, list[dict]] = {}
+    folder = "usr/share/games/fortunes"
     for coll in PROSE_COLLECTIONS:
-        pkg = next((p for p in ("fortunes-min", "fortunes")
-                    if (roots[p] / "usr/share/games/fortunes" / coll).is_file()), None)
+        pkg = next((p for p in ("fortunes-min", "fortunes") if (roots[p] / folder / coll).is_file()),
+                   None)
         if pkg is None:
             raise SystemExit(f"fortune collection {coll!r} not found in the unpacked packages")
-        folder = "usr/share/games/fortunes"
         text = (roots[pkg] / folder / coll).read_bytes().decode("utf-8", errors="replace")
         rows = []
         for index, item in enumerate(_split_fortunes(text)):
@@ -727,7 +727,9 @@ def build(workdir: Path) -> tuple[bytes, bytes]:
              "licence": CPYTHON_LICENCE, "used_for": "code"},
         ],
         "schema": {
-            "id": "stable id: <genre>/<collection or relation>/<item>, code/<module>.<function>",
+            "id": "stable id: <genre>/<collection label or relation>/<item>, "
+                  "code/<module>.<function>; a prose label is its fortune file's name except "
+                  "where PROSE_LABELS renames it (file work -> label jobs)",
             "genre": "prose | code | facts",
             "relation": "facts: capital | continent | city_country; otherwise null",
             "prompt": "text given to the model (prose: no trailing space; code: ends with a "
@@ -736,7 +738,8 @@ def build(workdir: Path) -> tuple[bytes, bytes]:
                          "text; facts: the gold answer without a leading space",
             "aliases": "facts: every accepted answer, gold first; otherwise []",
             "split": "dev | test",
-            "source": "package, version, licence, registry, file, item, rule (+ aliases_from)",
+            "source": "package, version, licence, registry, file, item, rule (+ folder for "
+                      "prose, aliases_from for facts)",
         },
     }
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
