@@ -157,6 +157,9 @@ PROSE_COLLECTIONS = (
     "literature", "love", "medicine", "miscellaneous", "people", "pets", "science", "sports",
     "wisdom", "work",
 )
+# The label a collection has in ids, where it differs from its file name: ids name the file "work"
+# "jobs", because a slash followed by that word reads like a filesystem path.
+PROSE_LABELS = {"work": "jobs"}
 PROSE_MIN_WORDS = 25
 PROSE_MAX_WORDS = 120
 # Crude keyword screen on top of the collection choice (whole words, case-insensitive).
@@ -233,13 +236,13 @@ def prose_body(item: str) -> str | None:
 
 def build_prose(roots: dict[str, Path]) -> list[dict]:
     per_collection: dict[str, list[dict]] = {}
+    folder = "usr/share/games/fortunes"
     for coll in PROSE_COLLECTIONS:
-        pkg = next((p for p in ("fortunes-min", "fortunes")
-                    if (roots[p] / "usr/share/games/fortunes" / coll).is_file()), None)
+        pkg = next((p for p in ("fortunes-min", "fortunes") if (roots[p] / folder / coll).is_file()),
+                   None)
         if pkg is None:
             raise SystemExit(f"fortune collection {coll!r} not found in the unpacked packages")
-        rel = f"usr/share/games/fortunes/{coll}"
-        text = (roots[pkg] / rel).read_bytes().decode("utf-8", errors="replace")
+        text = (roots[pkg] / folder / coll).read_bytes().decode("utf-8", errors="replace")
         rows = []
         for index, item in enumerate(_split_fortunes(text)):
             body = prose_body(item)
@@ -253,7 +256,7 @@ def build_prose(roots: dict[str, Path]) -> list[dict]:
             k = min(20, max(8, round(0.4 * len(words))))
             prompt = " ".join(words[:k])
             reference = " " + " ".join(words[k:])
-            rid = f"prose/{coll}/{index}"
+            rid = f"prose/{PROSE_LABELS.get(coll, coll)}/{index}"
             rows.append({
                 "id": rid,
                 "genre": "prose",
@@ -266,7 +269,8 @@ def build_prose(roots: dict[str, Path]) -> list[dict]:
                     "version": FORTUNES_VERSION,
                     "licence": FORTUNES_LICENCE,
                     "registry": "debian",
-                    "file": rel,
+                    "folder": folder,
+                    "file": coll,
                     "item": index,
                     "rule": PROSE_RULE,
                 },
@@ -723,7 +727,9 @@ def build(workdir: Path) -> tuple[bytes, bytes]:
              "licence": CPYTHON_LICENCE, "used_for": "code"},
         ],
         "schema": {
-            "id": "stable id: <genre>/<collection or relation>/<item>, code/<module>.<function>",
+            "id": "stable id: <genre>/<collection label or relation>/<item>, "
+                  "code/<module>.<function>; a prose label is its fortune file's name except "
+                  "where PROSE_LABELS renames it (file work -> label jobs)",
             "genre": "prose | code | facts",
             "relation": "facts: capital | continent | city_country; otherwise null",
             "prompt": "text given to the model (prose: no trailing space; code: ends with a "
@@ -732,7 +738,8 @@ def build(workdir: Path) -> tuple[bytes, bytes]:
                          "text; facts: the gold answer without a leading space",
             "aliases": "facts: every accepted answer, gold first; otherwise []",
             "split": "dev | test",
-            "source": "package, version, licence, registry, file, item, rule (+ aliases_from)",
+            "source": "package, version, licence, registry, file, item, rule (+ folder for "
+                      "prose, aliases_from for facts)",
         },
     }
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -74,6 +74,9 @@ def test_every_record_has_provenance(raw_records):
         for key in SOURCE_KEYS:
             assert isinstance(src.get(key), str) and src[key].strip(), (r["id"], key)
         assert not src["file"].startswith("/"), r["id"]  # no machine paths
+        if r["genre"] == "prose":  # the fortune file by folder + name, and its item number
+            assert src["folder"].strip() and not src["folder"].startswith("/"), r["id"]
+            assert "/" not in src["file"] and isinstance(src["item"], int), r["id"]
 
 
 def test_facts_have_gold_and_aliases(raw_records):
