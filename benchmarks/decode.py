@@ -59,6 +59,15 @@ def greedy(logits: jax.Array, cfg: ModelConfig) -> jax.Array:
     return jnp.argmax(last, axis=-1).astype(jnp.int32)[:, None]
 
 
+def chat_prompt_ids(tok, prompt: str) -> np.ndarray:
+    """``prompt`` as int64 token ids ``[T]``, in the model's chat format where its tokenizer has
+    one (the instruct model's own format), else plain."""
+    if getattr(tok, "chat_template", None):
+        enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        return np.asarray(enc if isinstance(enc, list) else enc["input_ids"], np.int64)
+    return np.asarray(tok(prompt)["input_ids"], np.int64)
+
+
 LLAMA32_3B = ModelConfig(
     vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,
     num_kv_heads=8, head_dim=128, rope_theta=500000.0,
@@ -239,13 +248,7 @@ def main(argv=None):
         dtype = jnp.dtype(args.dtype or "float32")
         lm = load_model(dtype=dtype, verbose=True)
         cfg, params = lm.cfg, lm.params
-        tok = lm.tokenizer
-        if getattr(tok, "chat_template", None):  # the instruct model's own format
-            enc = tok.apply_chat_template([{"role": "user", "content": args.prompt}],
-                                          add_generation_prompt=True)
-            prompt_ids = np.asarray(enc if isinstance(enc, list) else enc["input_ids"], np.int64)
-        else:
-            prompt_ids = np.asarray(tok(args.prompt)["input_ids"], np.int64)
+        prompt_ids = chat_prompt_ids(lm.tokenizer, args.prompt)
         cache_dtype = dtype
         run_hf_too = not args.no_hf and dtype == jnp.float32
     else:

@@ -29,7 +29,6 @@ still print).
 from __future__ import annotations
 
 import argparse
-import collections
 import glob
 import gzip
 import json
@@ -43,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from decode import PROMPT, JaxDecoder, measure_bandwidth, param_bytes
+from decode import PROMPT, JaxDecoder, chat_prompt_ids, measure_bandwidth, param_bytes
 from tempo_jax import model as M
 from tempo_jax.loading import load_model
 
@@ -133,10 +132,7 @@ def main(argv=None):
     cfg = lm.cfg
     params = M.unstack_layers(lm.params)
     nbytes = param_bytes(params)
-    tok = lm.tokenizer  # decode.py's prompt in the instruct model's chat format
-    enc = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
-    prompt_ids = np.asarray(enc if isinstance(enc, list) else enc["input_ids"], np.int64)
-    dec = JaxDecoder(cfg, params, prompt_ids, args.steps, jnp.float32)
+    dec = JaxDecoder(cfg, params, chat_prompt_ids(lm.tokenizer, PROMPT), args.steps, jnp.float32)
 
     rates, limits, cores = [], [], []
     for _ in range(args.repeats):  # alternate step timing and the limit's probe, as decode.py does
@@ -176,7 +172,7 @@ def main(argv=None):
     # the profiled step's wall time from the trace: first kernel start to last kernel end, per step
     span_ms = per(ev[-1]["ts"] + ev[-1]["dur"] - ev[0]["ts"]) if ev else float("nan")
     idle_ms = span_ms - per(busy_union_us(ev))
-    overl = overlapping(sorted(prods + heads, key=lambda e: e["ts"]))
+    overl = overlapping(prods + heads)
 
     print(f"model {cfg.name}, unstacked layout, params {nbytes / 1e6:.1f} MB, "
           f"cache capacity {dec.capacity}, jax {jax.__version__}")
@@ -201,7 +197,7 @@ def main(argv=None):
     head_gbs = head_bytes / 1e6 / head_ms if head_ms else float("nan")
     print(f"  layer products {prod_ms:.2f} ms ({prod_gbs:.1f} GB/s); LM head {head_ms:.2f} ms "
           f"({head_gbs:.1f} GB/s); "
-          f"{collections.Counter(e['name'] for e in rest).total() / n:.0f} other kernels "
+          f"{len(rest) / n:.0f} other kernels "
           f"{other_ms:.2f} ms; no kernel running {idle_ms:.2f} ms (host dispatch between steps "
           f"included); span {span_ms:.2f} ms")
     print(f"  products that ran while another product ran on another thread: {overl} of "

@@ -79,6 +79,18 @@ def test_every_record_has_provenance(raw_records):
             assert "/" not in src["file"] and isinstance(src["item"], int), r["id"]
 
 
+def test_prose_ids_name_the_fortune_file_by_its_label(raw_records):
+    from experiments.corpus.build import PROSE_LABELS
+
+    prose = [r for r in raw_records if r["genre"] == "prose"]
+    for r in prose:
+        src = r["source"]
+        assert r["id"] == f"prose/{PROSE_LABELS.get(src['file'], src['file'])}/{src['item']}"
+    relabelled = {r["source"]["file"] for r in prose} & set(PROSE_LABELS)
+    assert relabelled, "no prose record comes from a relabelled file: the label test is empty"
+    assert not any(f"/{name}/" in r["id"] for r in prose for name in PROSE_LABELS)
+
+
 def test_facts_have_gold_and_aliases(raw_records):
     facts = [r for r in raw_records if r["genre"] == "facts"]
     assert len({r["relation"] for r in facts}) >= 2
