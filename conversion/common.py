@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -11,6 +14,22 @@ from tempo_jax.model import param_shapes
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not match its config."""
+
+
+def read_json_file(path, what: str = "") -> dict:
+    """A JSON object from ``path``, or a CheckpointError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a text file{what}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}){what}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: {e.strerror or e}{what}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(d).__name__}{what}")
+    return d
 
 
 def assemble(cfg: ModelConfig, tree: dict, dtype) -> dict:

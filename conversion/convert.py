@@ -8,7 +8,7 @@ import numpy as np
 
 from conversion.common import CheckpointError
 from conversion.hf import PICKLE_SUFFIXES
-from conversion.store import save_converted
+from conversion.store import write_converted
 
 
 def read_checkpoint(src, dtype=np.float32, progress: bool = False):
@@ -48,7 +48,16 @@ def read_checkpoint(src, dtype=np.float32, progress: bool = False):
     return cfg, params, tokenizer
 
 
-def convert(src, out, dtype=np.float32, progress: bool = False) -> Path:
-    """Convert ``src`` and save it to ``out`` (orbax params + config + tokenizer)."""
-    cfg, params, tokenizer = read_checkpoint(src, dtype, progress)
-    return save_converted(out, cfg, params, tokenizer)
+def convert(src, out, dtype=np.float32, progress: bool = False, force: bool = False) -> Path:
+    """Convert ``src`` and save it to ``out`` (orbax params + config + tokenizer + marker).
+
+    ``out`` is checked before ``src`` is read: it must be new or empty, or, with ``force``, a
+    previous conversion (which is replaced); never the source or a folder inside or around it.
+    The model is written into a temporary sibling and renamed at the end."""
+    from tempo_jax.destinations import check_convert_destination, staged_replace
+
+    check_convert_destination(src, out, force)
+    with staged_replace(out) as tmp:  # made first: an unwritable place is refused before reading
+        cfg, params, tokenizer = read_checkpoint(src, dtype, progress)
+        write_converted(tmp, cfg, params, tokenizer, source=Path(src).name)
+    return Path(out).absolute()

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from conversion.common import CheckpointError, assemble
+from conversion.common import CheckpointError, assemble, read_json_file
 from tempo_jax.config import ModelConfig, UnsupportedConfigError, config_from_hf
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -196,6 +196,6 @@ def load_hf_folder(folder, dtype=np.float32, progress=None) -> tuple[ModelConfig
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder} has no config.json (expected a Hugging Face model folder)")
-    cfg = config_from_hf(json.loads(cfg_path.read_text()), name=folder.name)
+    cfg = config_from_hf(read_json_file(cfg_path), name=folder.name)
     get = _SafetensorsFolder(folder)
     return cfg, params_from_state(cfg, get, dtype, progress)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conversion.common import CheckpointError
+from conversion.common import CheckpointError, read_json_file
 from tempo_jax.config import ModelConfig, RopeScaling
+from tempo_jax.errors import one_line
 
 # 2: GGUF q/k un-permutation fixed; folders written by version 1 from GGUF hold scrambled q/k.
 FORMAT_VERSION = 2
@@ -30,9 +30,10 @@ def config_to_dict(cfg: ModelConfig) -> dict:
 def format_version(folder) -> int | None:
     """The format version a converted folder was written with (None if unreadable)."""
     try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("format_version")
+        d = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    return d.get("format_version") if isinstance(d, dict) else None
 
 
 def config_from_dict(d: dict) -> ModelConfig:
@@ -47,44 +48,71 @@ def config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**d)
 
 
-def save_converted(out, cfg: ModelConfig, params: dict, tokenizer=None) -> Path:
-    """Write a converted model folder atomically; returns its path."""
+def save_converted(out, cfg: ModelConfig, params: dict, tokenizer=None, source: str = "") -> Path:
+    """Write a converted model folder atomically (a temporary sibling renamed at the end); returns
+    its path. Whether ``out`` may be replaced is the caller's decision
+    (``destinations.check_convert_destination``)."""
+    from tempo_jax.destinations import staged_replace
+
+    with staged_replace(out) as tmp:
+        write_converted(tmp, cfg, params, tokenizer, source)
+    return Path(out).absolute()
+
+
+def write_converted(folder: Path, cfg: ModelConfig, params: dict, tokenizer=None, source: str = "") -> None:
+    """Fill the empty ``folder``: config.json, params/ (orbax), tokenizer/, and the marker file
+    that identifies it as a conversion (``convert --force`` replaces only such a folder)."""
     import orbax.checkpoint as ocp
 
-    out = Path(out).absolute()
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+    from tempo_jax.destinations import MODEL_MARKER
+
+    (folder / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(tmp / "params", jax.tree_util.tree_map(np.asarray, params))
+        ckpt.save(folder / "params", jax.tree_util.tree_map(np.asarray, params))
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+        tokenizer.save_pretrained(str(folder / "tokenizer"))
+    (folder / MODEL_MARKER).write_text(json.dumps(
+        {"written_by": "tempo-jax convert", "format_version": FORMAT_VERSION, "source": source}) + "\n")
 
 
 def load_converted(folder, dtype=None) -> tuple[ModelConfig, dict]:
-    """Read a folder written by :func:`save_converted` -> ``(cfg, params)`` as device arrays."""
+    """Read a folder written by :func:`save_converted` -> ``(cfg, params)`` as device arrays.
+    A damaged folder is refused with a message naming the missing or broken file."""
     import orbax.checkpoint as ocp
 
     folder = Path(folder).absolute()
-    if not (folder / "config.json").exists() or not (folder / "params").exists():
-        raise CheckpointError(f"{folder} is not a converted tempo-jax model (needs config.json and params/)")
-    cfg = config_from_dict(json.loads((folder / "config.json").read_text()))
+    again = "; convert the checkpoint again"
+    for name in ("config.json", "params"):
+        if not (folder / name).exists():
+            raise CheckpointError(f"{folder / name} is missing: {folder} is not a complete converted "
+                                  f"tempo-jax model{again}")
+    try:
+        cfg = config_from_dict(read_json_file(folder / "config.json", again))
+    except CheckpointError as e:
+        raise CheckpointError(e if str(folder) in str(e) else f"{folder / 'config.json'}: {e}") from None
+    except TypeError as e:  # fields this ModelConfig does not have, or lacks
+        raise CheckpointError(f"{folder / 'config.json'}: not a tempo-jax model config ({e}){again}") from None
     try:
         with ocp.StandardCheckpointer() as ckpt:
             params = ckpt.restore(folder / "params")
     except Exception as e:
-        raise CheckpointError(f"converted params in {folder} cannot be restored: {e}") from e
+        raise CheckpointError(f"{folder / 'params'}: cannot be restored ({one_line(e)[:200]}){again}") from e
     if dtype is not None:
         params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
     else:
         params = jax.tree_util.tree_map(jnp.asarray, params)
     return cfg, params
+
+
+def looks_converted(folder) -> bool:
+    """True for a folder meant to be a converted model, even a damaged one (its marker, a params/
+    folder, or a config.json with our ``format_version``), so loading it names what is broken
+    instead of reading it as a Hugging Face folder."""
+    from tempo_jax.destinations import MODEL_MARKER
+
+    folder = Path(folder)
+    return ((folder / MODEL_MARKER).exists() or (folder / "params").exists()
+            or format_version(folder) is not None)
 
 
 def load_tokenizer(folder):

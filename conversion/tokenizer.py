@@ -22,7 +22,7 @@ def tokenizer_from_gguf(reader):
     if kind != "gpt2":
         raise CheckpointError(f"GGUF tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' BPE)")
     tokens = field("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
+    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges") or []]  # none: a tiny vocabulary
     types = field("tokenizer.ggml.token_type") or [1] * len(tokens)
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
                                fuse_unk=False, byte_fallback=False))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tempo_jax.errors import UsageError, run_entry, user_input
+from tempo_jax.errors import UsageError, on_interrupt, run_entry, user_input
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -60,6 +60,9 @@ def _load(spec, dtype: str = "float32"):
 def _cmd_convert(args) -> int:
     if not Path(args.src).exists():
         raise UsageError(f"{args.src}: no such file or folder")
+    from tempo_jax.destinations import check_convert_destination
+
+    check_convert_destination(args.src, args.out, args.force)  # before anything is read
     from conversion.convert import convert
 
     import jax.numpy as jnp
@@ -68,7 +71,8 @@ def _cmd_convert(args) -> int:
     from tempo_jax.config import UnsupportedConfigError
 
     try:
-        out = convert(args.src, args.out, dtype=jnp.dtype(args.dtype), progress=True)
+        with on_interrupt(f"nothing written, {args.out} is as it was"):
+            out = convert(args.src, args.out, dtype=jnp.dtype(args.dtype), progress=True, force=args.force)
     except (CheckpointError, UnsupportedConfigError, FileNotFoundError) as e:
         raise UsageError(f"{args.src}: {e}" if isinstance(e, FileNotFoundError) else e) from e
     print(f"converted {args.src} -> {out}")
@@ -96,7 +100,8 @@ def _id_list(text: str | None, what: str) -> tuple[int, ...] | None:
 
 def _cmd_generate(args) -> int:
     prompts = _read_prompts(args, per_line=True)
-    from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.destinations import check_run_destination, staged_run
+    from tempo_jax.engine import GenerationConfig
     from tempo_jax.engine.run import check_request
 
     layers = _id_list(args.prune_layers, "--prune-layers")
@@ -118,66 +123,137 @@ def _cmd_generate(args) -> int:
         method=args.method if args.method != "beam" else "greedy", temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, compat=args.compat, seed=args.seed,
             draft_layers=args.draft_layers, draft_len=args.draft_len)
-        gcfg.validate()
-    m = _load(args.model, args.dtype)
-    params = m.params
-    if args.layout == "unstacked":
-        from tempo_jax.model import unstack_layers
+        _as_options(gcfg.validate)
+    out = check_run_destination(args.out)  # before the model is loaded
+    if not args.max_capture_mb > 0:
+        raise UsageError(f"--max-capture-mb must be > 0, got {args.max_capture_mb}")
+    all_ids: list[list[int]] = []
+    at = {"prompt": 0, "step": 0}
 
-        params = unstack_layers(m.params)
-    decode = lambda ids: m.tokenizer.decode(ids)
-    eos = m.cfg.eos_token_ids
-    all_ids = []
-    for k, prompt in enumerate(prompts):  # every prompt is checked before the first one runs
-        ids = m.tokenizer(prompt).input_ids
-        where = f"prompt {k + 1} of {len(prompts)}: " if len(prompts) > 1 else ""
-        with user_input():
-            try:
-                if args.method == "beam":
-                    _check_beam(m.cfg, ids, args.max_steps)
-                else:
-                    check_request(m.cfg, gcfg, ids)
-            except ValueError as e:
-                raise ValueError(where + str(e)) from None
-        all_ids.append(ids)
-    out = Path(args.out)
-    colour = sys.stdout.isatty() and not args.no_colour
-    for k, ids in enumerate(all_ids):
-        if args.method == "beam":
-            from tempo_jax.engine.beam import beam_search
+    def interrupted() -> str:
+        if not all_ids:
+            return f"before generation; nothing written, {out} is as it was"
+        of = f" (prompt {at['prompt'] + 1} of {len(all_ids)})" if len(all_ids) > 1 else ""
+        when = (f"after step {at['step']} of {args.max_steps}" if args.method in ("tempo", "greedy", "sample")
+                else "during generation")
+        return f"{when}{of}; nothing written, {out} is as it was"
 
-            trace = beam_search(params, m.cfg, ids, width=args.beam_width, max_steps=args.max_steps,
-                                length_penalty=args.length_penalty, model_id=m.source)
-        else:
-            writer = None
-            if args.html:  # full attention streamed to disk for the report
-                from tempo_jax.capture import CaptureWriter
-                from tempo_jax.report import capture_dir
+    # the temporary folder is made first: an unwritable --out is refused before the model loads
+    with on_interrupt(interrupted), staged_run(out, " ".join(sys.argv[1:])) as tmp:
+        m = _load(args.model, args.dtype)
+        params = m.params
+        if args.layout == "unstacked":
+            from tempo_jax.model import unstack_layers
 
-                writer = CaptureWriter(capture_dir(out, f"trace_{k:03d}"))
-            trace = generate(params, m.cfg, ids, gcfg, progress=True, model_id=m.source,
-                             on_step=writer, capture="full" if args.html else None)
-        stem = f"trace_{k:03d}"
-        j, z = trace.save(out, stem)
-        clean = trace.clean_text(decode, eos_ids=eos)
-        (out / f"{stem}.txt").write_text(trace.render(decode, eos_ids=eos) + "\n\nclean: " + clean + "\n")
-        print(trace.render(decode, colour=colour, eos_ids=eos))
-        print(f"\nclean text: {clean}")
-        sizes = [len(st["members"]) for st in trace.steps()]
-        if args.method == "speculative":
-            from tempo_jax.engine.speculative import SpecStats
-
-            sp = SpecStats.of(trace)
-            print(f"speculative: {sp.rounds} full-model forwards for {sp.steps} tokens "
-                  f"({sp.tokens_per_full_forward:.2f} per forward), draft acceptance "
-                  f"{sp.accepted}/{sp.drafted} = {sp.acceptance_rate:.2f}")
-        print(f"steps {len(sizes)}, mean set size {sum(sizes) / max(len(sizes), 1):.2f}, "
-              f"max {max(sizes, default=0)}; files: {j}, {z}, {out / (stem + '.txt')}\n")
+            params = unstack_layers(m.params)
+        decode = lambda ids: m.tokenizer.decode(ids)
+        eos = m.cfg.eos_token_ids
+        for k, prompt in enumerate(prompts):  # every prompt is checked before the first one runs
+            ids = m.tokenizer(prompt).input_ids
+            where = f"prompt {k + 1} of {len(prompts)}: " if len(prompts) > 1 else ""
+            with user_input():
+                try:
+                    if args.method == "beam":
+                        _check_beam(m.cfg, ids, args.max_steps)
+                    else:
+                        _as_options(lambda: check_request(m.cfg, gcfg, ids))
+                except ValueError as e:
+                    raise ValueError(where + str(e)) from None
+            all_ids.append(ids)
         if args.html:
-            from tempo_jax.report import write_run_report
+            _check_capture_size(m.cfg, gcfg, all_ids, args.max_capture_mb)
+        colour = sys.stdout.isatty() and not args.no_colour
+        for k, ids in enumerate(all_ids):
+            at.update(prompt=k, step=0)
+            stem = f"trace_{k:03d}"
+            if len(all_ids) > 1:
+                print(f"=== prompt {k + 1} of {len(all_ids)}: {stem} ===")
+            trace = _generate_one(args, m, params, gcfg, ids, tmp, stem, at)
+            trace.save(tmp, stem)
+            clean = trace.clean_text(decode, eos_ids=eos)
+            (tmp / f"{stem}.txt").write_text(trace.render(decode, eos_ids=eos) + "\n\nclean: " + clean + "\n")
+            print(trace.render(decode, colour=colour, eos_ids=eos))
+            print(f"\nclean text: {clean}")
+            sizes = [len(st["members"]) for st in trace.steps()]
+            if args.method == "speculative":
+                from tempo_jax.engine.speculative import SpecStats
 
-            print(f"report: {write_run_report(out, stem=stem, decode=decode, eos_ids=eos)}\n")
+                sp = SpecStats.of(trace)
+                print(f"speculative: {sp.rounds} full-model forwards for {sp.steps} tokens "
+                      f"({sp.tokens_per_full_forward:.2f} per forward), draft acceptance "
+                      f"{sp.accepted}/{sp.drafted} = {sp.acceptance_rate:.2f}")
+            files = ", ".join(str(out / f"{stem}.{x}") for x in ("json", "npz", "txt"))
+            print(f"steps {len(sizes)}, mean set size {sum(sizes) / max(len(sizes), 1):.2f}, "
+                  f"max {max(sizes, default=0)}; files: {files}\n")
+            if args.html:
+                from tempo_jax.report import write_run_report
+
+                page = write_run_report(tmp, stem=stem, decode=decode, eos_ids=eos)
+                print(f"report: {out / Path(page).name}\n")
     return 0
+
+
+def _generate_one(args, m, params, gcfg, ids, tmp: Path, stem: str, at: dict):
+    """One prompt's trace; full attention streamed into ``tmp`` with ``--html``; ``at["step"]``
+    counts finished steps (for the Ctrl-C message)."""
+    from tempo_jax.engine import generate
+
+    if args.method == "beam":
+        from tempo_jax.engine.beam import beam_search
+
+        return beam_search(params, m.cfg, ids, width=args.beam_width, max_steps=args.max_steps,
+                           length_penalty=args.length_penalty, model_id=m.source)
+    if args.method == "speculative":  # its own round loop: no per-step callback
+        return generate(params, m.cfg, ids, gcfg, progress=True, model_id=m.source)
+    writer = None
+    if args.html:  # full attention streamed to disk for the report
+        from tempo_jax.capture import CaptureWriter
+        from tempo_jax.report import capture_dir
+
+        writer = CaptureWriter(capture_dir(tmp, stem))
+
+    def on_step(s, state, captured):
+        if writer is not None:
+            writer(s, state, captured)
+        at["step"] = s + 1
+
+    return generate(params, m.cfg, ids, gcfg, progress=True, model_id=m.source, on_step=on_step,
+                    capture="full" if args.html else "none")
+
+
+def _check_capture_size(cfg, gcfg, all_ids, limit_mb: float) -> None:
+    """``--html`` streams every step's attention ``[L,H,W,K]`` float32 to disk: print the upper
+    bound (every step run) and refuse, in one line, a run whose capture would pass ``limit_mb``."""
+    per_step = [cfg.num_layers * cfg.num_heads * gcfg.width * gcfg.capacity_for(len(ids)) * 4 for ids in all_ids]
+    total = sum(n * gcfg.max_steps for n in per_step)
+    what = (f"{_mb(total)} ({gcfg.max_steps} steps x {_mb(max(per_step))}: {cfg.num_layers} layers x "
+            f"{cfg.num_heads} heads x {gcfg.width} quer{'y' if gcfg.width == 1 else 'ies'} x "
+            f"{gcfg.capacity_for(len(all_ids[0]))} "
+            f"slots x 4 bytes{', ' + str(len(all_ids)) + ' prompts' if len(all_ids) > 1 else ''})")
+    if total > limit_mb * 2**20:
+        raise UsageError(f"--html would capture up to {what}, over the {limit_mb:g} MB limit; lower "
+                         "--max-steps or --max-width, or raise --max-capture-mb")
+    print(f"capture: --html writes up to {what}", file=sys.stderr)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def _as_options(check) -> None:
+    """Run ``check``; a ValueError that names a GenerationConfig field names its option instead
+    ("--threshold-final must be in (0, 1], got 2.0")."""
+    import dataclasses
+
+    from tempo_jax.engine import GenerationConfig
+
+    try:
+        check()
+    except ValueError as e:
+        field, _, rest = str(e).partition(" ")
+        if field in {f.name for f in dataclasses.fields(GenerationConfig)}:
+            raise ValueError(f"--{field.replace('_', '-')} {rest}") from None
+        raise
 
 
 def _check_beam(cfg, ids, max_steps: int) -> None:
@@ -240,9 +316,13 @@ def _cmd_forward(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    from tempo_jax.destinations import check_sweep_destination
     from tempo_jax.sweeps.runner import main as sweep_main
 
-    with user_input():  # a bad spec or a reused --out is refused by the runner before any compute
+    check_sweep_destination(args.out)
+    resume = (f"finished chunks are kept in {Path(args.out) / 'chunks'}; rerun the same command to "
+              "resume")
+    with on_interrupt(resume), user_input():  # a bad spec or a reused --out is refused before any compute
         sweep_main(args.spec, args.out, model=args.model, coordinator=args.coordinator,
                    num_processes=args.num_processes, process_id=args.process_id,
                    progress=not args.no_progress)
@@ -328,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
     g.add_argument("--html", action="store_true",
                    help="also capture full attention (OUT/capture/) and write OUT/trace_NNN.html")
+    g.add_argument("--max-capture-mb", type=float, default=512.0,
+                   help="--html: refuse a run whose capture could pass this size (it is printed first)")
     g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser("forward", help="one forward pass: next-token top-k and per-layer attention",
@@ -347,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_HelpFormatter,
                        epilog="example: tempo-jax convert ./cogito-v1-preview-llama-3B ./cogito-jax")
     c.add_argument("src", help="Hugging Face model folder (config.json + safetensors) or a .gguf file")
-    c.add_argument("out", help="folder to write the converted model to")
+    c.add_argument("out", help="folder to write the converted model to (new or empty)")
+    c.add_argument("--force", action="store_true",
+                   help="replace OUT if it holds an earlier conversion (never any other folder)")
     c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the stored parameters")
     c.set_defaults(func=_cmd_convert)

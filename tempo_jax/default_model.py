@@ -75,4 +75,4 @@ def ensure_default_model(verbose: bool = True) -> Path:
     from conversion.convert import convert
 
     src = gguf_path(verbose)
-    return convert(src, out, progress=verbose)
+    return convert(src, out, progress=verbose, force=True)  # the cache's own older conversion

@@ -1,4 +1,5 @@
-"""Errors in what the user gave, as the command line reports them: one line, exit status 2.
+"""Errors in what the user gave, as the command line reports them: one line, exit status 2; and
+Ctrl-C, reported as one line saying what was kept, exit status 130.
 
 Library code raises ``ValueError`` (or ``FileNotFoundError``) when an input is bad. At the command-line
 boundary the calls that check inputs run inside :func:`user_input`, which turns those into
@@ -14,6 +15,7 @@ import sys
 from typing import Callable, Iterator
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 PROG = "tempo-jax"
 
 
@@ -42,6 +44,23 @@ def user_input() -> Iterator[None]:
         raise UsageError(str(e)) from e
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command had done and what it kept (the one line the user sees)."""
+
+
+@contextlib.contextmanager
+def on_interrupt(note: str | Callable[[], str]) -> Iterator[None]:
+    """Inside: Ctrl-C leaves as :class:`Interrupted` whose message is ``note`` (or ``note()``,
+    evaluated when the interrupt arrives, e.g. "after step 53 of 400; nothing written"). Put it
+    outside the context managers that clean up, so the message is made after they ran."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(note() if callable(note) else note) from None
+
+
 def quiet_libraries() -> None:
     """Silence third-party notices that are not about the user's command (transformers says
     "PyTorch was not found" although running without torch is intended). Called by entry points
@@ -51,6 +70,14 @@ def quiet_libraries() -> None:
         from transformers.utils import logging as hf_logging  # imported already: set it directly
 
         hf_logging.set_verbosity_error()
+
+
+def _close_progress_bars() -> None:
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def report(message: object, prog: str = PROG) -> None:
@@ -65,6 +92,12 @@ def run_entry(fn: Callable[[], int], prog: str = PROG) -> int:
     except UsageError as e:
         report(e, prog)
         return EXIT_USAGE
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback
+        note = str(e) if isinstance(e, Interrupted) and str(e) else ""
+        _close_progress_bars()  # ends their lines before the message, not after it
+        sep = " " if note.startswith(("after ", "during ")) else "; "
+        print(f"{prog}: interrupted{sep + note if note else ''}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into e.g. ``head``, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -26,7 +26,7 @@ def load_model(spec: str | None = None, dtype=jnp.float32, verbose: bool = True)
     """``spec`` None/"default": the default model (converted and cached on first use); a folder
     written by ``tempo-jax convert``; a Hugging Face folder; or a ``.gguf`` file (converted in memory).
     """
-    from conversion.store import load_converted, load_tokenizer
+    from conversion.store import load_converted, load_tokenizer, looks_converted
 
     if spec in (None, "default"):
         from tempo_jax.default_model import ensure_default_model
@@ -35,7 +35,7 @@ def load_model(spec: str | None = None, dtype=jnp.float32, verbose: bool = True)
         cfg, params = load_converted(folder, dtype)
         return LoadedModel(cfg, params, load_tokenizer(folder), "default:" + cfg.name)
     path = Path(spec)
-    if (path / "params").is_dir() and (path / "config.json").exists():
+    if path.is_dir() and looks_converted(path):
         cfg, params = load_converted(path, dtype)
         tok = load_tokenizer(path) if (path / "tokenizer").exists() else None
         return LoadedModel(cfg, params, tok, str(path))

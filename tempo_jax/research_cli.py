@@ -3,15 +3,29 @@
 
 from __future__ import annotations
 
-import argparse
+HTML_OUT = "runs/research/FINDINGS.html"  # generated page, kept out of the source tree (relative to the cwd)
+
+
+def _check_results(res) -> None:
+    """Refuse a results folder that is missing, a file, or holds no ``*/result.json``."""
+    from tempo_jax.errors import UsageError
+
+    if not res.exists():
+        raise UsageError(f"--results {res}: no such folder")
+    if not res.is_dir():
+        raise UsageError(f"--results {res}: not a folder")
+    if next(res.glob("*/result.json"), None) is None:
+        raise UsageError(f"--results {res}: holds no results (no */result.json); nothing to report")
 
 
 def add_parser(sub) -> None:
+    from tempo_jax.cli import _HelpFormatter  # each default shown once; none for None or a switch
+
     r = sub.add_parser("research", help="run pre-registered research experiments, regenerate FINDINGS.md",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     rs = r.add_subparsers(dest="research_command", required=True)
     rs.add_parser("list", help="list the experiments and the questions they answer")
-    run = rs.add_parser("run", help="run one experiment", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = rs.add_parser("run", help="run one experiment", formatter_class=_HelpFormatter)
     run.add_argument("id", help="experiment id (see `tempo-jax research list`)")
     run.add_argument("--quick", action="store_true", help="a few prompts per genre; writes to runs/research/")
     run.add_argument("--prompt-file", default=None, help="JSONL (corpus schema) or text, one prompt a line")
@@ -19,10 +33,15 @@ def add_parser(sub) -> None:
     run.add_argument("--force", action="store_true", help="overwrite results of another model or corpus")
     run.add_argument("--model", default=None, help="default model, a converted folder, HF folder or .gguf")
     run.add_argument("--seed", type=int, default=None, help="override the design's seed")
-    rep = rs.add_parser("report", help="regenerate experiments/FINDINGS.md from all results")
-    rep.add_argument("--results", default=None, help="results folder (default: experiments/results)")
+    rep = rs.add_parser("report", help="regenerate experiments/FINDINGS.md from all results",
+                        formatter_class=_HelpFormatter)
+    rep.add_argument("--results", default=None,
+                     help="results folder, one ID/result.json per experiment; FINDINGS.md is written inside "
+                          "it (default: experiments/results, with experiments/FINDINGS.md)")
     rep.add_argument("--html", action="store_true",
-                     help="also write FINDINGS.html beside it (figures embedded, one self-contained file)")
+                     help="also write the findings as one self-contained HTML page (figures embedded)")
+    rep.add_argument("--html-out", default=None, metavar="FILE",
+                     help=f"where --html writes the page; implies --html (default: {HTML_OUT})")
     r.set_defaults(func=main)
 
 
@@ -34,6 +53,7 @@ def main(args) -> int:
     if str(root) not in sys.path:  # the experiments package lives beside tempo_jax in the repository
         sys.path.insert(0, str(root))
     from experiments.research import harness
+    from tempo_jax.errors import UsageError
 
     if args.research_command == "list":
         for exp_id, mod in sorted(harness.registry().items()):
@@ -42,12 +62,15 @@ def main(args) -> int:
         return 0
     if args.research_command == "report":
         res = Path(args.results) if args.results else harness.RESULTS
+        _check_results(res)
+        if args.html_out and Path(args.html_out).is_dir():
+            raise UsageError(f"--html-out {args.html_out}: a folder; give the HTML file to write")
         path = harness.write_findings(res) if args.results is None else harness.write_findings(res, res / "FINDINGS.md")
         print(f"wrote {path}")
-        if args.html:
+        if args.html or args.html_out:
             from tempo_jax.report import write_findings_html
 
-            print(f"wrote {write_findings_html(path, res)}")
+            print(f"wrote {write_findings_html(path, res, args.html_out or HTML_OUT)}")
         return 0
     dest = harness.run_experiment(args.id, quick=args.quick, prompt_file=args.prompt_file, out=args.out,
                                   force=args.force, model=args.model, seed=args.seed)

@@ -48,14 +48,19 @@ def full_forward_attn(hf, ids):
     return out.logits[0].numpy(), np.stack([a[0].numpy() for a in out.attentions])
 
 
-def save_tiny_with_tokenizer(folder, seed: int = 0):
-    """Save ``tiny(seed)`` as a converted folder with a word-level tokenizer ("w5 w9" -> [5, 9])."""
+def save_tiny_with_tokenizer(folder, seed: int = 0, max_positions: int | None = None):
+    """Save ``tiny(seed)`` as a converted folder with a word-level tokenizer ("w5 w9" -> [5, 9]);
+    ``max_positions`` widens its context (for runs long enough to interrupt)."""
+    import dataclasses
+
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from conversion.store import save_converted
 
     _, cfg, params = tiny(seed)
+    if max_positions is not None:
+        cfg = dataclasses.replace(cfg, max_position_embeddings=max_positions)
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3} | {f"w{i}": i for i in range(4, cfg.vocab_size)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -35,7 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from tempo_jax import stats as S
-from tempo_jax.errors import UsageError, user_input
+from tempo_jax.destinations import check_folder_destination
+from tempo_jax.errors import Interrupted, UsageError, user_input
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "results"
@@ -393,6 +394,10 @@ def run_experiment(exp_id: str, *, quick: bool = False, prompt_file: str | None 
         dest = ROOT / "runs" / "research" / f"{exp_id}-{'quick' if quick else 'custom'}"
     else:
         dest = RESULTS / exp_id
+    check_folder_destination(dest, "--out")
+    if dest.exists() and any(dest.iterdir()) and not (dest / "result.json").exists():
+        raise UsageError(f"--out {dest} is not empty and holds no experiment result (no result.json); "
+                         "give a new or empty folder, or an earlier result folder to replace")
     official = dest.resolve() == (RESULTS / exp_id).resolve()
     if official and (quick or prompt_file is not None):
         raise UsageError("quick or prompt-file runs may not overwrite the committed results; give --out")
@@ -412,8 +417,14 @@ def run_experiment(exp_id: str, *, quick: bool = False, prompt_file: str | None 
     try:
         output: Output = mod.run(ctx)
         tests = evaluate(design, output)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+            cached = len(list(ctx.cache_dir.glob("*.pkl"))) if ctx.cache_dir.is_dir() else 0
+            raise Interrupted(
+                f"{cached} of {len(prompts)} prompts' results are kept in {ctx.cache_dir}; rerun the "
+                f"same command to resume ({dest} is as it was)" if cached else
+                f"nothing written, {dest} is as it was") from None
         raise
     elapsed = time.perf_counter() - t0
     genres = sorted({p.genre for p in prompts})
@@ -568,6 +579,8 @@ def _natural(exp_id: str) -> list:
 
 def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
     """Regenerate FINDINGS.md from every ``results_dir/*/result.json``."""
+    import os
+
     results = []
     for f in sorted(results_dir.glob("*/result.json")):
         results.append(reword(json.loads(f.read_text()), f))
@@ -583,7 +596,7 @@ def write_findings(results_dir: Path = RESULTS, path: Path = FINDINGS) -> Path:
            "declared family; CIs are BCa bootstrap over prompts unless a test's note says otherwise.", ""]
     for r in results:
         d, prov = r["design"], r["provenance"]
-        rel = f"results/{r['id']}"
+        rel = Path(os.path.relpath(results_dir / r["id"], path.parent)).as_posix()  # links resolve from FINDINGS.md
         out += [f"## {r['id']} — {r['title']} (questions {', '.join(r['questions'])})", "",
                 f"**Answer.** {r['answer']}", "",
                 f"n = {prov['n_prompts']} prompts, {prov['split']} split, genres {', '.join(prov['genres'])}; "

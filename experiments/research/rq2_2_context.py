@@ -227,6 +227,8 @@ def _pooled(pair_rows, seed, L):
                           ("SemPoolP", "pooled_prho_cos_js", lambda i: S.partial_spearman(cos[i], js[i], gap[i, None]))):
         est = float(fn(np.arange(len(cos))))
         vals = S._cluster_resamples(fn, grp, N_BOOT, seed)
+        if len(vals) == 0:  # every resample undefined (e.g. constant measures on a tiny model)
+            continue
         lo, hi = np.quantile(vals, [0.025, 0.975])
         p = max(2 * min((vals <= 0).mean(), (vals >= 0).mean()), 1 / len(vals))
         p_tost = max((vals >= RHO_MARGIN).mean(), (vals <= -RHO_MARGIN).mean())

@@ -28,46 +28,92 @@ _SAME_TOKENS = {Method.SPECULATIVE: Method.GREEDY}
 
 
 @dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``lo``/``hi`` bounds (None: unbounded), each closed
+    unless marked open; NaN and infinities are never in range. ``what`` names the unit."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    what: str = ""
+
+    def contains(self, value) -> bool:
+        v = float(value)
+        return (np.isfinite(v)
+                and (self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def text(self) -> str:
+        unit = f" ({self.what})" if self.what else ""
+        if self.lo is not None and self.hi is not None:
+            return (f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                    f"{')' if self.hi_open else ']'}{unit}")
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}{unit}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}{unit}"
+        return f"a finite number{unit}"
+
+    def check(self, name: str, value) -> None:
+        """A one-line ValueError unless ``value`` (or None, where the setting may be unset) is in range."""
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not self.contains(value):
+            raise ValueError(f"{name} must be {self.text()}, got {value!r}")
+
+
+def _bounded(default, lo=None, hi=None, *, lo_open=False, hi_open=False, what=""):
+    """A dataclass field whose values :meth:`GenerationConfig.validate` checks against a Range."""
+    return dataclasses.field(default=default, metadata={
+        "range": Range(lo, hi, lo_open, hi_open, what)})
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     """Every knob of a generation run. Words follow ``semantics.md``."""
 
-    max_steps: int = 32
-    max_width: int = 8
-    threshold: float = 0.1
+    max_steps: int = _bounded(32, 1, what="logical steps")
+    max_width: int = _bounded(8, 1, what="members per set")
+    threshold: float = _bounded(0.1, 0.0, 1.0, lo_open=True)
     schedule: str = "constant"
-    threshold_final: float | None = None
-    schedule_k: float = 3.0  # exponential steepness
-    bezier_p1: float = 0.25
-    bezier_p2: float = 0.75
-    relu_a: float = 0.5
+    threshold_final: float | None = _bounded(None, 0.0, 1.0, lo_open=True)  # None: threshold
+    schedule_k: float = _bounded(3.0)  # exponential steepness (any finite value; 0 is linear)
+    bezier_p1: float = _bounded(0.25, 0.0, 1.0)
+    bezier_p2: float = _bounded(0.75, 0.0, 1.0)
+    relu_a: float = _bounded(0.5, 0.0, 1.0, hi_open=True)
     siblings: str = "isolated"
-    isolate_above: float | None = None  # adaptive: isolate a step whose d_s entropy (nats) is above
-    isolate_size_above: int | None = None  # adaptive: isolate a step with more members than this
+    # adaptive: isolate a step whose d_s entropy (nats) is above (None: never)
+    isolate_above: float | None = _bounded(None, 0.0, what="nats")
+    # adaptive: isolate a step with more members than this (None: never)
+    isolate_size_above: int | None = _bounded(None, 1, what="members")
     positions: str = "shared"
-    offset_delta: float = 0.001
+    offset_delta: float = _bounded(0.001, 0.0, what="positions")
     combine: str = "mixture"
     eos: str = "top"
-    min_steps: int = 0
+    min_steps: int = _bounded(0, 0, what="steps")
     prune: bool = False
-    prune_window: int = 2
+    prune_window: int = _bounded(2, 1, what="steps")
     prune_timing: str = "window"
     prune_rule: str = "relative"
-    prune_rho: float = 0.5
-    prune_theta: float = 0.01
-    prune_k: float = 100.0
+    prune_rho: float = _bounded(0.5, 0.0, 1.0)
+    prune_theta: float = _bounded(0.01, 0.0, 1.0)
+    prune_k: float = _bounded(100.0, 0.0, lo_open=True)
     prune_layers: tuple[int, ...] | None = None  # None: every layer
     prune_layer_weights: tuple[float, ...] | None = None  # one per chosen layer
     prune_heads: tuple[int, ...] | None = None  # None: every head
     method: str = "tempo"
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = _bounded(1.0, 0.0, lo_open=True)
+    top_k: int = _bounded(0, 0, what="0 = off")
+    top_p: float = _bounded(1.0, 0.0, 1.0, lo_open=True)
     compat: str = "none"
-    draft_layers: int | None = None  # speculative: draft = first k layers (None: half, rounded down)
-    draft_len: int = 4  # speculative: tokens the draft proposes per round (g)
+    # speculative: draft = first k layers (None: half, rounded down)
+    draft_layers: int | None = _bounded(None, 1, what="layers")
+    draft_len: int = _bounded(4, 1, MAX_DRAFT_LEN)  # speculative: tokens the draft proposes per round
     seed: int = 0
-    capacity: int | None = None  # None: prompt bucket + max_steps * max_width
-    prompt_bucket: int = 32
+    capacity: int | None = _bounded(None, 1, what="slots")  # None: prompt bucket + max_steps * max_width
+    prompt_bucket: int = _bounded(32, 1, what="tokens")
 
     def validate(self, model: ModelConfig | None = None) -> None:
         """Raise ValueError with a clear message for any bad setting (before any compute)."""
@@ -83,38 +129,18 @@ class GenerationConfig:
         if self.compat == Compat.UPSTREAM and self.prune:
             raise ValueError("pruning does not apply in compat mode 'upstream' (its siblings never "
                              "enter the cache); drop --prune or use compat 'none'")
-        if self.isolate_above is not None and not self.isolate_above >= 0.0:
-            raise ValueError(f"isolate_above must be >= 0 nats (None: never), got {self.isolate_above}")
-        if self.isolate_size_above is not None and self.isolate_size_above < 1:
-            raise ValueError(f"isolate_size_above must be >= 1 member (None: never), got "
-                             f"{self.isolate_size_above}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.threshold_final is not None and not 0.0 < self.threshold_final:
-            raise ValueError(f"threshold_final must be > 0, got {self.threshold_final}")
-        if self.max_width < 1:
-            raise ValueError(f"max_width must be >= 1, got {self.max_width}")
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.prune_window < 1:
-            raise ValueError(f"prune_window must be >= 1, got {self.prune_window}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 1 <= self.draft_len <= MAX_DRAFT_LEN:
-            raise ValueError(f"draft_len must be in 1..{MAX_DRAFT_LEN}, got {self.draft_len}")
-        if self.draft_layers is not None and self.draft_layers < 1:
-            raise ValueError(f"draft_layers must be >= 1, got {self.draft_layers}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type.startswith("int") and value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise ValueError(f"{f.name} must be a whole number, got {value!r}")
+            if "range" in f.metadata:
+                f.metadata["range"].check(f.name, value)
         if self.method == Method.SPECULATIVE and (self.compat != Compat.NONE or self.prune):
             raise ValueError("speculative decoding is greedy decoding: it takes neither pruning nor "
                              "compat mode 'upstream'")
         if model is not None and self.method == Method.SPECULATIVE:
             self.draft_layers_for(model)
-        if self.prompt_bucket < 1:
-            raise ValueError(f"prompt_bucket must be >= 1, got {self.prompt_bucket}")
         if model is not None:
             for name, idx, n in (("prune_layers", self.prune_layers, model.num_layers),
                                  ("prune_heads", self.prune_heads, model.num_heads)):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 EXAMPLES = """examples:
   tempo-jax generate --prompt "The cat sat on the" --out runs/cat --html
   tempo-jax report runs/cat                      # writes runs/cat/trace_000.html
-  tempo-jax report runs/cat runs/dog --out compare.html
+  tempo-jax report runs/cat runs/dog --out runs/compare.html
 """
 
 
@@ -30,6 +31,8 @@ def main(args) -> int:
 
     if len(args.runs) > 2:
         raise UsageError("report takes one run folder, or two for a comparison")
+    if not (math.isfinite(args.max_mb) and args.max_mb > 0):
+        raise UsageError(f"--max-mb must be a positive number of MB, got {args.max_mb:g}")
     for run in args.runs:
         if not (Path(run) / f"{args.stem}.json").exists():
             raise UsageError(f"{run}: no {args.stem}.json (write one with `tempo-jax generate --out {run}`)")

@@ -1,20 +1,23 @@
 """FINDINGS.md as one self-contained HTML page: a small Markdown subset (headings, paragraphs,
-lists, tables, links, bold, italics, code) with each experiment's figures embedded as base64 PNG and
-its full tests tables (every family, from its summary.md) in a collapsible block."""
+lists, tables, links, bold, italics, code) with each experiment's figures embedded as base64 PNG, its
+full tests tables (every family, from its summary.md) in a collapsible block, and a table of contents
+linking every h2 (its h3s nested)."""
 
 from __future__ import annotations
 
 import base64
 import html
+import os
 import re
 from pathlib import Path
 
 _INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|\*(.+?)\*|\[([^\]]+)\]\(([^)\s]+)\)")
 
 
-def inline(text: str, base: Path | None = None) -> str:
+def inline(text: str, base: Path | None = None, link_from: Path | None = None) -> str:
     """One line of Markdown inline syntax as HTML (everything else escaped). Links to PNG files that
-    exist under ``base`` become embedded figures."""
+    exist under ``base`` become embedded figures; with ``link_from`` (the folder the page is written
+    to) other relative links are rewritten to resolve from there."""
     out, pos = [], 0
     for m in _INLINE.finditer(text):
         out.append(html.escape(text[pos:m.start()]))
@@ -22,22 +25,27 @@ def inline(text: str, base: Path | None = None) -> str:
         if code is not None:
             out.append(f"<code>{html.escape(code)}</code>")
         elif bold is not None:
-            out.append(f"<strong>{inline(bold, base)}</strong>")
+            out.append(f"<strong>{inline(bold, base, link_from)}</strong>")
         elif ital is not None:
-            out.append(f"<em>{inline(ital, base)}</em>")
+            out.append(f"<em>{inline(ital, base, link_from)}</em>")
         else:
-            out.append(_link(label, href, base))
+            out.append(_link(label, href, base, link_from))
         pos = m.end()
     out.append(html.escape(text[pos:]))
     return "".join(out)
 
 
-def _link(label: str, href: str, base: Path | None) -> str:
-    target = (base / href) if base is not None and "://" not in href else None
+def _link(label: str, href: str, base: Path | None, link_from: Path | None = None) -> str:
+    relative = base is not None and ":" not in href and not href.startswith(("#", "/"))
+    target = (base / href) if relative else None
     if target is not None and href.lower().endswith(".png") and target.is_file():
         b64 = base64.b64encode(target.read_bytes()).decode("ascii")
         return (f'<figure><img alt="{html.escape(label)}" src="data:image/png;base64,{b64}">'
                 f"<figcaption>{html.escape(label)}</figcaption></figure>")
+    if target is not None and link_from is not None:
+        path, hash_, frag = href.partition("#")
+        href = Path(os.path.relpath(os.path.abspath(base / path), os.path.abspath(link_from))).as_posix()
+        href += hash_ + frag
     return f'<a href="{html.escape(href, quote=True)}">{inline(label)}</a>'
 
 
@@ -50,8 +58,10 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.split("|")]
 
 
-def markdown(text: str, base: Path | None = None) -> str:
-    """A Markdown subset as HTML: ATX headings, paragraphs, ``-`` lists, pipe tables, fenced code."""
+def markdown(text: str, base: Path | None = None, link_from: Path | None = None, shift: int = 0) -> str:
+    """A Markdown subset as HTML: ATX headings (``shift`` levels deeper), paragraphs, ``-`` lists, pipe
+    tables, fenced code. ``base`` and ``link_from`` as in :func:`inline`."""
+    inline_ = lambda t: inline(t, base, link_from)  # noqa: E731
     lines = text.splitlines()
     out: list[str] = []
     i = 0
@@ -69,8 +79,8 @@ def markdown(text: str, base: Path | None = None) -> str:
             continue
         m = re.match(r"(#{1,6})\s+(.*)", line)
         if m:
-            n = len(m.group(1))
-            out.append(f"<h{n}>{inline(m.group(2), base)}</h{n}>")
+            n = min(6, len(m.group(1)) + shift)
+            out.append(f"<h{n}>{inline_(m.group(2))}</h{n}>")
             i += 1
             continue
         if line.lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"\s*\|?\s*:?-{3,}", lines[i + 1]):
@@ -80,9 +90,9 @@ def markdown(text: str, base: Path | None = None) -> str:
             while i < len(lines) and lines[i].lstrip().startswith("|"):
                 rows.append(_cells(lines[i]))
                 i += 1
-            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c, base)}</th>" for c in head)
+            out.append("<table><thead><tr>" + "".join(f"<th>{inline_(c)}</th>" for c in head)
                        + "</tr></thead><tbody>" + "".join(
-                           "<tr>" + "".join(f"<td>{inline(c, base)}</td>" for c in r) + "</tr>" for r in rows)
+                           "<tr>" + "".join(f"<td>{inline_(c)}</td>" for c in r) + "</tr>" for r in rows)
                        + "</tbody></table>")
             continue
         if re.match(r"\s*[-*]\s+", line):
@@ -90,26 +100,76 @@ def markdown(text: str, base: Path | None = None) -> str:
             while i < len(lines) and re.match(r"\s*[-*]\s+", lines[i]):
                 items.append(re.sub(r"^\s*[-*]\s+", "", lines[i]))
                 i += 1
-            out.append("<ul>" + "".join(f"<li>{inline(x, base)}</li>" for x in items) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{inline_(x)}</li>" for x in items) + "</ul>")
             continue
         para = []
         while (i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "```"))
                and not lines[i].lstrip().startswith("|") and not re.match(r"\s*[-*]\s+", lines[i])):
             para.append(lines[i].strip())
             i += 1
-        body = inline(" ".join(para), base)
+        body = inline_(" ".join(para))
         out.append("<p>" + re.sub(r"</figure>,\s*<figure", "</figure><figure", body) + "</p>")
     return "\n".join(out)
 
 
+_HEADING = re.compile(r"<h([1-6])>(.*?)</h\1>", re.S)
+
+
+def _text(fragment: str) -> str:
+    """The text of an HTML fragment, tags dropped and still escaped."""
+    return re.sub(r"<[^>]+>", "", fragment).strip()
+
+
+def slug(text: str, used: set[str]) -> str:
+    """An id for a heading: its words lower-cased and joined by ``-``, ``-2``, ``-3``... appended
+    until it is not in ``used`` (to which it is added)."""
+    base = re.sub(r"[^a-z0-9]+", "-", html.unescape(text).lower()).strip("-") or "section"
+    out, k = base, 2
+    while out in used:
+        out, k = f"{base}-{k}", k + 1
+    used.add(out)
+    return out
+
+
+def heading_ids(fragment: str, used: set[str], found: list) -> str:
+    """``fragment`` with a unique id on every heading; appends ``(level, id, label)`` to ``found``."""
+    def one(m):
+        level, inner = int(m.group(1)), m.group(2)
+        hid = slug(_text(inner), used)
+        found.append((level, hid, _text(inner)))
+        return f'<h{level} id="{hid}">{inner}</h{level}>'
+
+    return _HEADING.sub(one, fragment)
+
+
+def toc(headings) -> str:
+    """A ``<nav>`` list linking every h2 of ``headings`` (``(level, id, label)``), its h3s nested."""
+    items: list = []  # [(id, label) of an h2, [(id, label) of its h3s]]
+    for level, hid, label in headings:
+        if level == 2 or (level == 3 and not items):
+            items.append(((hid, label), []))
+        elif level == 3:
+            items[-1][1].append((hid, label))
+    link = lambda h: f'<a href="#{h[0]}">{h[1]}</a>'  # noqa: E731
+
+    def item(top, subs) -> str:
+        inner = "".join(f"<li>{link(h)}</li>" for h in subs)
+        return f"<li>{link(top)}" + (f"<ul>{inner}</ul>" if inner else "") + "</li>"
+
+    lis = "".join(item(top, subs) for top, subs in items)
+    return f'<nav class="toc" aria-label="Contents"><p class="toc-title">Contents</p><ul>{lis}</ul></nav>'
+
+
 def write_findings_html(findings_md, results_dir, out=None) -> Path:
     """``FINDINGS.md`` (links resolved relative to its folder) as a self-contained HTML page, each
-    experiment followed by its full tests tables (from ``results_dir/<id>/summary.md``)."""
+    experiment followed by its full tests tables (from ``results_dir/<id>/summary.md``), written to
+    ``out`` (default: beside FINDINGS.md); relative links are rewritten to resolve from there."""
     from tempo_jax.report.run import _env, _static
 
     findings_md, results_dir = Path(findings_md), Path(results_dir)
     base = findings_md.parent
-    sections = []
+    out = Path(out) if out else findings_md.with_suffix(".html")
+    sections, used, headings = [], set(), []
     body = findings_md.read_text() if findings_md.exists() else "# Findings\n\nNo FINDINGS.md yet.\n"
     # split at the experiments' level-2 headings so each gets its details block appended
     parts = re.split(r"(?m)^(?=## )", body)
@@ -120,11 +180,11 @@ def write_findings_html(findings_md, results_dir, out=None) -> Path:
             summary = results_dir / m.group(1) / "summary.md"
             if summary.exists():
                 text = re.sub(r"(?m)^# .*\n", "", summary.read_text(), count=1)
-                details = markdown(text, summary.parent)
-        sections.append({"html": markdown(part, base), "details": details})
+                details = markdown(text, summary.parent, out.parent, shift=1)  # its "##" under the experiment
+        main = heading_ids(markdown(part, base, out.parent), used, headings)
+        sections.append({"html": main, "details": details and heading_ids(details, used, headings)})
     page = _env().get_template("findings.html.j2").render(
-        title="tempo-jax research findings", sections=sections, css=_static("report.css"))
-    out = Path(out) if out else findings_md.with_suffix(".html")
+        title="tempo-jax research findings", sections=sections, toc=toc(headings), css=_static("report.css"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out

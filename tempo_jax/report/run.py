@@ -37,6 +37,19 @@ def _json_script(obj) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
+def quoted(text) -> str:
+    """A token's text in double quotes as the page shows it: the characters themselves, with only
+    control characters, quotes and backslashes escaped (``\\n``, ``\\t``, ``\\"``) so whitespace shows."""
+    return json.dumps(str(text), ensure_ascii=False)
+
+
+def seconds(v):
+    """A duration rounded for display and the page's data: 3 significant digits, at most 3 decimals."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v == 0:
+        return v
+    return round(float(v), min(3, max(0, 2 - int(np.floor(np.log10(abs(v)))))))
+
+
 def tokenizer_for(model_id: str):
     """(decode, eos ids) for a trace's model id when its tokenizer is on this machine, else None."""
     try:
@@ -129,7 +142,8 @@ def run_data(run_dir, stem: str = "trace_000", decode: Decode | None = None,
         clean_text = clean_text.rstrip("\n")
     elif decode is not None:
         bracket, clean_text = trace.render(decode, eos_ids=eos_ids), trace.clean_text(decode, eos_ids)
-    data = {"stem": stem, "model": trace.model, "config": trace.config, "timings": trace.timings,
+    data = {"stem": stem, "model": trace.model, "config": trace.config,
+            "timings": {k: seconds(v) for k, v in trace.timings.items()},
             "prompt_ids": trace.prompt_ids, "prompt": decode(trace.prompt_ids) if decode else None,
             "prompt_tokens": [tok(t) for t in trace.prompt_ids], "steps": lattice, "slots": slots,
             "cache_len": a["cache_len"].tolist(), "fed_n": a["fed_n"].tolist(),
@@ -226,6 +240,7 @@ def _env():
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["json_script"] = _json_script
+    env.filters["quoted"] = quoted
     return env
 
 

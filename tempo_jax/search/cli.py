@@ -12,8 +12,10 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from tempo_jax.cli import _HelpFormatter  # each default shown once; none for None or a switch
+
     s = sub.add_parser("search", help="MCTS over TEMPO candidate sets, with a forward-token budget",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_HelpFormatter,
                        epilog='example: tempo-jax search "The capital of France is" --budget 64 '
                               '--contains Paris --out runs/mcts')
     s.add_argument("prompt", help="the prompt text")

@@ -235,7 +235,7 @@ def test_converted_folder_of_unknown_format_version(tmp_path):
     (out / "config.json").write_text(json.dumps(d))
     with pytest.raises(CheckpointError, match=r"unknown format version"):
         load_converted(out)
-    with pytest.raises(CheckpointError, match=r"is not a converted tempo-jax model"):
+    with pytest.raises(CheckpointError, match=r"is not a complete converted tempo-jax model"):
         load_converted(tmp_path)
 
 

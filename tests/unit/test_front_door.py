@@ -56,8 +56,8 @@ def long_prompt(tmp_path_factory):
     (["--prompt", ""], ["prompt is empty"]),
     (["--threshold", "0"], ["threshold", "(0, 1]"]),
     (["--threshold", "1.5"], ["threshold", "1.5"]),
-    (["--max-width", "0"], ["max_width", ">= 1"]),
-    (["--max-steps", "0"], ["max_steps", ">= 1"]),
+    (["--max-width", "0"], ["--max-width", ">= 1"]),
+    (["--max-steps", "0"], ["--max-steps", ">= 1"]),
     (["--model", "/nonexistent"], ["--model", "/nonexistent"]),
     (["--prompt-file", "/nonexistent.txt"], ["/nonexistent.txt", "No such file"]),
 ], ids=["empty-prompt", "threshold-0", "threshold-1.5", "width-0", "steps-0", "model", "prompt-file"])

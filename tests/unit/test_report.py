@@ -239,8 +239,8 @@ def test_findings_html_embeds_figures_and_tests(tmp_path, driver):
 
     res = tmp_path / "results"
     res.mkdir()
-    assert main(["research", "report", "--results", str(res), "--html"]) == 0
-    assert (res / "FINDINGS.html").exists()
+    assert main(["research", "report", "--results", str(res), "--html"]) == 2  # no results: refused
+    assert list(res.iterdir()) == []
     (res / "rqX").mkdir()
     fig = plt.figure(figsize=(2, 1))
     plt.plot([0, 1], [1, 0])
