@@ -1,4 +1,4 @@
-"""Command line: ``tempo-jax generate | forward | convert | sweep | explain``."""
+"""Command line: ``tempo-jax COMMAND``, one function per command; ``main`` is the entry point."""
 
 from __future__ import annotations
 
@@ -78,6 +78,16 @@ def _cmd_convert(args) -> int:
     print(f"converted {args.src} -> {out}")
     return 0
 
+
+DESCRIPTION = """\
+TEMPO (Threshold-Enabled Multipath Parallel Output) generation in JAX, built as an instrument for
+mechanistic interpretability: every token above a probability threshold is kept and written into
+one sequence state at a shared RoPE position.
+
+commands: generate (the main job), forward (one forward pass), explain (one step of a saved run),
+report (a run as HTML), search (MCTS over TEMPO sets), sweep (a grid of runs as one program),
+research (pre-registered experiments and FINDINGS.md), convert (an HF folder or GGUF file).
+Run tempo-jax COMMAND --help for the options of a command, with their defaults."""
 
 GENERATE_EXAMPLES = """examples:
   tempo-jax generate --prompt "The cat sat on the"
@@ -188,7 +198,7 @@ def _cmd_generate(args) -> int:
             if args.html:
                 from tempo_jax.report import write_run_report
 
-                page = write_run_report(tmp, stem=stem, decode=decode, eos_ids=eos)
+                page = write_run_report(tmp, stem=stem, decode=decode, eos_ids=eos, name=out.name)
                 print(f"report: {out / Path(page).name}\n")
     return 0
 
@@ -333,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tempo_jax.engine.rules import (CombineRule, Compat, EosRule, Method, PositionVariant,
                                         PruneRule, PruneTiming, Schedule, SiblingRule)
 
-    p = argparse.ArgumentParser(prog="tempo-jax", description=__doc__)
+    p = argparse.ArgumentParser(prog="tempo-jax", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "default (SmolLM2-135M-Instruct), a converted folder, an HF folder or a .gguf"
 

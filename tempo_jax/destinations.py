@@ -3,7 +3,8 @@ moved into place at the end; nothing is deleted that tempo-jax did not write.
 
 Two kinds of folder are replaced by a later command:
 - a run folder (``generate --out``): it holds ``run.json``, the manifest of what the run wrote; a new
-  run replaces exactly those entries and leaves any other file in the folder alone;
+  run replaces those entries and the run-shaped names beside them (``trace_NNN.*``, ``capture*/``,
+  e.g. a page ``report`` added) and leaves any other file in the folder alone;
 - a converted model (``convert``): it holds ``tempo-jax-model.json``; ``convert --force`` replaces it
   whole, and refuses any other non-empty folder.
 A folder from before these markers is recognised by its contents (trace files only; or
@@ -47,6 +48,45 @@ def check_folder_destination(path, what: str) -> Path:
     return path
 
 
+def check_file_destination(path, what: str) -> Path:
+    """``path`` as a file to write: refused in one line if it is a folder or no file can be made
+    there (a file where a parent folder should be, or an unwritable parent). Makes nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give the file to write")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: {parent} is a file, so no folder can be made there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {parent} is not writable")
+    return path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader
+    (or an interrupted command) never sees half a file."""
+    path = Path(path)
+    path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.absolute().parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _temporary_sibling(dest: Path) -> Path:
     """A new, empty folder beside ``dest`` (hidden, ending in ``.partial``), made with mkdtemp so it
     never collides with, or deletes, anything there."""
@@ -55,9 +95,7 @@ def _temporary_sibling(dest: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.absolute().parent))
     except OSError as e:
         raise UsageError(f"{dest}: cannot write there ({e.strerror or e}: {e.filename or dest.parent})") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result gets a normal folder's mode
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result gets a normal folder's mode
     return tmp
 
 
@@ -96,7 +134,8 @@ def previous_run_entries(dest: Path) -> set[str] | None:
             listed = set(json.loads(manifest.read_text())["entries"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return listed & names | {RUN_MANIFEST}
+        # `report RUN` adds trace_NNN.html after the run: every run-shaped name is the run's too
+        return (listed | {n for n in names if _RUN_ENTRY.fullmatch(n)}) & names | {RUN_MANIFEST}
     if all(_RUN_ENTRY.fullmatch(n) for n in names):
         return names
     return None

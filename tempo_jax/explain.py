@@ -475,6 +475,10 @@ def main(args) -> int:
         raise UsageError("--layer-groups and --top must be >= 1")
     if args.no_replay and args.force is not None:
         raise UsageError("--force regenerates with the model; it cannot be combined with --no-replay")
+    if args.json:
+        from tempo_jax.destinations import check_file_destination
+
+        check_file_destination(args.json, "--json")
     trace = load_run(args.run, args.stem)
     check_step(trace, args.step)
     if args.force is not None or not args.no_replay:
@@ -514,5 +518,7 @@ def main(args) -> int:
     if args.json:
         from tempo_jax.trace import _strict
 
-        Path(args.json).write_text(json.dumps(_strict(out), indent=1, allow_nan=False))
+        from tempo_jax.destinations import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(_strict(out), indent=1, allow_nan=False))
     return 0

@@ -53,7 +53,6 @@ def main(args) -> int:
     if str(root) not in sys.path:  # the experiments package lives beside tempo_jax in the repository
         sys.path.insert(0, str(root))
     from experiments.research import harness
-    from tempo_jax.errors import UsageError
 
     if args.research_command == "list":
         for exp_id, mod in sorted(harness.registry().items()):
@@ -63,8 +62,10 @@ def main(args) -> int:
     if args.research_command == "report":
         res = Path(args.results) if args.results else harness.RESULTS
         _check_results(res)
-        if args.html_out and Path(args.html_out).is_dir():
-            raise UsageError(f"--html-out {args.html_out}: a folder; give the HTML file to write")
+        if args.html or args.html_out:
+            from tempo_jax.destinations import check_file_destination
+
+            check_file_destination(args.html_out or HTML_OUT, "--html-out")
         path = harness.write_findings(res) if args.results is None else harness.write_findings(res, res / "FINDINGS.md")
         print(f"wrote {path}")
         if args.html or args.html_out:

@@ -36,6 +36,10 @@ def main(args) -> int:
     for run in args.runs:
         if not (Path(run) / f"{args.stem}.json").exists():
             raise UsageError(f"{run}: no {args.stem}.json (write one with `tempo-jax generate --out {run}`)")
+    if args.out:
+        from tempo_jax.destinations import check_file_destination
+
+        check_file_destination(args.out, "--out")
     from tempo_jax.report import write_compare_report, write_run_report
 
     if len(args.runs) == 2:

@@ -185,6 +185,7 @@ def write_findings_html(findings_md, results_dir, out=None) -> Path:
         sections.append({"html": main, "details": details and heading_ids(details, used, headings)})
     page = _env().get_template("findings.html.j2").render(
         title="tempo-jax research findings", sections=sections, toc=toc(headings), css=_static("report.css"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    from tempo_jax.destinations import write_text_atomic
+
+    write_text_atomic(out, page)
     return out

@@ -255,12 +255,16 @@ def render_run(data: dict, blocks: list[dict], title: str | None = None) -> str:
 
 
 def write_run_report(run_dir, out=None, stem: str = "trace_000", decode: Decode | None = None,
-                     eos_ids: Sequence[int] = (), max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
-    """Write the one-file HTML report of ``run_dir/<stem>.*`` (default ``run_dir/<stem>.html``)."""
+                     eos_ids: Sequence[int] = (), max_bytes: int = DEFAULT_MAX_BYTES,
+                     name: str | None = None) -> Path:
+    """Write the one-file HTML report of ``run_dir/<stem>.*`` (default ``run_dir/<stem>.html``);
+    ``name`` is the run's folder name in the page title (default ``run_dir``'s own: ``generate``
+    passes the final name while it writes into a temporary folder)."""
     data, blocks = run_data(run_dir, stem, decode, eos_ids, max_bytes)
     out = Path(out) if out else Path(run_dir) / f"{stem}.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_run(data, blocks, f"tempo-jax run {Path(run_dir).name}/{stem}"))
+    from tempo_jax.destinations import write_text_atomic
+
+    write_text_atomic(out, render_run(data, blocks, f"tempo-jax run {name or Path(run_dir).name}/{stem}"))
     return out
 
 
@@ -278,6 +282,7 @@ def write_compare_report(run_a, run_b, out, stem_a: str = "trace_000", stem_b: s
         title=f"tempo-jax compare {da['label']} vs {db['label']}", a=da, b=db, diff=diff,
         css=_static("report.css"), js=_static("compare.js"))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html)
+    from tempo_jax.destinations import write_text_atomic
+
+    write_text_atomic(out, html)
     return out

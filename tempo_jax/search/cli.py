@@ -44,6 +44,10 @@ def main(args) -> int:
         cfg.validate()
     if args.contains is not None and not args.contains:
         raise UsageError("--contains needs a non-empty text")
+    if args.out:
+        from tempo_jax.destinations import check_folder_destination
+
+        check_folder_destination(args.out, "--out")
     m = _load(args.model)
     ids = m.tokenizer(args.prompt).input_ids
     check = None
@@ -56,15 +60,16 @@ def main(args) -> int:
           f"{res.completion_tokens}, prompt {res.prompt_tokens}; {res.iterations} iterations, "
           f"{len(res.nodes)} nodes; first {res.path_len} tokens from the tree")
     if args.out:
+        from tempo_jax.destinations import write_text_atomic
+
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         nodes = [dict(token=n.token, text=m.tokenizer.decode([n.token]) if n.token >= 0 else "",
                       parent=n.parent, depth=n.depth, prior=n.prior, visits=n.visits,
                       value=None if n.visits == 0 else n.value, children=n.children) for n in res.nodes]
         doc = dict(model=m.source, prompt=args.prompt, prompt_ids=list(ids), config=vars(cfg),
                    tokens=res.tokens, path_len=res.path_len, forward_tokens=res.forward_tokens,
                    completion_tokens=res.completion_tokens, iterations=res.iterations, nodes=nodes)
-        (out / "search.json").write_text(json.dumps(doc, indent=1))
+        write_text_atomic(out / "search.json", json.dumps(doc, indent=1))
         print(f"wrote {out / 'search.json'}")
     return 0
 

@@ -219,6 +219,9 @@ def main(spec_path, out, model: str | None = None, coordinator: str | None = Non
          num_processes: int = 1, process_id: int = 0, progress: bool = True):
     """Entry point (CLI ``tempo-jax sweep``): parse the spec, start the distributed runtime when
     ``num_processes > 1`` (CPU: gloo collectives), run."""
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise ValueError(f"--num-processes must be >= 1 and --process-id in 0..num_processes-1, got "
+                         f"{num_processes} and {process_id}")
     spec = SweepSpec.from_yaml(spec_path)
     if model is not None:
         spec = dataclasses.replace(spec, model=model)

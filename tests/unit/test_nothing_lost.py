@@ -257,6 +257,8 @@ def test_ctrl_c_during_html_run_keeps_the_previous_run_intact(work, tmp_path):
             "--out", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--html writes up to" in r.stderr  # the capture's size is printed before the run
+    page = (out / "trace_000.html").read_text()
+    assert "tempo-jax run run/trace_000" in page and ".partial" not in page  # named as it ends up
     before = snapshot(tmp_path)
     assert {"capture", "trace_000.html", "run.json"} <= set(before) | {p.name for p in out.iterdir()}
     rc, _, err = interrupt(["generate", "--model", work / "tiny", "--prompt", "w7 w8", "--method",
