@@ -166,7 +166,7 @@ def _cmd_generate(args) -> int:
                     if args.method == "beam":
                         _check_beam(m.cfg, ids, args.max_steps)
                     else:
-                        _as_options(lambda: check_request(m.cfg, gcfg, ids))
+                        _as_options(lambda ids=ids: check_request(m.cfg, gcfg, ids))
                 except ValueError as e:
                     raise ValueError(where + str(e)) from None
             all_ids.append(ids)

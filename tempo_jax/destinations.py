@@ -164,8 +164,8 @@ def staged_run(dest, command: str = "") -> Iterator[Path]:
     try:
         yield tmp
         old = previous_run_entries(dest)
-        if old is None:  # something appeared in dest while the run ran
-            check_run_destination(dest)
+        if old is None:  # other files appeared in dest while the run ran: they are kept
+            old = {p.name for p in dest.iterdir() if _RUN_ENTRY.fullmatch(p.name)}
         new = sorted(p.name for p in tmp.iterdir())
         (tmp / RUN_MANIFEST).write_text(json.dumps(
             {"written_by": "tempo-jax generate", "command": command, "entries": new}, indent=1) + "\n")

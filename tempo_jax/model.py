@@ -320,7 +320,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         # one layer body per layer, reading each layer's own weight buffers (see unstack_layers)
         carry, outs = (x, cache.k, cache.v), []
         for li, lp in enumerate(params["layers"]):
-            lmask, liv = jax.tree_util.tree_map(lambda a: a[li], (layer_masks, per_layer_iv))
+            lmask, liv = jax.tree_util.tree_map(lambda a, li=li: a[li], (layer_masks, per_layer_iv))
             carry, o = layer(carry, (lp, li, lmask, liv))
             outs.append(o)
         (x, ck, cv) = carry

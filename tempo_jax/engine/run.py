@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

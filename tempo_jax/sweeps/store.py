@@ -10,8 +10,8 @@ Layout of an output directory::
 
 Per-world arrays (S steps, W members): tokens/probs/valid/positions/pruned_at/prune_score [S,W],
 tau/entropy/set_n [S], n_steps/n_written []; per-step attention records [S,L,H]: sink,
-attn_entropy, leakage, par_per_token, nonpar_per_token (NaN for steps not run). ``pruned_at`` is the step at which a member was pruned
-(-1: never or never in the cache); ``prune_score`` NaN when never scored.
+attn_entropy, leakage, par_per_token, nonpar_per_token (NaN for steps not run). ``pruned_at`` is
+the step at which a member was pruned (-1: never or never in the cache); ``prune_score`` NaN when never scored.
 """
 
 from __future__ import annotations

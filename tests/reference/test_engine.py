@@ -302,8 +302,12 @@ def test_device_driver_equals_host_and_vmap_equals_one_by_one():
     g = GenerationConfig(max_steps=6, threshold=0.05, max_width=5, prune=True, prune_window=1)
     host, _ = run(g)
     dev, _ = run(g, driver="device")
-    for k in ("tokens", "probs", "pruned_at", "slots"):
-        np.testing.assert_allclose(host.arrays[k], dev.arrays[k], atol=1e-6)
+    for k in ("tokens", "pruned_at", "slots"):  # discrete: exactly equal
+        np.testing.assert_array_equal(host.arrays[k], dev.arrays[k], err_msg=k)
+    # probabilities: float32 reduction order differs (the host driver feeds 1-4 query rows per step,
+    # the device driver W = 5; below, vmapped vs one world): on jax 0.10.2 one probability moved by
+    # 1.1e-6 (1.9e-6 relative), so 1e-5 relative: reduction-order noise, far below any real change
+    np.testing.assert_allclose(host.arrays["probs"], dev.arrays["probs"], rtol=1e-5, atol=1e-6)
     taus = [0.05, 0.1, 0.3]
     prompts = [PROMPT, [7, 8, 9], [30, 31, 32, 33, 34, 35]]
     singles = [run(dataclasses.replace(g, threshold=t), prompt=p, driver="device")[0]
@@ -318,7 +322,8 @@ def test_device_driver_equals_host_and_vmap_equals_one_by_one():
     for b, single in enumerate(singles):
         n = single.n_steps
         np.testing.assert_array_equal(np.asarray(out.tokens[b])[:n], single.arrays["tokens"])
-        np.testing.assert_allclose(np.asarray(out.probs[b])[:n], single.arrays["probs"], atol=1e-6)
+        # a vmapped program batches its products (another float32 reduction order): same tolerance
+        np.testing.assert_allclose(np.asarray(out.probs[b])[:n], single.arrays["probs"], rtol=1e-5, atol=1e-6)
 
 
 def test_eos_rules():

@@ -138,8 +138,8 @@ def test_adaptive_entropy_threshold_isolates_only_high_entropy_steps(tmp_path):
 
 def test_bad_values_refused_in_one_line():
     _, cfg, params = tiny(0)
-    for kw, msg in (({"isolate_above": -0.5}, "isolate_above must be >= 0 nats"),
-                    ({"isolate_above": float("nan")}, "isolate_above must be >= 0 nats"),
+    for kw, msg in (({"isolate_above": -0.5}, "isolate_above must be >= 0 \(nats\)"),
+                    ({"isolate_above": float("nan")}, "isolate_above must be >= 0 \(nats\)"),
                     ({"isolate_size_above": 0}, "isolate_size_above must be >= 1"),
                     ({"siblings": "backward"}, "unknown sibling rule 'backward'; allowed: isolated, "
                                                "visible, full, reverse")):

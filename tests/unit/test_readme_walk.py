@@ -25,6 +25,9 @@ SKIP = [
     (r"^python benchmarks/|^bash benchmarks/", "benchmarks take minutes each (README gives their figures)"),
     (r"research run rq1\.1\s*$", "a full experiment on the test split takes minutes"),
     (r"ablate_each_head", "about 20 minutes on 2 cores (README says so and offers small.yaml)"),
+    # two more only to keep CI within its time; each runs in its own tests
+    (r"--layout unstacked", "a one-minute compile; tests/unit/test_cli_and_trace.py runs this command"),
+    (r"research run rq1\.1 --quick", "40 s; tests/unit/test_research_experiments.py runs quick experiments"),
 ]
 # small settings: (pattern, replacement), applied to the commands that run
 SMALL = [

@@ -153,8 +153,8 @@ def test_eos_and_rejections_on_a_random_model():
     (dict(draft_layers=0), "draft_layers must be >= 1"),
     (dict(draft_layers=4), "draft_layers must be in 1..3"),
     (dict(draft_layers=9), "draft_layers must be in 1..3"),
-    (dict(draft_len=0), "draft_len must be in 1..64"),
-    (dict(draft_len=65), "draft_len must be in 1..64"),
+    (dict(draft_len=0), r"draft_len must be in \[1, 64\]"),
+    (dict(draft_len=65), r"draft_len must be in \[1, 64\]"),
     (dict(prune=True), "neither pruning"),
     (dict(compat="upstream"), "neither pruning"),
 ])
@@ -180,7 +180,7 @@ def test_cli_refuses_bad_draft_settings_in_one_line(capsys):
 
     assert main(["generate", "--prompt", "hi", "--method", "speculative", "--draft-len", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["tempo-jax: error: draft_len must be in 1..64, got 0"]
+    assert err == ["tempo-jax: error: --draft-len must be in [1, 64], got 0"]
     assert main(["generate", "--prompt", "hi", "--method", "speculative", "--html"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use --method greedy" in err[0]
