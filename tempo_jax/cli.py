@@ -111,28 +111,15 @@ def _id_list(text: str | None, what: str) -> tuple[int, ...] | None:
 def _cmd_generate(args) -> int:
     prompts = _read_prompts(args, per_line=True)
     from tempo_jax.destinations import check_run_destination, staged_run
-    from tempo_jax.engine import GenerationConfig
     from tempo_jax.engine.run import check_request
 
-    layers = _id_list(args.prune_layers, "--prune-layers")
-    heads = _id_list(args.prune_heads, "--prune-heads")
     if args.method == "speculative" and args.html:
         raise UsageError("--html captures attention at every step, which speculative decoding does "
                          "not stream; use --method greedy (the same tokens)")
     if args.method == "beam" and args.beam_width < 1:
         raise UsageError(f"beam width must be >= 1, got {args.beam_width}")
     with user_input():  # every setting is checked before the model is loaded
-        gcfg = GenerationConfig(
-        max_steps=args.max_steps, max_width=args.max_width, threshold=args.threshold,
-        schedule=args.schedule, threshold_final=args.threshold_final, siblings=args.siblings,
-        isolate_above=args.isolate_above, isolate_size_above=args.isolate_size_above,
-        positions=args.positions, offset_delta=args.offset_delta, combine=args.combine, eos=args.eos,
-        min_steps=args.min_steps, prune=args.prune, prune_window=args.prune_window,
-        prune_timing=args.prune_timing, prune_rule=args.prune_rule, prune_rho=args.prune_rho,
-        prune_theta=args.prune_theta, prune_layers=layers, prune_heads=heads,
-        method=args.method if args.method != "beam" else "greedy", temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, compat=args.compat, seed=args.seed,
-            draft_layers=args.draft_layers, draft_len=args.draft_len)
+        gcfg = generation_config(args)
         _as_options(gcfg.validate)
     out = check_run_destination(args.out)  # before the model is loaded
     if not args.max_capture_mb > 0:
@@ -250,6 +237,56 @@ def _mb(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
+def add_generation_options(parser) -> None:
+    """One option per GenerationConfig field (``--max-steps`` for ``max_steps``), its help, default,
+    choices and range read from the field's declaration; ``--method`` adds ``beam`` (CLI only)."""
+    import dataclasses
+
+    from tempo_jax.engine import GenerationConfig
+
+    for f in dataclasses.fields(GenerationConfig):
+        flag, md = "--" + f.name.replace("_", "-"), f.metadata
+        rng = md.get("range")
+        bounds = f"; {rng.text()}" if rng is not None and (rng.lo is not None or rng.hi is not None) else ""
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=md["help"])
+        elif f.type.startswith("tuple"):  # parsed after argparse, so a bad list is one error line
+            parser.add_argument(flag, default=None, metavar="A,B,...", help=md["help"])
+        else:
+            kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+            choices = md["choices"].names() + (["beam"] if f.name == "method" else []) \
+                if "choices" in md else None
+            extra = ", beam search (--beam-width, --length-penalty)" if f.name == "method" else ""
+            parser.add_argument(flag, type=kind, default=f.default, choices=choices,
+                                help=md["help"] + extra + bounds)
+
+
+def generation_config(args):
+    """The GenerationConfig of parsed ``generate`` options (every field, by name); ``--method
+    beam`` runs beam search outside the engine, so the config says greedy."""
+    import dataclasses
+
+    from tempo_jax.engine import GenerationConfig
+
+    kw = {}
+    for f in dataclasses.fields(GenerationConfig):
+        value = getattr(args, f.name)
+        if f.type.startswith("tuple") and value is not None:
+            flag = "--" + f.name.replace("_", "-")
+            value = _float_list(value, flag) if "float" in f.type else _id_list(value, flag)
+        kw[f.name] = value
+    if kw["method"] == "beam":
+        kw["method"] = "greedy"
+    return GenerationConfig(**kw)
+
+
+def _float_list(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
 def _as_options(check) -> None:
     """Run ``check``; a ValueError that names a GenerationConfig field names its option instead
     ("--threshold-final must be in (0, 1], got 2.0")."""
@@ -340,9 +377,6 @@ def _cmd_sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tempo_jax.engine.rules import (CombineRule, Compat, EosRule, Method, PositionVariant,
-                                        PruneRule, PruneTiming, Schedule, SiblingRule)
-
     p = argparse.ArgumentParser(prog="tempo-jax", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -360,61 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights as loaded (short compiles) or unstacked per layer (model."
                         "unstack_layers: steps about 1.3x faster on CPU, compiles about 5x longer; "
                         "for long runs and many prompts); same tokens, float rounding aside")
-    g.add_argument("--threshold", type=float, default=0.1,
-                   help="tau_0, in (0, 1]: keep every token with p >= tau")
-    g.add_argument("--schedule", default="constant", choices=Schedule.names(),
-                   help="how tau moves from --threshold to --threshold-final over the steps")
-    g.add_argument("--threshold-final", type=float, default=None,
-                   help="tau at the last step (scheduled runs; unset: tau_0)")
-    g.add_argument("--max-steps", type=int, default=32, help="logical steps (candidate sets), >= 1")
-    g.add_argument("--max-width", type=int, default=8, help="W: most members per set, >= 1")
-    g.add_argument("--siblings", default="isolated", choices=SiblingRule.names(),
-                   help="which same-step siblings a member attends to")
-    g.add_argument("--isolate-above", type=float, default=None,
-                   help="adaptive isolation: a step whose distribution has entropy above this "
-                        "(nats) isolates its siblings (unset: never)")
-    g.add_argument("--isolate-size-above", type=int, default=None,
-                   help="adaptive isolation: a set with more members than this is isolated (unset: never)")
-    g.add_argument("--positions", default="shared", choices=PositionVariant.names(),
-                   help="logical (RoPE) positions of a set's members")
-    g.add_argument("--offset-delta", type=float, default=0.001,
-                   help="offset positions: member i at P + i*delta")
-    g.add_argument("--combine", default="mixture", choices=CombineRule.names(),
-                   help="how the members' next-token distributions are combined")
-    g.add_argument("--eos", default="top", choices=EosRule.names(),
-                   help="stop when EOS is the top member, any member, or all members")
-    g.add_argument("--min-steps", type=int, default=0, help="steps before EOS may stop the run")
-    g.add_argument("--prune", action="store_true", help="retroactive pruning on")
-    g.add_argument("--prune-window", type=int, default=2,
-                   help="steps of later attention a member is scored on before it is judged")
-    g.add_argument("--prune-timing", default="window", choices=PruneTiming.names(),
-                   help="judge once the window is full, or at every step while it is open")
-    g.add_argument("--prune-rule", default="relative", choices=PruneRule.names(),
-                   help="how a member's attention score is turned into keep or prune")
-    g.add_argument("--prune-rho", type=float, default=0.5,
-                   help="relative rule: prune below rho x the set's mean score")
-    g.add_argument("--prune-theta", type=float, default=0.01,
-                   help="absolute/sigmoid rule: score threshold")
-    g.add_argument("--prune-layers", default=None,
-                   help="comma-separated layers whose attention scores members (unset: all)")
-    g.add_argument("--prune-heads", default=None,
-                   help="comma-separated heads whose attention scores members (unset: all)")
-    g.add_argument("--method", default="tempo", choices=Method.names() + ["beam"],
-                   help="TEMPO, or a baseline: greedy, sampling, speculative (greedy's tokens, "
-                        "drafted by the first layers), beam search")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
-    g.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most probable (0: off)")
-    g.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass, in (0, 1]")
-    g.add_argument("--draft-layers", type=int, default=None,
-                   help="speculative: the draft is the model's first k layers (unset: half)")
-    g.add_argument("--draft-len", type=int, default=4,
-                   help="speculative: tokens the draft proposes per full-model forward, 1..64")
-    g.add_argument("--beam-width", type=int, default=4, help="beam search: beams kept")
+    add_generation_options(g)
+    g.add_argument("--beam-width", type=int, default=4, help="beam search (--method beam): beams kept")
     g.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam search: rank by score / length**penalty")
-    g.add_argument("--compat", default="none", choices=Compat.names(),
-                   help="upstream: replicate the original PyTorch implementation's feed sequence")
-    g.add_argument("--seed", type=int, default=0, help="PRNG seed (sampling; recorded in the trace)")
     g.add_argument("--out", default="runs/latest", help="output directory for trace files")
     g.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
     g.add_argument("--html", action="store_true",

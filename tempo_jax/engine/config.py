@@ -7,6 +7,7 @@ PRNG key, interventions), so sweeps over the inputs never recompile.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Sequence
 
 import jax
@@ -25,6 +26,10 @@ MAX_DRAFT_LEN = 64
 # (run.generate sends speculative configs to tempo_jax.engine.speculative; the on-device step and
 # sweeps, which take the step itself, decode them greedily: the same tokens)
 _SAME_TOKENS = {Method.SPECULATIVE: Method.GREEDY}
+# how an unknown choice is named in its error ("unknown sibling rule 'x'; allowed: ...")
+_CHOICE_WORDS = {"siblings": "sibling rule", "positions": "positions variant", "combine": "combining rule",
+                 "eos": "EOS rule", "prune_rule": "prune rule", "prune_timing": "prune timing",
+                 "compat": "compat mode", "schedule": "threshold schedule"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,68 +69,87 @@ class Range:
             raise ValueError(f"{name} must be {self.text()}, got {value!r}")
 
 
-def _bounded(default, lo=None, hi=None, *, lo_open=False, hi_open=False, what=""):
-    """A dataclass field whose values :meth:`GenerationConfig.validate` checks against a Range."""
-    return dataclasses.field(default=default, metadata={
-        "range": Range(lo, hi, lo_open, hi_open, what)})
+def _option(default, help: str, *, lo=None, hi=None, lo_open=False, hi_open=False, what="",
+            choices: type[enum.StrEnum] | None = None):
+    """A GenerationConfig field with what the command line and :meth:`GenerationConfig.validate`
+    read from it: its help text, its choices (an enum of ``rules``) and, for a number, its Range
+    (every numeric field has one; unbounded ones still refuse NaN and infinities)."""
+    meta: dict = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    elif lo is not None or hi is not None or (isinstance(default, (int, float))
+                                              and not isinstance(default, bool)):
+        meta["range"] = Range(lo, hi, lo_open, hi_open, what)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     """Every knob of a generation run. Words follow ``semantics.md``."""
 
-    max_steps: int = _bounded(32, 1, what="logical steps")
-    max_width: int = _bounded(8, 1, what="members per set")
-    threshold: float = _bounded(0.1, 0.0, 1.0, lo_open=True)
-    schedule: str = "constant"
-    threshold_final: float | None = _bounded(None, 0.0, 1.0, lo_open=True)  # None: threshold
-    schedule_k: float = _bounded(3.0)  # exponential steepness (any finite value; 0 is linear)
-    bezier_p1: float = _bounded(0.25, 0.0, 1.0)
-    bezier_p2: float = _bounded(0.75, 0.0, 1.0)
-    relu_a: float = _bounded(0.5, 0.0, 1.0, hi_open=True)
-    siblings: str = "isolated"
-    # adaptive: isolate a step whose d_s entropy (nats) is above (None: never)
-    isolate_above: float | None = _bounded(None, 0.0, what="nats")
-    # adaptive: isolate a step with more members than this (None: never)
-    isolate_size_above: int | None = _bounded(None, 1, what="members")
-    positions: str = "shared"
-    offset_delta: float = _bounded(0.001, 0.0, what="positions")
-    combine: str = "mixture"
-    eos: str = "top"
-    min_steps: int = _bounded(0, 0, what="steps")
-    prune: bool = False
-    prune_window: int = _bounded(2, 1, what="steps")
-    prune_timing: str = "window"
-    prune_rule: str = "relative"
-    prune_rho: float = _bounded(0.5, 0.0, 1.0)
-    prune_theta: float = _bounded(0.01, 0.0, 1.0)
-    prune_k: float = _bounded(100.0, 0.0, lo_open=True)
-    prune_layers: tuple[int, ...] | None = None  # None: every layer
-    prune_layer_weights: tuple[float, ...] | None = None  # one per chosen layer
-    prune_heads: tuple[int, ...] | None = None  # None: every head
-    method: str = "tempo"
-    temperature: float = _bounded(1.0, 0.0, lo_open=True)
-    top_k: int = _bounded(0, 0, what="0 = off")
-    top_p: float = _bounded(1.0, 0.0, 1.0, lo_open=True)
-    compat: str = "none"
-    # speculative: draft = first k layers (None: half, rounded down)
-    draft_layers: int | None = _bounded(None, 1, what="layers")
-    draft_len: int = _bounded(4, 1, MAX_DRAFT_LEN)  # speculative: tokens the draft proposes per round
-    seed: int = 0
-    capacity: int | None = _bounded(None, 1, what="slots")  # None: prompt bucket + max_steps * max_width
-    prompt_bucket: int = _bounded(32, 1, what="tokens")
+    max_steps: int = _option(32, "logical steps (candidate sets)", lo=1, what="steps")
+    max_width: int = _option(8, "W: most members per set", lo=1, what="members per set")
+    threshold: float = _option(0.1, "tau_0: keep every token with p >= tau", lo=0.0, hi=1.0, lo_open=True)
+    schedule: str = _option("constant", "how tau moves from --threshold to --threshold-final over the "
+                                         "steps", choices=Schedule)
+    threshold_final: float | None = _option(None, "tau at the last step (scheduled runs; unset: tau_0)",
+                                            lo=0.0, hi=1.0, lo_open=True)
+    schedule_k: float = _option(3.0, "exponential schedule: steepness (0 is linear)")
+    bezier_p1: float = _option(0.25, "bezier schedule: first control point", lo=0.0, hi=1.0)
+    bezier_p2: float = _option(0.75, "bezier schedule: second control point", lo=0.0, hi=1.0)
+    relu_a: float = _option(0.5, "relu schedule: share of the steps before tau starts to move",
+                            lo=0.0, hi=1.0, hi_open=True)
+    siblings: str = _option("isolated", "which same-step siblings a member attends to", choices=SiblingRule)
+    isolate_above: float | None = _option(
+        None, "adaptive isolation: a step whose distribution has entropy above this (nats) isolates "
+              "its siblings (unset: never)", lo=0.0, what="nats")
+    isolate_size_above: int | None = _option(
+        None, "adaptive isolation: a set with more members than this is isolated (unset: never)",
+        lo=1, what="members")
+    positions: str = _option("shared", "logical (RoPE) positions of a set's members", choices=PositionVariant)
+    offset_delta: float = _option(0.001, "offset positions: member i at P + i*delta", lo=0.0, what="positions")
+    combine: str = _option("mixture", "how the members' next-token distributions are combined",
+                           choices=CombineRule)
+    eos: str = _option("top", "stop when EOS is the top member, any member, or all members", choices=EosRule)
+    min_steps: int = _option(0, "steps before EOS may stop the run", lo=0, what="steps")
+    prune: bool = _option(False, "retroactive pruning on")
+    prune_window: int = _option(2, "steps of later attention a member is scored on before it is judged",
+                                lo=1, what="steps")
+    prune_timing: str = _option("window", "judge once the window is full, or at every step while it is "
+                                          "open", choices=PruneTiming)
+    prune_rule: str = _option("relative", "how a member's attention score is turned into keep or prune",
+                              choices=PruneRule)
+    prune_rho: float = _option(0.5, "relative rule: prune below rho x the set's mean score", lo=0.0, hi=1.0)
+    prune_theta: float = _option(0.01, "absolute/sigmoid rule: score threshold", lo=0.0, hi=1.0)
+    prune_k: float = _option(100.0, "sigmoid rule: steepness", lo=0.0, lo_open=True)
+    prune_layers: tuple[int, ...] | None = _option(
+        None, "comma-separated layers whose attention scores members (unset: all)")
+    prune_layer_weights: tuple[float, ...] | None = _option(
+        None, "comma-separated weights, one per chosen layer (unset: equal)")
+    prune_heads: tuple[int, ...] | None = _option(
+        None, "comma-separated heads whose attention scores members (unset: all)")
+    method: str = _option("tempo", "TEMPO, or a baseline: greedy, sampling, speculative (greedy's tokens, "
+                                   "drafted by the first layers)", choices=Method)
+    temperature: float = _option(1.0, "sampling temperature", lo=0.0, lo_open=True)
+    top_k: int = _option(0, "sampling: keep the k most probable (0: off)", lo=0, what="0 = off")
+    top_p: float = _option(1.0, "sampling: nucleus mass", lo=0.0, hi=1.0, lo_open=True)
+    compat: str = _option("none", "upstream: replicate the original PyTorch implementation's feed sequence",
+                          choices=Compat)
+    draft_layers: int | None = _option(None, "speculative: the draft is the model's first k layers "
+                                             "(unset: half)", lo=1, what="layers")
+    draft_len: int = _option(4, "speculative: tokens the draft proposes per full-model forward",
+                             lo=1, hi=MAX_DRAFT_LEN)
+    seed: int = _option(0, "PRNG seed (sampling; recorded in the trace)")
+    capacity: int | None = _option(None, "KV-cache slots (unset: prompt bucket + max steps x max width)",
+                                   lo=1, what="slots")
+    prompt_bucket: int = _option(32, "prompts are padded to a multiple of this (fewer compiles)",
+                                 lo=1, what="tokens")
 
     def validate(self, model: ModelConfig | None = None) -> None:
         """Raise ValueError with a clear message for any bad setting (before any compute)."""
-        SiblingRule.check(self.siblings, "sibling rule")
-        PositionVariant.check(self.positions, "positions variant")
-        CombineRule.check(self.combine, "combining rule")
-        EosRule.check(self.eos, "EOS rule")
-        PruneRule.check(self.prune_rule, "prune rule")
-        PruneTiming.check(self.prune_timing, "prune timing")
-        Method.check(self.method, "method")
-        Compat.check(self.compat, "compat mode")
-        Schedule.check(self.schedule, "threshold schedule")
+        for f in dataclasses.fields(self):
+            if "choices" in f.metadata:
+                f.metadata["choices"].check(getattr(self, f.name), _CHOICE_WORDS.get(f.name, f.name))
         if self.compat == Compat.UPSTREAM and self.prune:
             raise ValueError("pruning does not apply in compat mode 'upstream' (its siblings never "
                              "enter the cache); drop --prune or use compat 'none'")

@@ -206,3 +206,33 @@ def test_research_command_refuses_an_empty_prompt_file(tmp_path):
     r = _run([sys.executable, "-m", "tempo_jax.cli", "research", "run", "rq1.1", "--prompt-file",
               str(empty)], timeout=120)
     assert_user_error(r, "no usable prompt")
+
+
+def test_generate_options_and_generation_config_agree_field_for_field():
+    """Every GenerationConfig field is a `generate` option with the field's default, and the
+    options parse back into the same config; a range declared on a field shows in its help."""
+    import dataclasses
+
+    from tempo_jax.cli import build_parser, generation_config
+    from tempo_jax.engine import GenerationConfig
+
+    parser = build_parser()
+    gen = next(a for a in parser._actions if isinstance(a.choices, dict)).choices["generate"]
+    options = {a.dest: a for a in gen._actions}
+    fields = dataclasses.fields(GenerationConfig)
+    for f in fields:
+        assert f.name in options, f"GenerationConfig.{f.name} has no --{f.name.replace('_', '-')}"
+        assert options[f.name].option_strings == ["--" + f.name.replace("_", "-")]
+        assert options[f.name].help.startswith(f.metadata["help"]), f.name
+        if not f.type.startswith("tuple"):
+            assert options[f.name].default == f.default, f.name
+    assert "in (0, 1]" in options["threshold"].help and "[0, 1]" in options["prune_rho"].help
+    assert generation_config(parser.parse_args(["generate", "--prompt", "x"])) == GenerationConfig()
+    args = parser.parse_args(["generate", "--prompt", "x", "--prune-layers", "1,3", "--prune",
+                              "--prune-layer-weights", "0.5,2", "--schedule-k", "-2", "--method", "beam"])
+    g = generation_config(args)
+    assert (g.prune_layers, g.prune_layer_weights, g.schedule_k, g.method, g.prune) == \
+        ((1, 3), (0.5, 2.0), -2.0, "greedy", True)
+    cli_only = {"prompt", "prompt_file", "model", "dtype", "layout", "beam_width", "length_penalty", "out",
+                "no_colour", "html", "max_capture_mb", "help", "func"}
+    assert set(options) - {f.name for f in fields} <= cli_only
