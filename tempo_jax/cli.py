@@ -6,19 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tempo_jax.cli_help import HelpFormatter
 from tempo_jax.errors import UsageError, on_interrupt, run_entry, user_input
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples epilog as written and appends ``(default: X)`` to every option whose
-    default is a value (not None or an off switch)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if ("%(default)" in text or not action.option_strings or action.default is None
-                or action.default is False or action.default is argparse.SUPPRESS):
-            return text
-        return f"{text} (default: %(default)s)"
 
 
 def _read_prompts(args, per_line: bool) -> list[str]:
@@ -39,22 +28,6 @@ def _read_prompts(args, per_line: bool) -> list[str]:
     if not prompts:
         raise UsageError(f"prompt file {args.prompt_file} holds no prompt (only blank lines)")
     return prompts
-
-
-def _load(spec, dtype: str = "float32"):
-    """The model (parameters, hence the KV cache, in ``dtype``), with a bad --model (missing path,
-    unreadable or unsupported checkpoint) refused as a user error."""
-    if spec not in (None, "default") and not Path(spec).exists():
-        raise UsageError(f"--model {spec}: no such file or folder")
-    import jax.numpy as jnp
-
-    from tempo_jax.loading import load_model
-
-    with user_input():
-        m = load_model(spec, dtype=jnp.dtype(dtype))
-    if m.tokenizer is None:
-        raise UsageError(f"model {m.source} has no tokenizer; convert it from a folder with tokenizer files")
-    return m
 
 
 def _cmd_convert(args) -> int:
@@ -137,7 +110,9 @@ def _cmd_generate(args) -> int:
 
     # the temporary folder is made first: an unwritable --out is refused before the model loads
     with on_interrupt(interrupted), staged_run(out, " ".join(sys.argv[1:])) as tmp:
-        m = _load(args.model, args.dtype)
+        from tempo_jax.loading import load_checked
+
+        m = load_checked(args.model, args.dtype)
         params = m.params
         if args.layout == "unstacked":
             from tempo_jax.model import unstack_layers
@@ -327,7 +302,9 @@ def _cmd_forward(args) -> int:
     prompt = _read_prompts(args, per_line=False)[0]
     if args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
-    m = _load(args.model, args.dtype)
+    from tempo_jax.loading import load_checked
+
+    m = load_checked(args.model, args.dtype)
 
     import jax
     import jax.numpy as jnp
@@ -383,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = "default (SmolLM2-135M-Instruct), a converted folder, an HF folder or a .gguf"
 
     g = sub.add_parser("generate", help="TEMPO generation (the main job)", epilog=GENERATE_EXAMPLES,
-                       formatter_class=_HelpFormatter)
+                       formatter_class=HelpFormatter)
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", help="text file with one prompt per line (blank lines skipped)")
@@ -407,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser("forward", help="one forward pass: next-token top-k and per-layer attention",
-                       formatter_class=_HelpFormatter,
+                       formatter_class=HelpFormatter,
                        epilog='examples:\n  tempo-jax forward --prompt "The cat sat on the"\n'
                               '  tempo-jax forward --prompt-file long_prompt.txt --top-k 5')
     fsrc = f.add_mutually_exclusive_group(required=True)
@@ -420,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_forward)
 
     c = sub.add_parser("convert", help="convert an HF safetensors folder or a GGUF file",
-                       formatter_class=_HelpFormatter,
+                       formatter_class=HelpFormatter,
                        epilog="example: tempo-jax convert ./cogito-v1-preview-llama-3B ./cogito-jax")
     c.add_argument("src", help="Hugging Face model folder (config.json + safetensors) or a .gguf file")
     c.add_argument("out", help="folder to write the converted model to (new or empty)")
@@ -431,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_convert)
 
     w = sub.add_parser("sweep", help="run a sweep spec (YAML) of worlds as one batched program",
-                       formatter_class=_HelpFormatter,
+                       formatter_class=HelpFormatter,
                        epilog="example: tempo-jax sweep experiments/sweeps/ablate_each_head.yaml "
                               "--out runs/ablate_each_head")
     w.add_argument("spec", help="sweep spec (YAML): axes prompts/thresholds/siblings/positions/heads/seeds")

@@ -493,9 +493,9 @@ def main(args) -> int:
     dist = None
     m = None
     if not args.no_replay:
-        from tempo_jax.cli import _load
+        from tempo_jax.loading import load_checked
 
-        m = _load(_model_spec(trace, args.model))
+        m = load_checked(_model_spec(trace, args.model))
         decode = lambda ids: m.tokenizer.decode(list(ids))
         if args.force is not None and force_idx is None:
             force_idx = resolve_member(trace, args.step, args.force, decode)

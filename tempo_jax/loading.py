@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from tempo_jax.config import ModelConfig
+from tempo_jax.errors import UsageError, user_input
 
 
 @dataclasses.dataclass
@@ -43,3 +44,15 @@ def load_model(spec: str | None = None, dtype=jnp.float32, verbose: bool = True)
 
     cfg, params, tok = read_checkpoint(path, progress=verbose)
     return LoadedModel(cfg, jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params), tok, str(path))
+
+
+def load_checked(spec, dtype: str = "float32") -> LoadedModel:
+    """The model (parameters, hence the KV cache, in ``dtype``), with a bad --model (missing path,
+    unreadable or unsupported checkpoint) refused as a user error."""
+    if spec not in (None, "default") and not Path(spec).exists():
+        raise UsageError(f"--model {spec}: no such file or folder")
+    with user_input():
+        m = load_model(spec, dtype=jnp.dtype(dtype))
+    if m.tokenizer is None:
+        raise UsageError(f"model {m.source} has no tokenizer; convert it from a folder with tokenizer files")
+    return m

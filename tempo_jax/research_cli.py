@@ -19,13 +19,13 @@ def _check_results(res) -> None:
 
 
 def add_parser(sub) -> None:
-    from tempo_jax.cli import _HelpFormatter  # each default shown once; none for None or a switch
+    from tempo_jax.cli_help import HelpFormatter  # each default shown once; none for None or a switch
 
     r = sub.add_parser("research", help="run pre-registered research experiments, regenerate FINDINGS.md",
-                       formatter_class=_HelpFormatter)
+                       formatter_class=HelpFormatter)
     rs = r.add_subparsers(dest="research_command", required=True)
     rs.add_parser("list", help="list the experiments and the questions they answer")
-    run = rs.add_parser("run", help="run one experiment", formatter_class=_HelpFormatter)
+    run = rs.add_parser("run", help="run one experiment", formatter_class=HelpFormatter)
     run.add_argument("id", help="experiment id (see `tempo-jax research list`)")
     run.add_argument("--quick", action="store_true", help="a few prompts per genre; writes to runs/research/")
     run.add_argument("--prompt-file", default=None, help="JSONL (corpus schema) or text, one prompt a line")
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     run.add_argument("--model", default=None, help="default model, a converted folder, HF folder or .gguf")
     run.add_argument("--seed", type=int, default=None, help="override the design's seed")
     rep = rs.add_parser("report", help="regenerate experiments/FINDINGS.md from all results",
-                        formatter_class=_HelpFormatter)
+                        formatter_class=HelpFormatter)
     rep.add_argument("--results", default=None,
                      help="results folder, one ID/result.json per experiment; FINDINGS.md is written inside "
                           "it (default: experiments/results, with experiments/FINDINGS.md)")

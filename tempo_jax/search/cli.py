@@ -12,10 +12,10 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    from tempo_jax.cli import _HelpFormatter  # each default shown once; none for None or a switch
+    from tempo_jax.cli_help import HelpFormatter  # each default shown once; none for None or a switch
 
     s = sub.add_parser("search", help="MCTS over TEMPO candidate sets, with a forward-token budget",
-                       formatter_class=_HelpFormatter,
+                       formatter_class=HelpFormatter,
                        epilog='example: tempo-jax search "The capital of France is" --budget 64 '
                               '--contains Paris --out runs/mcts')
     s.add_argument("prompt", help="the prompt text")
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from tempo_jax.cli import _load
+    from tempo_jax.loading import load_checked
     from tempo_jax.errors import UsageError, user_input
     from tempo_jax.search.mcts import MCTSConfig, search
 
@@ -48,7 +48,7 @@ def main(args) -> int:
         from tempo_jax.destinations import check_folder_destination
 
         check_folder_destination(args.out, "--out")
-    m = _load(args.model)
+    m = load_checked(args.model)
     ids = m.tokenizer(args.prompt).input_ids
     check = None
     if args.contains is not None:

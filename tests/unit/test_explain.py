@@ -149,9 +149,9 @@ def test_forcing_the_only_member_of_a_greedy_run_reproduces_it(tiny_folder, tmp_
     (["--step", "0", "--force", "0", "--no-replay"], "cannot be combined"),
 ])
 def test_bad_inputs_are_one_line_errors(runs, args, message, capsys, monkeypatch):
-    import tempo_jax.cli as cli
+    import tempo_jax.loading as loading
 
-    monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model was loaded before the check"))
+    monkeypatch.setattr(loading, "load_checked", lambda *a: pytest.fail("the model was loaded before the check"))
     rc, out, err = _explain(runs["plain"], *args, capsys=capsys)
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
