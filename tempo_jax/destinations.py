@@ -38,13 +38,7 @@ def check_folder_destination(path, what: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{what} {path} is a file; give a folder (new, or one this command wrote)")
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{what} {path}: {parent} is a file, so no folder can be made there")
-    if not os.access(parent if not path.exists() else path, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path}: {parent if not path.exists() else path} is not writable")
+    _check_writable_place(path, what, path if path.exists() else None)
     return path
 
 
@@ -54,14 +48,20 @@ def check_file_destination(path, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; give the file to write")
+    _check_writable_place(path, what)
+    return path
+
+
+def _check_writable_place(path: Path, what: str, writes_into: Path | None = None) -> None:
+    """The nearest existing folder above ``path`` (or ``writes_into``) must be a writable folder."""
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise UsageError(f"{what} {path}: {parent} is a file, so no folder can be made there")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path}: {parent} is not writable")
-    return path
+    target = writes_into or parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {target} is not writable")
 
 
 def write_text_atomic(path, text: str) -> Path:

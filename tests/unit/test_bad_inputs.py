@@ -246,26 +246,28 @@ def test_missing_config(tmp_path):
         load_hf_folder(tmp_path)
 
 
-def _write_small_gguf(path):
+def _write_small_gguf(path, E=16, F=24, V=10, H=2, G=1, D=8, n_layers=1):
+    """A random Llama GGUF (float32 tensors, a byte-free toy vocabulary); small by default."""
     gguf = pytest.importorskip("gguf", reason="GGUF support needs the gguf package")
     rng = np.random.default_rng(0)
-    E, F, V, H, G, D = 16, 24, 10, 2, 1, 8
     w = gguf.GGUFWriter(str(path), "llama")
-    for fn, v in [(w.add_block_count, 1), (w.add_context_length, 64), (w.add_embedding_length, E),
+    for fn, v in [(w.add_block_count, n_layers), (w.add_context_length, 64), (w.add_embedding_length, E),
                   (w.add_feed_forward_length, F), (w.add_head_count, H), (w.add_head_count_kv, G),
                   (w.add_rope_dimension_count, D)]:
         fn(v)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
-    w.add_token_list([chr(97 + i) for i in range(V)])
+    w.add_token_list([chr(97 + i) for i in range(V)] if V <= 26 else [f"t{i}" for i in range(V)])
     w.add_token_merges([])
     w.add_eos_token_id(0)
-    shapes = {"token_embd.weight": (V, E), "output_norm.weight": (E,), "blk.0.attn_norm.weight": (E,),
-              "blk.0.ffn_norm.weight": (E,), "blk.0.attn_q.weight": (H * D, E),
-              "blk.0.attn_k.weight": (G * D, E), "blk.0.attn_v.weight": (G * D, E),
-              "blk.0.attn_output.weight": (E, H * D), "blk.0.ffn_gate.weight": (F, E),
-              "blk.0.ffn_up.weight": (F, E), "blk.0.ffn_down.weight": (E, F)}
+    shapes = {"token_embd.weight": (V, E), "output_norm.weight": (E,)}
+    for i in range(n_layers):
+        shapes |= {f"blk.{i}.attn_norm.weight": (E,), f"blk.{i}.ffn_norm.weight": (E,),
+                   f"blk.{i}.attn_q.weight": (H * D, E), f"blk.{i}.attn_k.weight": (G * D, E),
+                   f"blk.{i}.attn_v.weight": (G * D, E), f"blk.{i}.attn_output.weight": (E, H * D),
+                   f"blk.{i}.ffn_gate.weight": (F, E), f"blk.{i}.ffn_up.weight": (F, E),
+                   f"blk.{i}.ffn_down.weight": (E, F)}
     for name, shape in shapes.items():
         w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
     w.write_header_to_file()

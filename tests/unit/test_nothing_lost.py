@@ -160,34 +160,11 @@ def test_convert_force_replaces_only_a_previous_conversion(work, tmp_path):
 
 
 def test_interrupted_convert_leaves_nothing(tmp_path):
-    """A real SIGINT while convert reads its source (a GGUF that takes a while: 4096 x 1024)."""
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
+    """A real SIGINT while convert reads its source (a GGUF that takes a while: 12 layers, d 1024)."""
+    from test_bad_inputs import _write_small_gguf
 
     src = tmp_path / "big.gguf"
-    E, F, V, H, D, n_layers = 1024, 2048, 4096, 8, 128, 12
-    w = gguf.GGUFWriter(str(src), "llama")
-    for fn, v in [(w.add_block_count, n_layers), (w.add_context_length, 64), (w.add_embedding_length, E),
-                  (w.add_feed_forward_length, F), (w.add_head_count, H), (w.add_head_count_kv, H),
-                  (w.add_rope_dimension_count, D)]:
-        fn(v)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(V)])
-    w.add_eos_token_id(0)
-    rng = np.random.default_rng(0)
-    w.add_tensor("token_embd.weight", rng.standard_normal((V, E)).astype(np.float32))
-    w.add_tensor("output_norm.weight", np.ones(E, np.float32))
-    for i in range(n_layers):
-        for name, shape in {"attn_norm": (E,), "ffn_norm": (E,), "attn_q": (H * D, E), "attn_k": (H * D, E),
-                            "attn_v": (H * D, E), "attn_output": (E, H * D), "ffn_gate": (F, E),
-                            "ffn_up": (F, E), "ffn_down": (E, F)}.items():
-            w.add_tensor(f"blk.{i}.{name}.weight", rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _write_small_gguf(src, E=1024, F=2048, V=4096, H=8, G=8, D=128, n_layers=12)
     out = tmp_path / "converted"
     rc, _, err = interrupt(["convert", src, out], tmp_path,
                            lambda e: re.search(r"converting big.gguf: [1-9]\d* ?tensor", e) is not None)
