@@ -109,7 +109,7 @@ def _cmd_generate(args) -> int:
         return f"{when}{of}; nothing written, {out} is as it was"
 
     # the temporary folder is made first: an unwritable --out is refused before the model loads
-    with on_interrupt(interrupted), staged_run(out, " ".join(sys.argv[1:])) as tmp:
+    with on_interrupt(interrupted), staged_run(out, " ".join(getattr(args, "argv", []))) as tmp:
         from tempo_jax.loading import load_checked
 
         m = load_checked(args.model, args.dtype)
@@ -139,29 +139,29 @@ def _cmd_generate(args) -> int:
             at.update(prompt=k, step=0)
             stem = f"trace_{k:03d}"
             if len(all_ids) > 1:
-                print(f"=== prompt {k + 1} of {len(all_ids)}: {stem} ===")
+                _say(f"=== prompt {k + 1} of {len(all_ids)}: {stem} ===")
             trace = _generate_one(args, m, params, gcfg, ids, tmp, stem, at)
             trace.save(tmp, stem)
             clean = trace.clean_text(decode, eos_ids=eos)
             (tmp / f"{stem}.txt").write_text(trace.render(decode, eos_ids=eos) + "\n\nclean: " + clean + "\n")
-            print(trace.render(decode, colour=colour, eos_ids=eos))
-            print(f"\nclean text: {clean}")
+            _say(trace.render(decode, colour=colour, eos_ids=eos))
+            _say(f"\nclean text: {clean}")
             sizes = [len(st["members"]) for st in trace.steps()]
             if args.method == "speculative":
                 from tempo_jax.engine.speculative import SpecStats
 
                 sp = SpecStats.of(trace)
-                print(f"speculative: {sp.rounds} full-model forwards for {sp.steps} tokens "
+                _say(f"speculative: {sp.rounds} full-model forwards for {sp.steps} tokens "
                       f"({sp.tokens_per_full_forward:.2f} per forward), draft acceptance "
                       f"{sp.accepted}/{sp.drafted} = {sp.acceptance_rate:.2f}")
             files = ", ".join(str(out / f"{stem}.{x}") for x in ("json", "npz", "txt"))
-            print(f"steps {len(sizes)}, mean set size {sum(sizes) / max(len(sizes), 1):.2f}, "
+            _say(f"steps {len(sizes)}, mean set size {sum(sizes) / max(len(sizes), 1):.2f}, "
                   f"max {max(sizes, default=0)}; files: {files}\n")
             if args.html:
                 from tempo_jax.report import write_run_report
 
                 page = write_run_report(tmp, stem=stem, decode=decode, eos_ids=eos, name=out.name)
-                print(f"report: {out / Path(page).name}\n")
+                _say(f"report: {out / Path(page).name}\n")
     return 0
 
 
@@ -210,6 +210,17 @@ def _check_capture_size(cfg, gcfg, all_ids, limit_mb: float) -> None:
 
 def _mb(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def _say(text: str = "") -> None:
+    """print, except that a closed pipe (``generate ... | head``) silences the rest of the output
+    instead of stopping the run before its files are moved into place."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def add_generation_options(parser) -> None:
@@ -344,9 +355,14 @@ def _cmd_sweep(args) -> int:
     from tempo_jax.sweeps.runner import main as sweep_main
 
     check_sweep_destination(args.out)
-    resume = (f"finished chunks are kept in {Path(args.out) / 'chunks'}; rerun the same command to "
-              "resume")
-    with on_interrupt(resume), user_input():  # a bad spec or a reused --out is refused before any compute
+    chunks = Path(args.out) / "chunks"
+
+    def kept() -> str:
+        n = len([c for c in chunks.glob("chunk_*") if c.name[6:].isdigit()]) if chunks.is_dir() else 0
+        return (f"{n} finished chunks are kept in {chunks}; rerun the same command to resume" if n
+                else "no chunk had finished; rerun the same command to start again")
+
+    with on_interrupt(kept), user_input():  # a bad spec or a reused --out is refused before any compute
         sweep_main(args.spec, args.out, model=args.model, coordinator=args.coordinator,
                    num_processes=args.num_processes, process_id=args.process_id,
                    progress=not args.no_progress)
@@ -440,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         args = build_parser().parse_args(argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]  # run.json records it
         return args.func(args)
 
     return run_entry(run)

@@ -73,6 +73,11 @@ def ensure_default_model(verbose: bool = True) -> Path:
     if (out / "params").exists() and (out / "tokenizer").exists() and format_version(out) == FORMAT_VERSION:
         return out  # an older converter's output is converted again below
     from conversion.convert import convert
+    from tempo_jax.destinations import is_converted_model
+    from tempo_jax.errors import UsageError
 
+    if out.exists() and any(out.iterdir()) and not is_converted_model(out):
+        raise UsageError(f"the default model's cache {out} is damaged (not a complete conversion); "
+                         "delete that folder and run again to convert the model afresh")
     src = gguf_path(verbose)
     return convert(src, out, progress=verbose, force=True)  # the cache's own older conversion

@@ -29,7 +29,8 @@ from tempo_jax.errors import UsageError
 RUN_MANIFEST = "run.json"
 MODEL_MARKER = "tempo-jax-model.json"
 # what `generate` writes into a run folder, by name (a run before run.json existed holds only these)
-_RUN_ENTRY = re.compile(r"(trace_\d{3}\.(json|npz|txt|html)|capture(_\d{3})?|run\.json)")
+_RUN_ENTRY = re.compile(r"(trace_\d{3}\.(json|npz|txt|html)|capture(_\d{3})?|run\.json"
+                        r"|\.run\.\w+\.partial|\.previous-run\.\w+\.old)")
 
 
 def check_folder_destination(path, what: str) -> Path:
@@ -146,6 +147,9 @@ def check_run_destination(dest, what: str = "--out") -> Path:
     else is refused in one line, before any compute."""
     dest = check_folder_destination(dest, what)
     if previous_run_entries(dest) is None:
+        if (dest / RUN_MANIFEST).is_file():
+            raise UsageError(f"{what} {dest}: its {RUN_MANIFEST} cannot be read, so which files a run "
+                             "wrote is unknown; give a new or empty folder")
         others = sorted(p.name for p in dest.iterdir() if not _RUN_ENTRY.fullmatch(p.name))
         raise UsageError(f"{what} {dest} holds files that a tempo-jax run did not write ("
                          f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give a new "
@@ -155,28 +159,59 @@ def check_run_destination(dest, what: str = "--out") -> Path:
 
 @contextlib.contextmanager
 def staged_run(dest, command: str = "") -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``dest``; when the body finishes, its entries replace
-    the previous run in ``dest`` (the previous run's entries are removed, other files kept) and
-    ``run.json`` lists them. If the body raises (an error or Ctrl-C), the temporary folder is
-    removed and ``dest`` is untouched."""
+    """Yield an empty temporary folder (inside ``dest`` if it exists, so every later rename stays on
+    one file system; beside it otherwise). When the body finishes, its entries replace the previous
+    run in ``dest`` and ``run.json`` lists them; other files in ``dest`` are kept. The previous
+    run's entries are moved aside first and put back if a move fails. If the body raises (an
+    error or Ctrl-C), the temporary folder is removed and ``dest`` is untouched."""
     dest = check_run_destination(dest)
-    tmp = _temporary_sibling(dest)
+    tmp = _temporary_sibling(dest / "run") if dest.is_dir() else _temporary_sibling(dest)
+    keep = False
     try:
         yield tmp
         old = previous_run_entries(dest)
         if old is None:  # other files appeared in dest while the run ran: they are kept
             old = {p.name for p in dest.iterdir() if _RUN_ENTRY.fullmatch(p.name)}
+        old = {n for n in old if not n.endswith(".partial")}  # this run's folder, or another's
         new = sorted(p.name for p in tmp.iterdir())
         (tmp / RUN_MANIFEST).write_text(json.dumps(
             {"written_by": "tempo-jax generate", "command": command, "entries": new}, indent=1) + "\n")
         with _sigint_ignored():
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in sorted(old | {RUN_MANIFEST}):
-                _remove(dest / name)
-            for name in new + [RUN_MANIFEST]:
-                os.replace(tmp / name, dest / name)
+            if not dest.exists():
+                os.replace(tmp, dest)
+                return
+            keep = True  # from here on a failure keeps the new run where it is
+            _replace_entries(dest, tmp, sorted(old | {RUN_MANIFEST}), new + [RUN_MANIFEST])
+            keep = False
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_entries(dest: Path, tmp: Path, old: list[str], new: list[str]) -> None:
+    """Move ``old`` entries of ``dest`` aside, ``new`` entries of ``tmp`` in; on a failure put
+    everything back as it was and say, in one line, where the new run was kept."""
+    aside = Path(tempfile.mkdtemp(prefix=".previous-run.", suffix=".old", dir=dest))
+    moved_old: list[str] = []
+    moved_new: list[str] = []
+    try:
+        for name in old:
+            if (dest / name).exists() or (dest / name).is_symlink():
+                os.replace(dest / name, aside / name)
+                moved_old.append(name)
+        for name in new:
+            os.replace(tmp / name, dest / name)
+            moved_new.append(name)
+    except OSError as e:
+        for name in moved_new:
+            os.replace(dest / name, tmp / name)
+        for name in moved_old:
+            os.replace(aside / name, dest / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise UsageError(f"--out {dest}: the run could not be moved into place ({e.strerror or e}); "
+                         f"the previous run is as it was and the new one is in {tmp}") from None
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_sweep_destination(dest) -> Path:

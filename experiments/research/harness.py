@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from tempo_jax import stats as S
-from tempo_jax.destinations import check_folder_destination
+from tempo_jax.destinations import check_folder_destination, staged_replace
 from tempo_jax.errors import Interrupted, UsageError, user_input
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -402,54 +402,49 @@ def run_experiment(exp_id: str, *, quick: bool = False, prompt_file: str | None 
     if official and (quick or prompt_file is not None):
         raise UsageError("quick or prompt-file runs may not overwrite the committed results; give --out")
     seed = design.seed if seed is None else seed
-    tmp = dest.with_name(dest.name + ".partial")
-    ctx = Context(design=design, prompts=prompts, out_dir=tmp, seed=seed, quick=quick,
+    # out_dir becomes the staging folder below (destinations.staged_replace: a temporary sibling of
+    # dest, renamed over it at the end; an error or Ctrl-C removes it and leaves dest as it was)
+    ctx = Context(design=design, prompts=prompts, out_dir=dest, seed=seed, quick=quick,
                   model_spec=model, _model=loaded_model)
     m = ctx.model
     p_hash = params_hash(m.params)
     check_existing(dest, m.source, p_hash, src["corpus_hash"], force)  # refuses before any folder is made
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     key = hashlib.sha256(json.dumps([p_hash, seed, _json_safe(dataclasses.asdict(design)),
                                      [p.prompt for p in prompts]], sort_keys=True).encode()).hexdigest()
     ctx.cache_dir = ROOT / "runs" / "research" / "cache" / f"{exp_id}-{key[:16]}"
-    t0 = time.perf_counter()
-    try:
-        output: Output = mod.run(ctx)
-        tests = evaluate(design, output)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+    with staged_replace(dest) as tmp:
+        ctx.out_dir = tmp
+        t0 = time.perf_counter()
+        try:
+            output: Output = mod.run(ctx)
+            tests = evaluate(design, output)
+        except KeyboardInterrupt as e:
+            if isinstance(e, Interrupted):
+                raise
             cached = len(list(ctx.cache_dir.glob("*.pkl"))) if ctx.cache_dir.is_dir() else 0
             raise Interrupted(
                 f"{cached} of {len(prompts)} prompts' results are kept in {ctx.cache_dir}; rerun the "
                 f"same command to resume ({dest} is as it was)" if cached else
                 f"nothing written, {dest} is as it was") from None
-        raise
-    elapsed = time.perf_counter() - t0
-    genres = sorted({p.genre for p in prompts})
-    result = {
-        "id": design.id, "questions": list(design.questions), "title": design.title,
-        "design": dataclasses.asdict(design),
-        "provenance": {"model": m.source, "params_hash": p_hash, **git_state(), **src,
-                       "n_prompts": len(prompts), "genres": genres, "seed": seed, "quick": quick,
-                       "prompt_ids": [p.id for p in prompts], "versions": versions(),
-                       "run_seconds": round(elapsed, 1), "command": command_line(exp_id, quick, prompt_file)},
-        "tests": [dataclasses.asdict(t) for t in tests],
-        "answer": mod.answer(tests, design) if hasattr(mod, "answer") else default_answer(tests, design),
-        "notes": output.notes,
-    }
-    (tmp / "result.json").write_text(json.dumps(_json_safe(result), indent=1) + "\n")
-    write_csv(tmp / "rows.csv", output.rows)
-    for name, rows in output.tables.items():
-        write_csv(tmp / f"table_{name}.csv", rows)
-    (tmp / "summary.md").write_text(summary_md(result))
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+        elapsed = time.perf_counter() - t0
+        genres = sorted({p.genre for p in prompts})
+        result = {
+            "id": design.id, "questions": list(design.questions), "title": design.title,
+            "design": dataclasses.asdict(design),
+            "provenance": {"model": m.source, "params_hash": p_hash, **git_state(), **src,
+                           "n_prompts": len(prompts), "genres": genres, "seed": seed, "quick": quick,
+                           "prompt_ids": [p.id for p in prompts], "versions": versions(),
+                           "run_seconds": round(elapsed, 1),
+                           "command": command_line(exp_id, quick, prompt_file)},
+            "tests": [dataclasses.asdict(t) for t in tests],
+            "answer": mod.answer(tests, design) if hasattr(mod, "answer") else default_answer(tests, design),
+            "notes": output.notes,
+        }
+        (tmp / "result.json").write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        write_csv(tmp / "rows.csv", output.rows)
+        for name, rows in output.tables.items():
+            write_csv(tmp / f"table_{name}.csv", rows)
+        (tmp / "summary.md").write_text(summary_md(result))
     shutil.rmtree(ctx.cache_dir, ignore_errors=True)  # complete: the per-prompt cache is not needed
     if findings and official:
         write_findings()

@@ -44,7 +44,10 @@ class Range:
     what: str = ""
 
     def contains(self, value) -> bool:
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an int too large for a float is out of every range here
+            return False
         return (np.isfinite(v)
                 and (self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
                 and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
