@@ -67,7 +67,9 @@ def write_converted(folder: Path, cfg: ModelConfig, params: dict, tokenizer=None
     from tempo_jax.destinations import MODEL_MARKER
 
     (folder / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-    with ocp.StandardCheckpointer() as ckpt:
+    from tempo_jax.errors import sigint_deferred
+
+    with sigint_deferred(), ocp.StandardCheckpointer() as ckpt:  # orbax's threads finish first
         ckpt.save(folder / "params", jax.tree_util.tree_map(np.asarray, params))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder / "tokenizer"))

@@ -61,6 +61,27 @@ def on_interrupt(note: str | Callable[[], str]) -> Iterator[None]:
         raise Interrupted(note() if callable(note) else note) from None
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Inside: Ctrl-C waits until the block ends, then arrives as KeyboardInterrupt. For writes
+    that other threads finish (orbax's checkpoint threads print a traceback when the main thread
+    is interrupted under them). Main thread only; elsewhere the block runs as is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
+
+
 def quiet_libraries() -> None:
     """Silence third-party notices that are not about the user's command (transformers says
     "PyTorch was not found" although running without torch is intended). Called by entry points

@@ -92,9 +92,11 @@ def save_chunk(out: Path, i: int, arrays: dict, process_index: int = 0) -> None:
     arrays only from process 0 (and refuses host-local jax.Arrays), so process 0 saves every chunk."""
     import orbax.checkpoint as ocp
 
+    from tempo_jax.errors import sigint_deferred
+
     path = chunk_path(out, i)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _checkpointer(process_index) as ckpt:
+    with sigint_deferred(), _checkpointer(process_index) as ckpt:  # Ctrl-C after the chunk is saved
         ckpt.save(path, args=ocp.args.PyTreeSave({k: np.asarray(v) for k, v in arrays.items()}))
 
 
