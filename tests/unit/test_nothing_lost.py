@@ -393,3 +393,21 @@ def test_research_run_refuses_an_out_folder_of_other_files(work, tmp_path):
     r = cli("research", "run", "rq2.2", "--model", work / "tiny", "--quick", "--out", out, cwd=tmp_path)
     assert_one_error(r, "holds no experiment result")
     assert snapshot(tmp_path) == before
+
+
+def test_ctrl_c_inside_a_deferred_block_arrives_after_it():
+    """errors.sigint_deferred: a real SIGINT to this process inside the block lets the block finish,
+    then arrives as KeyboardInterrupt; the previous handler is back afterwards."""
+    from tempo_jax.errors import sigint_deferred
+
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here; the block goes on
+            done.append("finished")
+    assert done == ["finished"] and signal.getsignal(signal.SIGINT) is before
+    with sigint_deferred():  # no signal: nothing raised
+        done.append("again")
+    assert done == ["finished", "again"]
