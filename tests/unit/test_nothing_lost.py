@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_front_door import assert_user_error as assert_one_error  # exit 2, one line, no traceback
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "tempo_jax.cli"]
@@ -45,15 +46,6 @@ def snapshot(root: Path) -> dict[str, str]:
 def leftovers(folder: Path) -> list[str]:
     """Temporary siblings a command would have left behind."""
     return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith((".partial", ".old")))
-
-
-def assert_one_error(r, *words):
-    lines = r.stderr.splitlines()
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-    assert "Traceback" not in r.stderr + r.stdout
-    assert len(lines) == 1 and lines[0].startswith("tempo-jax: error: "), r.stderr[-3000:]
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 def interrupt(args, cwd, ready, timeout=240):
