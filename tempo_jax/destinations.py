@@ -100,13 +100,6 @@ def _temporary_sibling(dest: Path) -> Path:
     return tmp
 
 
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
-
-
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """While finished results are moved into place, Ctrl-C is ignored: the few renames complete,
