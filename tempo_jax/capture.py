@@ -61,3 +61,10 @@ def load_capture(out_dir) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
         shape = (meta["steps"], *info["shape"])
         res[name] = (np.memmap(out / f"{name}.f32", np.float32, "r", shape=shape), tuple(info["axes"]))
     return res
+
+
+def capture_dir(run_dir, stem: str = "trace_000") -> Path:
+    """Where ``generate --html`` streams the capture of ``stem``: ``capture/`` for the first prompt,
+    ``capture_NNN/`` for prompt NNN > 0."""
+    k = stem.rsplit("_", 1)[-1]
+    return Path(run_dir) / ("capture" if k in ("000", stem) else f"capture_{k}")

@@ -231,7 +231,7 @@ def capture_attention(run_dir, stem: str, trace: Trace, step: int) -> np.ndarray
     """``[L,H,n,Kc]`` attention of step ``step``'s fed queries from the run's full capture, or None
     when the run has none (or a capture of another run)."""
     from tempo_jax.capture import load_capture
-    from tempo_jax.report.run import capture_dir
+    from tempo_jax.capture import capture_dir
 
     cdir = capture_dir(run_dir, stem)
     if not (cdir / "capture.json").exists():
@@ -483,7 +483,7 @@ def main(args) -> int:
     check_step(trace, args.step)
     if args.force is not None or not args.no_replay:
         generation_config(trace)  # beam traces are refused before the model loads
-    from tempo_jax.report.run import tokenizer_for
+    from tempo_jax.loading import tokenizer_for
 
     found = tokenizer_for(trace.model)
     decode = found[0] if found else None

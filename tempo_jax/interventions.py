@@ -59,10 +59,3 @@ def ablate_heads(cfg: ModelConfig, heads, mean=None) -> Interventions:
     for layer, head in heads:
         scale[layer, head] = 0.0
     return Interventions(head_scale=jnp.asarray(scale), head_mean=mean)
-
-
-def logit_lens(params, cfg: ModelConfig, resid: jax.Array) -> jax.Array:
-    """Read the residual stream ``[...,E]`` through the final norm and unembedding -> logits ``[...,V]``."""
-    from tempo_jax.model import unembed
-
-    return unembed(params, cfg, resid)

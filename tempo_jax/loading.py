@@ -56,3 +56,23 @@ def load_checked(spec, dtype: str = "float32") -> LoadedModel:
     if m.tokenizer is None:
         raise UsageError(f"model {m.source} has no tokenizer; convert it from a folder with tokenizer files")
     return m
+
+
+def tokenizer_for(model_id: str):
+    """(decode, eos ids) for a trace's model id when its tokenizer is on this machine, else None."""
+    try:
+        from conversion.store import load_tokenizer
+
+        if model_id.startswith("default:"):
+            from tempo_jax.default_model import converted_dir
+
+            folder = converted_dir()
+        else:
+            folder = Path(model_id)
+        if not (folder / "tokenizer").exists():
+            return None
+        tok = load_tokenizer(folder)
+    except Exception:  # a missing or unreadable tokenizer: the report shows token ids instead
+        return None
+    eos = tok.eos_token_id
+    return (lambda ids: tok.decode(list(ids))), ([int(eos)] if eos is not None else [])

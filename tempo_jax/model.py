@@ -345,6 +345,11 @@ def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     return logits.reshape(*x.shape[:-1], -1)
 
 
+def logit_lens(params: Params, cfg: ModelConfig, resid: jax.Array) -> jax.Array:
+    """Read the residual stream ``[...,E]`` through the final norm and unembedding -> logits ``[...,V]``."""
+    return unembed(params, cfg, resid)
+
+
 def causal_mask(batch: int, t: int, capacity: int, start: int = 0) -> jax.Array:
     """Ordinary causal mask ``[B,T,K]`` for T queries written at slots ``start..start+T-1``."""
     q_slot = start + jnp.arange(t)[:, None]

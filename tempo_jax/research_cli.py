@@ -1,8 +1,10 @@
-"""``tempo-jax research list | run ID | report``: the pre-registered experiments of
-``experiments/research`` (see experiments/research/README.md)."""
+"""``tempo-jax research list | run ID | report``: the pre-registered experiments of a project
+(:class:`tempo_jax.research.Project`; this repository's is ``experiments.research``, see
+experiments/research/README.md)."""
 
 from __future__ import annotations
 
+DEFAULT_PROJECT = "experiments.research"
 HTML_OUT = "runs/research/FINDINGS.html"  # generated page, kept out of the source tree (relative to the cwd)
 
 
@@ -23,6 +25,8 @@ def add_parser(sub) -> None:
 
     r = sub.add_parser("research", help="run pre-registered research experiments, regenerate FINDINGS.md",
                        formatter_class=HelpFormatter)
+    r.add_argument("--experiments", default=DEFAULT_PROJECT, metavar="PACKAGE",
+                   help="importable package whose __init__ defines PROJECT (a tempo_jax.research.Project)")
     rs = r.add_subparsers(dest="research_command", required=True)
     rs.add_parser("list", help="list the experiments and the questions they answer")
     run = rs.add_parser("run", help="run one experiment", formatter_class=HelpFormatter)
@@ -46,35 +50,36 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    import os
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:  # the experiments package lives beside tempo_jax in the repository
-        sys.path.insert(0, str(root))
-    from experiments.research import harness
+    from tempo_jax.research import load_project, render, runner
 
+    if os.getcwd() not in sys.path:  # a project package in the current folder, as `python -m` finds it
+        sys.path.insert(0, os.getcwd())
+    project = load_project(args.experiments)
     if args.research_command == "list":
-        for exp_id, mod in sorted(harness.registry().items()):
+        for exp_id, mod in sorted(project.registry().items()):
             d = mod.DESIGN
             print(f"{exp_id:8s} questions {', '.join(d.questions):12s} {d.title}")
         return 0
     if args.research_command == "report":
-        res = Path(args.results) if args.results else harness.RESULTS
+        res = Path(args.results) if args.results else project.results
         _check_results(res)
         if args.html or args.html_out:
             from tempo_jax.destinations import check_file_destination
 
             check_file_destination(args.html_out or HTML_OUT, "--html-out")
-        path = harness.write_findings(res) if args.results is None else harness.write_findings(res, res / "FINDINGS.md")
+        path = render.write_findings(project, res, None if args.results is None else res / "FINDINGS.md")
         print(f"wrote {path}")
         if args.html or args.html_out:
             from tempo_jax.report import write_findings_html
 
             print(f"wrote {write_findings_html(path, res, args.html_out or HTML_OUT)}")
         return 0
-    dest = harness.run_experiment(args.id, quick=args.quick, prompt_file=args.prompt_file, out=args.out,
-                                  force=args.force, model=args.model, seed=args.seed)
+    dest = runner.run_experiment(project, args.id, quick=args.quick, prompt_file=args.prompt_file,
+                                 out=args.out, force=args.force, model=args.model, seed=args.seed)
     print((dest / "summary.md").read_text())
     print(f"results: {dest}")
     return 0

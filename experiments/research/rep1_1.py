@@ -17,7 +17,8 @@ import json
 import numpy as np
 
 from experiments.research import rep_original as R
-from experiments.research.harness import RESULTS, Design, Hypothesis, Output, fmt
+from experiments.research import PROJECT
+from tempo_jax.research import Design, Hypothesis, Output
 
 MARGIN = float(np.log(1.1))
 BAND = (0.40, 0.60)  # the claimed reduction
@@ -145,7 +146,7 @@ def replication(result: dict, folder) -> dict:
         o = next(csv.DictReader(f))
     up, corr, sinkin = (float(o[k]) for k in ("orig_ratio", "corr_ratio", "corr_sinkin_ratio"))
     n = result["provenance"]["n_prompts"]
-    rq_path = RESULTS / "rq1.1" / "result.json"
+    rq_path = PROJECT.results / "rq1.1" / "result.json"
     rq = json.loads(rq_path.read_text()) if rq_path.exists() else None
     sound_text, sound = _sound(rq)
     orig_ok = _column_reproduces(up, by["orig_lr"])

@@ -17,7 +17,7 @@ import csv
 import numpy as np
 
 from experiments.research import rep_original as R
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 
 MARGIN = 0.05
 

@@ -17,7 +17,8 @@ import json
 import numpy as np
 
 from experiments.research import rep_original as R
-from experiments.research.harness import RESULTS, Design, Hypothesis, Output
+from experiments.research import PROJECT
+from tempo_jax.research import Design, Hypothesis, Output
 
 MARGIN = 0.10  # "~10%": ten ratio points
 
@@ -76,7 +77,7 @@ def replication(result: dict, folder) -> dict:
         o = {k: float(v) for k, v in next(csv.DictReader(f)).items() if k.startswith(("orig_", "corr_")) and "sets" not in k}
     n = result["provenance"]["n_prompts"]
     d = lambda t: f"{t['estimate']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}] ({t['verdict']})"
-    rq_path = RESULTS / "rq2.1" / "result.json"
+    rq_path = PROJECT.results / "rq2.1" / "result.json"
     sound, text = "cannot tell", "RQ 2.1 result missing"
     if rq_path.exists():
         rq = json.loads(rq_path.read_text())

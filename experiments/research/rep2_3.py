@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats as sps
 
 from experiments.research import rep_original as R
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 
 DESIGN = Design(
     id="rep2.3",

@@ -24,7 +24,7 @@ import csv
 import numpy as np
 
 from experiments.research import rep_original as R
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 
 N_SPLITS, N_PERM, N_BOOT = 100, 200, 200
 

@@ -375,12 +375,12 @@ def shared_measure(ctx, prompt_text: str, key_id: str) -> dict:
     import os
     import pickle
 
-    from experiments.research.harness import ROOT
+    from experiments.research import PROJECT
 
     m = ctx.model
     h = hashlib.sha256(f"{m.source}|{MEASURE_VERSION}|{ORIGINAL_TAU}|{ORIGINAL_STEPS}|{WIDTH}|"
                        f"{prompt_text}".encode()).hexdigest()[:24]
-    path = ROOT / "runs" / "research" / "cache" / SHARED_CACHE / f"{h}.pkl"
+    path = PROJECT.root / "runs" / "research" / "cache" / SHARED_CACHE / f"{h}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
     r = measure_prompt(m, m.tokenizer(prompt_text).input_ids)

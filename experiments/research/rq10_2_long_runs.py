@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.slots import slot_groups
 

@@ -48,11 +48,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.masks import step_mask
-from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache, rms_norm, unembed
+from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache, unembed
 from tempo_jax.slots import PROMPT, UNWRITTEN
 
 W = 4  # members per forced set; the last one is swapped

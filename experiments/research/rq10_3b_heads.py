@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.research.harness import RESULTS, Design, Hypothesis, Output
+from experiments.research import PROJECT
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.rq10_3_bottleneck import (W, pad, prompt_pass, read_worlds, swap_sets,
                                                     write_set)
 from tempo_jax import stats as S
@@ -45,7 +46,7 @@ N_SUPPRESSORS = 4
 N_CONTROLS = 2
 MARGIN = 0.1  # logits
 N_NEW = 20  # prompts per genre, disjoint from rq10.3's 15 per genre
-RQ103 = RESULTS / "rq10.3"
+RQ103 = PROJECT.results / "rq10.3"
 
 
 @dataclasses.dataclass(frozen=True)

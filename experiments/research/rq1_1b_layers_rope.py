@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from experiments.research.position_probe import measure_prompt
 from experiments.research.rope_spectra import logit, probe_qk
 from experiments.research.rq1_position_sharing import critical_offsets

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.layer_probe import measure
 from experiments.research.tables import ci_cells
 from experiments.research.wording import said

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.research import attn_control as A
-from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from tempo_jax.research import Design, Hypothesis, Output, quality_of
 
 BIAS = 2.0
 BANDS = {"early": range(0, 10), "mid": range(10, 20), "late": range(20, 30)}

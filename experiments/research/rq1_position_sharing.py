@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult, fmt
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from experiments.research.position_probe import measure_prompt
 from tempo_jax import stats as S
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from tempo_jax.research import Design, Hypothesis, Output, quality_of
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.slots import slot_groups
 

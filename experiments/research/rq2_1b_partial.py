@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult, quality_of
+from tempo_jax.research import Design, Hypothesis, Output, TestResult, quality_of
 from tempo_jax import stats as S
 from tempo_jax.engine import GenerationConfig, generate
-from tempo_jax.engine.rules import SiblingRule
+from tempo_jax.engine.siblings import SiblingRule
 from tempo_jax.errors import UsageError
 
 GEN = dict(max_steps=16, threshold=0.05, max_width=8, prune=False)
@@ -125,7 +125,7 @@ def run_one(m, p, gcfg: GenerationConfig, table=None, capture: bool = False) -> 
     L, H = m.cfg.num_layers, m.cfg.num_heads
     acc = {"leak": np.zeros((L, H)), "sib_tok": np.zeros((L, H)), "ctx_tok": np.zeros((L, H)),
            "n_multi": 0}
-    code = SiblingRule(gcfg.siblings).code
+    rule = SiblingRule.check(gcfg.siblings)
 
     def on_step(s, st, cap):
         n = int(np.asarray(st.fed_n)[s])
@@ -136,7 +136,7 @@ def run_one(m, p, gcfg: GenerationConfig, table=None, capture: bool = False) -> 
         earlier = alive & (slot_step >= -1) & (slot_step < s) & (k > 0)
         leak = np.asarray(cap.leakage)[..., :n]  # [L,H,n]
         recv = np.asarray(cap.received)  # [L,H,K]
-        pairs = n * (n - 1) if code in (2,) else n * (n - 1) // 2  # visible / reverse: half
+        pairs = rule.visible_pairs(n)  # ordered (query, sibling) pairs the rule lets see each other
         acc["leak"] += leak.mean(-1)
         acc["sib_tok"] += leak.sum(-1) / pairs
         acc["ctx_tok"] += recv[..., earlier].sum(-1) / (n * earlier.sum())

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 from tempo_jax.engine import GenerationConfig, generate
 

@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from experiments.research.pruning_data import judged_members
 from tempo_jax import stats as S
 from tempo_jax.engine import GenerationConfig

@@ -25,7 +25,7 @@ import dataclasses
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.layer_pruning_data import (Branches, branch_ids, judged_branches,
                                                      pair_concordance, relative_keep)
 from tempo_jax import quality

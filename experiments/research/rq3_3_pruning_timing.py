@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from tempo_jax.research import Design, Hypothesis, Output, quality_of
 from tempo_jax.engine import GenerationConfig, generate
 
 BASE = dict(max_steps=24, threshold=0.05, max_width=8, prune=True, prune_rule="relative",

@@ -28,7 +28,7 @@ import dataclasses
 import numpy as np
 
 from experiments.research import decoding_alternatives as A
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from tempo_jax import metrics, quality
 
 STEPS, WIDTH, TAU, N_SAMPLES, TEMP = 12, 4, 0.1, 4, 1.0

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 
 STEPS, WIDTH, TAU, K = 16, 4, 0.1, 8

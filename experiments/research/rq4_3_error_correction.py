@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from tempo_jax import quality
 from tempo_jax.engine import GenerationConfig
 

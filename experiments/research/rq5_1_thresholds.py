@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from tempo_jax.research import Design, Hypothesis, Output, quality_of
 from experiments.research.tables import genre_table
 from tempo_jax.engine import GenerationConfig, generate
 

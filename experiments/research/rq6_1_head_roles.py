@@ -37,7 +37,7 @@ import functools
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 
 STEPS, WIDTH, TAU, RHO, RECENT = 6, 4, 0.1, 0.5, 3

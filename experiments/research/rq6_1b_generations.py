@@ -35,17 +35,17 @@ import csv
 import dataclasses
 import functools
 import math
-from pathlib import Path
 
 import numpy as np
 
-from experiments.research.harness import RESULTS, Design, Hypothesis, Output
+from experiments.research import PROJECT
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.rq6_1_head_roles import GEN as GEN1
 from experiments.research.rq6_1_head_roles import N_DEV, head_output_sums
 
 STEPS, K_C, K_A, N_CTL = 16, 4, 4, 2
 BUCKET, CAPACITY = 64, 136
-STAGE1 = RESULTS / "rq6.1"
+STAGE1 = PROJECT.results / "rq6.1"
 PPL_MARGIN, PRUNED_MARGIN, ATTN_MARGIN, QUAL_MARGIN = math.log(1.1), 5.0, 0.05, 0.1
 
 GEN = {**GEN1, "max_steps": STEPS, "min_steps": STEPS, "prompt_bucket": BUCKET, "capacity": CAPACITY}

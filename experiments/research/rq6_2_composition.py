@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.research import wording
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.position_probe import pad, prompt_state
 from experiments.research.tables import ci_cells
 from tempo_jax import stats as S
@@ -129,7 +129,7 @@ def composition_table(params, cfg: ModelConfig, cache_dir=None) -> np.ndarray:
     (keyed by the parameters' hash): the table depends on the weights only."""
     from pathlib import Path
 
-    from experiments.research.harness import params_hash
+    from tempo_jax.research.provenance import params_hash
 
     path = None
     if cache_dir is not None:
@@ -417,12 +417,12 @@ def _cols(down, layers, H):
 
 def run(ctx) -> Output:
     from experiments import corpus
-    from experiments.research.harness import ROOT
+    from experiments.research import PROJECT
 
     m = ctx.model
     L, H = m.cfg.num_layers, m.cfg.num_heads
     N = L * H
-    comp = composition_table(m.params, m.cfg, ROOT / "runs" / "research" / "cache")
+    comp = composition_table(m.params, m.cfg, PROJECT.root / "runs" / "research" / "cache")
     base = random_baseline(m.cfg.hidden_size, m.cfg.head_dim, 24, ctx.seed)
     dev = corpus.load(split="dev", genres=list(ctx.design.genres), limit_per_genre=1 if ctx.quick else N_DEV)
     down, up, pairs, dev_mass = select_heads(m, dev, ctx.quick)

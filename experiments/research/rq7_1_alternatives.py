@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.research import decoding_alternatives as A
-from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from tempo_jax.research import Design, Hypothesis, Output, quality_of
 from tempo_jax import quality
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.engine.beam import beam_search

@@ -34,7 +34,7 @@ import functools
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 
 STEPS, TAU, WIDTH = 20, 0.1, 8

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.position_probe import pad, prompt_state
 from tempo_jax.config import ModelConfig
 from tempo_jax.errors import UsageError

@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.position_probe import pad, prompt_state
-from experiments.research.rq8_1_positions import _broadcast, kl
+from experiments.research.rq8_1_positions import _broadcast
 from tempo_jax.config import ModelConfig
 from tempo_jax.model import KVCache, TapsSpec, forward
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.rq2_1b_partial import GEN, TABLE_PATH, load_table, run_one
 from tempo_jax.engine import GenerationConfig
 

@@ -50,7 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output, TestResult
+from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import quality
 from tempo_jax.errors import UsageError
 
@@ -253,7 +253,7 @@ def gen_config():
 def evaluate_prompt(m, p, policy) -> dict:
     """Every method on one facts prompt: correct [0/1], cost [forward tokens], and the policy's
     and constant tau's reward, coverage and forward tokens per step."""
-    from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.engine import generate
     from tempo_jax.engine.beam import beam_search
     from tempo_jax.search import threshold_policy as tp
     from tempo_jax.search.mcts import MCTSConfig, search

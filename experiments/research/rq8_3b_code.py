@@ -11,7 +11,7 @@ n = 8 code test prompts (the run takes about 2 minutes on 2 cores).
 from __future__ import annotations
 
 from experiments.research import rq8_3_hybrids as H
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 from tempo_jax import quality
 
 STEPS = 14

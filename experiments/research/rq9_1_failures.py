@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from experiments.research.harness import Design, Hypothesis, Output
+from tempo_jax.research import Design, Hypothesis, Output
 
 GEN = dict(max_steps=8, threshold=0.05, max_width=8, prune=True, prune_window=2,
            prune_rule="relative", prune_rho=0.8, siblings="isolated")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.research.harness import Design, Output, TestResult, quality_of
+from tempo_jax.research import Design, Output, TestResult, quality_of
 from tempo_jax import stats as S
 
 GEN = dict(max_steps=16, min_steps=16, threshold=0.05, max_width=8, prune=False)

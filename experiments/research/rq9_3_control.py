@@ -26,7 +26,7 @@ import numpy as np
 
 from experiments.research import attn_control as A
 from experiments.research import wording
-from experiments.research.harness import Design, Hypothesis, Output, quality_of
+from tempo_jax.research import Design, Hypothesis, Output, quality_of
 from tempo_jax import quality as Q
 from tempo_jax import stats as S
 

@@ -7,8 +7,7 @@ PRNG key, interventions), so sweeps over the inputs never recompile.
 from __future__ import annotations
 
 import dataclasses
-import enum
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,8 @@ import numpy as np
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.inputs import EngineInputs
 from tempo_jax.engine.rules import (CombineRule, Compat, EosRule, Method, PositionVariant, PruneRule,
-                                    PruneTiming, Schedule, SiblingRule)
+                                    PruneTiming, Schedule)
+from tempo_jax.engine.siblings import SiblingRule
 from tempo_jax.engine.schedules import thresholds
 from tempo_jax.engine.selection import SELECTIONS, Greedy, Sample, Threshold
 
@@ -73,7 +73,7 @@ class Range:
 
 
 def _option(default, help: str, *, lo=None, hi=None, lo_open=False, hi_open=False, what="",
-            choices: type[enum.StrEnum] | None = None):
+            choices: Any = None):
     """A GenerationConfig field with what the command line and :meth:`GenerationConfig.validate`
     read from it: its help text, its choices (an enum of ``rules``) and, for a number, its Range
     (every numeric field has one; unbounded ones still refuse NaN and infinities)."""
@@ -216,7 +216,7 @@ class GenerationConfig:
         return StaticSpec(width=self.width, steps=self.max_steps,
                           selection=SELECTIONS[_SAME_TOKENS.get(self.method, Method(self.method))](self.width),
                           combine=CombineRule(self.combine), eos=EosRule(self.eos), prune=prune,
-                          compat=Compat(self.compat))
+                          compat=Compat(self.compat), sibling_rules=SiblingRule.rules())
 
     def inputs(self, model: ModelConfig) -> EngineInputs:
         """The array inputs of the compiled program (one world)."""
@@ -231,7 +231,7 @@ class GenerationConfig:
                           k=self.schedule_k, p1=self.bezier_p1, p2=self.bezier_p2, a=self.relu_a)
         return EngineInputs(
             thresholds=jnp.asarray(taus),
-            siblings=jnp.full((L, H), SiblingRule(self.siblings).code, jnp.int32),
+            siblings=jnp.full((L, H), SiblingRule.check(self.siblings).code, jnp.int32),
             isolate_above=jnp.float32(np.inf if self.isolate_above is None else self.isolate_above),
             isolate_size_above=jnp.int32(np.iinfo(np.int32).max if self.isolate_size_above is None
                                          else self.isolate_size_above),
@@ -272,6 +272,7 @@ class StaticSpec:
     eos: EosRule
     prune: PruneSpec | None  # None: no pruning
     compat: Compat
+    sibling_rules: tuple[SiblingRule, ...] = ()  # the registered rules, in code order (masks.step_mask)
 
 
 def sibling_codes(rules: Sequence[Sequence[str]]) -> np.ndarray:

@@ -153,7 +153,7 @@ def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     slots = st.n_written + jnp.arange(F)
     sib = adaptive_siblings(inputs.siblings, entropy(st.dist), n_feed, inputs.isolate_above,
                             inputs.isolate_size_above)
-    mask = step_mask(st.alive, st.slot_step, st.step, st.n_written, n_feed, F, sib)
+    mask = step_mask(st.alive, st.slot_step, st.step, st.n_written, n_feed, F, sib, spec.sibling_rules)
     need_attn = capture != Capture.NONE or spec.prune is not None
     logits, cache, taps = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == Capture.SUMMARY),

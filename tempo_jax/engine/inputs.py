@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from tempo_jax.config import ModelConfig
+from tempo_jax.engine.siblings import SiblingRule
 from tempo_jax.interventions import Interventions
 
 
@@ -21,8 +22,8 @@ from tempo_jax.interventions import Interventions
 class EngineInputs:
     """Attributes (shapes in axis letters; S steps, W max width, L layers, H heads):
         thresholds: [S] float32, tau_s per step (the schedule, evaluated).
-        siblings: [L,H] int32 sibling-rule codes (0 isolated, 1 visible, 2 full, 3 reverse):
-            partial isolation.
+        siblings: [L,H] int32 sibling-rule codes, partial isolation (:mod:`tempo_jax.engine.siblings`:
+            0 isolated, 1 visible, 2 full, 3 reverse, then rules added later).
         isolate_above: [] float32, adaptive isolation: a step whose set was chosen from a
             distribution with entropy above this (nats) uses isolated siblings everywhere, else
             ``siblings`` (+inf: never).
@@ -77,10 +78,11 @@ class EngineInputs:
             got = np.shape(getattr(self, name))
             if tuple(got) != want:
                 raise ValueError(f"engine input {name} must have shape {want}, got {tuple(got)}")
-        codes = np.asarray(self.siblings)
-        if codes.size and (codes.min() < 0 or codes.max() > 3):
-            raise ValueError("engine input siblings must hold codes 0 isolated, 1 visible, 2 full, "
-                             f"3 reverse; got values in [{codes.min()}, {codes.max()}]")
+        codes, names = np.asarray(self.siblings), SiblingRule.names()
+        if codes.size and (codes.min() < 0 or codes.max() >= len(names)):
+            known = ", ".join(f"{c} {r}" for c, r in enumerate(names))
+            raise ValueError(f"engine input siblings must hold sibling-rule codes ({known}); got values in "
+                             f"[{codes.min()}, {codes.max()}]")
         if np.isnan(np.asarray(self.isolate_above)).any():
             raise ValueError("engine input isolate_above must be a number of nats or +inf, got nan")
         if self.interventions is not None:

@@ -1,4 +1,5 @@
 """The engine's named choices, one ``StrEnum`` each: validation, CLI choices and docs read them here.
+Sibling rules, which users add, are a registry of classes instead: :mod:`tempo_jax.engine.siblings`.
 
 Members compare equal to their strings (``SiblingRule.VISIBLE == "visible"``), so configs and traces
 stay plain strings. Meanings: docs/semantics.md.
@@ -21,19 +22,6 @@ class _Choice(enum.StrEnum):
     @classmethod
     def names(cls) -> list[str]:
         return [m.value for m in cls]
-
-
-class SiblingRule(_Choice):
-    """Which same-step siblings a member's query may attend to (int code = position here)."""
-
-    ISOLATED = "isolated"  # none
-    VISIBLE = "visible"  # siblings with a lower member index
-    FULL = "full"  # every sibling
-    REVERSE = "reverse"  # siblings with a higher member index (directional, opposite of visible)
-
-    @property
-    def code(self) -> int:
-        return list(SiblingRule).index(self)
 
 
 class PositionVariant(_Choice):

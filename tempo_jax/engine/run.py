@@ -12,13 +12,13 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tempo_jax.config import ModelConfig
-from tempo_jax.engine import core, upstream
+from tempo_jax.engine import core, speculative, upstream
 from tempo_jax.engine.config import GenerationConfig, StaticSpec
 from tempo_jax.engine.inputs import EngineInputs
 from tempo_jax.engine.outputs import StepCapture, StepRecords
+from tempo_jax.engine.request import check_prompt, check_request, pad_prompt  # noqa: F401  (public here too)
 from tempo_jax.engine.rules import Capture, Compat, Method
 from tempo_jax.engine.core import TempoState
 from tempo_jax.trace import Trace
@@ -99,33 +99,6 @@ _step = {m: _jit_step(m) for m in (core, upstream)}
 _device = jax.jit(run_on_device, static_argnames=("mcfg", "spec", "capacity", "record", "fit_width"))
 
 
-def check_request(mcfg: ModelConfig, gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> int:
-    """Validate everything before compute; returns the cache capacity K to use."""
-    gcfg.validate(mcfg)
-    check_prompt(mcfg, prompt_ids, gcfg.max_steps * (gcfg.width if gcfg.positions == "distinct" else 1) + 1)
-    return gcfg.capacity_for(len(prompt_ids))
-
-
-def check_prompt(mcfg: ModelConfig, prompt_ids: Sequence[int], advance: int) -> None:
-    """A prompt is non-empty, its ids are in the vocabulary, and it leaves ``advance`` positions
-    of the model's context for generation; otherwise a one-line ValueError."""
-    p = len(prompt_ids)
-    if p == 0:
-        raise ValueError("the prompt is empty: give at least one token")
-    ids = np.asarray(prompt_ids)
-    if ids.min() < 0 or ids.max() >= mcfg.vocab_size:
-        raise ValueError(f"prompt token ids must lie in [0, {mcfg.vocab_size})")
-    if p + advance > mcfg.max_position_embeddings:
-        raise ValueError(
-            f"prompt ({p} tokens) + {advance} generated positions exceeds the model's context of "
-            f"{mcfg.max_position_embeddings} positions; shorten the prompt or lower max_steps")
-
-
-def pad_prompt(gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> jax.Array:
-    pb = gcfg.bucketed(len(prompt_ids))
-    return jnp.asarray(np.pad(np.asarray(prompt_ids, np.int32), (0, pb - len(prompt_ids))))
-
-
 def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: GenerationConfig,
              driver: str = "host", progress: bool = False,
              on_step: Callable[[int, TempoState, StepCapture], None] | None = None,
@@ -150,8 +123,6 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     if before_step is not None and gcfg.method == Method.SPECULATIVE:
         raise ValueError("before_step needs the step loop; speculative decoding runs rounds")
     if gcfg.method == Method.SPECULATIVE:  # its own round loop, a greedy-layout trace
-        from tempo_jax.engine import speculative
-
         return speculative.generate(params, mcfg, prompt_ids, gcfg, driver, progress, on_step,
                                     model_id, inputs, capture)
     if driver not in ("host", "device"):

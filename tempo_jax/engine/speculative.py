@@ -34,6 +34,7 @@ import numpy as np
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
 from tempo_jax.engine.core import prefill
+from tempo_jax.engine.request import check_request, pad_prompt
 from tempo_jax.engine.rules import Method
 from tempo_jax.engine.schedules import thresholds
 from tempo_jax.engine.selection import entropy
@@ -211,8 +212,6 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     driver "host": a Python loop over the jitted round; "device": one ``lax.while_loop``.
     Called by :func:`tempo_jax.engine.run.generate` for ``method="speculative"``.
     """
-    from tempo_jax.engine.run import check_request, pad_prompt
-
     if gcfg.method != Method.SPECULATIVE:
         raise ValueError(f"speculative generation needs method 'speculative', got {gcfg.method!r}")
     if driver not in ("host", "device"):

@@ -17,18 +17,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tempo_jax.capture import capture_dir
+from tempo_jax.loading import tokenizer_for
 from tempo_jax.trace import Trace, _strict
 
 Decode = Callable[[Sequence[int]], str]
 
 DEFAULT_MAX_BYTES = 48 * 1024 * 1024  # budget for embedded attention (base64 characters)
-
-
-def capture_dir(run_dir, stem: str = "trace_000") -> Path:
-    """Where ``generate --html`` streams the capture of ``stem``: ``capture/`` for the first prompt,
-    ``capture_NNN/`` for prompt NNN > 0."""
-    k = stem.rsplit("_", 1)[-1]
-    return Path(run_dir) / ("capture" if k in ("000", stem) else f"capture_{k}")
 
 
 def _json_script(obj) -> str:
@@ -48,26 +43,6 @@ def seconds(v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v == 0:
         return v
     return round(float(v), min(3, max(0, 2 - int(np.floor(np.log10(abs(v)))))))
-
-
-def tokenizer_for(model_id: str):
-    """(decode, eos ids) for a trace's model id when its tokenizer is on this machine, else None."""
-    try:
-        from conversion.store import load_tokenizer
-
-        if model_id.startswith("default:"):
-            from tempo_jax.default_model import converted_dir
-
-            folder = converted_dir()
-        else:
-            folder = Path(model_id)
-        if not (folder / "tokenizer").exists():
-            return None
-        tok = load_tokenizer(folder)
-    except Exception:  # a missing or unreadable tokenizer: the report shows token ids instead
-        return None
-    eos = tok.eos_token_id
-    return (lambda ids: tok.decode(list(ids))), ([int(eos)] if eos is not None else [])
 
 
 def _decoder(decode: Decode | None):

@@ -13,7 +13,7 @@ import pytest
 
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.engine.inputs import stack
-from tempo_jax.engine.rules import SiblingRule
+from tempo_jax.engine.siblings import SiblingRule
 from tempo_jax.engine.masks import step_mask
 from tempo_jax.engine.schedules import thresholds
 from tempo_jax.engine.selection import combine
@@ -83,7 +83,7 @@ def test_step_mask_equals_hand_built(rule):
     alive[4] = False  # a pruned slot of step 0
     slot_step = np.array([-1, -1, -1, 0, 0, 0, -2, -2, -2, -2, -2, -2])
     base, n, s = 6, 3, 1
-    codes = jnp.full((1, 1), SiblingRule(rule).code, jnp.int32)
+    codes = jnp.full((1, 1), SiblingRule.check(rule).code, jnp.int32)
     got = np.asarray(step_mask(jnp.asarray(alive), jnp.asarray(slot_step), s, base, n, W, codes))[0, 0]
     want = np.zeros((W, K), bool)
     for i in range(W):

@@ -6,7 +6,8 @@ import pytest
 
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.engine.inputs import stack
-from tempo_jax.engine.rules import Capture, SiblingRule
+from tempo_jax.engine.rules import Capture
+from tempo_jax.engine.siblings import SiblingRule
 from tempo_jax.interventions import Interventions
 from tinymodel import tiny
 
@@ -44,7 +45,7 @@ def test_wrong_shapes_refused_before_compute():
 
 
 def test_choices_are_enums_with_one_line_errors():
-    assert SiblingRule("visible").code == 1 and SiblingRule.names() == ["isolated", "visible", "full", "reverse"]
+    assert SiblingRule.check("visible").code == 1 and SiblingRule.names() == ["isolated", "visible", "full", "reverse"]
     with pytest.raises(ValueError, match=r"unknown capture mode 'all'; allowed: none, summary, full"):
         Capture.check("all", "capture mode")
     with pytest.raises(ValueError, match=r"unknown sibling rule 'open'; allowed: isolated, visible, full"):

@@ -236,20 +236,3 @@ def test_generate_options_and_generation_config_agree_field_for_field():
     cli_only = {"prompt", "prompt_file", "model", "dtype", "layout", "beam_width", "length_penalty", "out",
                 "no_colour", "html", "max_capture_mb", "help", "func"}
     assert set(options) - {f.name for f in fields} <= cli_only
-
-
-def test_no_library_module_imports_the_command_line_module():
-    """tempo_jax.cli is the entry point, a leaf: the model loader and the help formatter that
-    the other commands share live in loading.py and cli_help.py (found by walking every import)."""
-    import ast
-
-    pkg = Path(__file__).resolve().parents[2] / "tempo_jax"
-    offenders = []
-    for path in pkg.rglob("*.py"):
-        if path.name == "cli.py" and path.parent == pkg:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.relative_to(pkg)}: {n}" for n in names if n == "tempo_jax.cli"]
-    assert offenders == []

@@ -6,6 +6,7 @@ leaving earlier results intact."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -18,8 +19,45 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from experiments.research import harness as H  # noqa: E402
+from experiments.research import PROJECT  # noqa: E402
+from tempo_jax import research as R  # noqa: E402
 from tempo_jax import stats as S  # noqa: E402
+from tempo_jax.research import provenance, render, runner  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyProject(R.Project):
+    """The repository's project with its experiments replaced by toy modules."""
+
+    modules: tuple = ()
+
+    def registry(self):
+        return {m.DESIGN.id: m for m in self.modules}
+
+
+class _Harness:
+    """The library harness bound to the toy project of the test (``register`` sets its modules)."""
+
+    Hypothesis, Design, Output = R.Hypothesis, R.Design, R.Output
+    RESULTS = PROJECT.results
+    params_hash = staticmethod(provenance.params_hash)
+    json_safe = staticmethod(provenance.json_safe)
+    natural = staticmethod(render._natural)
+
+    def __init__(self):
+        self.project = ToyProject(**{f.name: getattr(PROJECT, f.name) for f in dataclasses.fields(PROJECT)})
+
+    def use(self, *modules):
+        self.project = dataclasses.replace(self.project, modules=tuple(modules))
+
+    def run_experiment(self, exp_id, **kw):
+        return runner.run_experiment(self.project, exp_id, **kw)
+
+    def write_findings(self, results_dir, path):
+        return render.write_findings(self.project, results_dir, path)
+
+
+H = _Harness()
 
 MARGIN = 0.2
 
@@ -83,7 +121,8 @@ def fake_model(scale=1.0):
 @pytest.fixture
 def register(monkeypatch):
     def reg(*toys):
-        monkeypatch.setattr(H, "registry", lambda: {t.DESIGN.id: t.module() for t in toys})
+        monkeypatch.setattr(H, "project", H.project)  # restored after the test
+        H.use(*[t.module() for t in toys])
     return reg
 
 
@@ -98,7 +137,8 @@ def full_run(tmp_path_factory):
     """One full run on every test prompt of the corpus (module scope: ~360 prompts, BCa 4999)."""
     mp = pytest.MonkeyPatch()
     toy = Toy()
-    mp.setattr(H, "registry", lambda: {"toy1": toy.module()})
+    mp.setattr(H, "project", H.project)
+    H.use(toy.module())
     root = tmp_path_factory.mktemp("results")
     dest = H.run_experiment("toy1", out=root / "toy1", loaded_model=fake_model())
     mp.undo()
@@ -262,7 +302,7 @@ def test_research_list_discovers_designs(capsys):
     args = p.parse_args(["research", "list"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    reg = H.registry()
+    reg = PROJECT.registry()
     assert reg and all(k in out for k in reg)
     for path in (ROOT / "experiments" / "research").glob("rq*.py"):
         if "DESIGN" not in path.read_text():
@@ -290,7 +330,7 @@ def test_findings_orders_mixed_ids(tmp_path):
     for i, eid in enumerate(["rq10.1", "rq2.1b", "rq2.1"]):
         d = tmp_path / eid
         d.mkdir()
-        design = json.loads(json.dumps(H.dataclasses.asdict(toy_design(id=eid))))
+        design = json.loads(json.dumps(dataclasses.asdict(toy_design(id=eid))))
         prov = {"n_prompts": 3, "split": "test", "genres": ["prose"]}
         (d / "result.json").write_text(json.dumps({"id": eid, "questions": ["9.9"], "title": eid,
                                                    "design": design, "provenance": prov, "tests": [],
@@ -315,15 +355,15 @@ def test_refresh_equivalence_reverts_zero_spread_equivalence(tmp_path):
     before = {t["column"]: t["verdict"] for t in src["tests"]}
     path = Path(tmp_path) / "result.json"
     path.write_text(json.dumps(src))
-    changed = H.refresh_equivalence(path)
+    changed = render.refresh_equivalence(PROJECT, path)
     after = {t["column"]: t for t in json.loads(path.read_text())["tests"]}
     assert changed == ["dgold_eager2: no effect within +-0.1 -> cannot tell at this n"]
     assert after["dgold_eager2"]["p_tost"] == pytest.approx(0.9 ** 16)
     assert {c: t["verdict"] for c, t in after.items() if c != "dgold_eager2"} == \
         {c: v for c, v in before.items() if c != "dgold_eager2"}
-    assert H.refresh_equivalence(path) == []  # idempotent
+    assert render.refresh_equivalence(PROJECT, path) == []  # idempotent
 
 
 def test_findings_order_is_natural():
     ids = ["rep1.1", "rq10.1", "rq1.3", "rq1.1b", "rq1.1", "rq2.1", "rq9.2"]
-    assert sorted(ids, key=H._natural) == ["rq1.1", "rq1.1b", "rq1.3", "rq2.1", "rq9.2", "rq10.1", "rep1.1"]
+    assert sorted(ids, key=H.natural) == ["rq1.1", "rq1.1b", "rq1.3", "rq2.1", "rq9.2", "rq10.1", "rep1.1"]

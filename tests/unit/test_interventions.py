@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tempo_jax.interventions import Interventions, ablate_heads, logit_lens
+from tempo_jax.interventions import Interventions, ablate_heads
+from tempo_jax.model import logit_lens
 from tempo_jax.model import TapsSpec, causal_mask, forward, init_cache
 from tinymodel import tiny
 

@@ -11,7 +11,7 @@ from tempo_jax.capture import CaptureWriter, load_capture
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.engine.config import sibling_codes
 from tempo_jax.engine.masks import adaptive_siblings, step_mask
-from tempo_jax.engine.rules import SiblingRule
+from tempo_jax.engine.siblings import SiblingRule
 from tinymodel import tiny
 
 PROMPT = [5, 9, 13, 17, 21]
@@ -36,7 +36,7 @@ def test_step_mask_matches_hand_built(rule):
     K, P, W, n = 12, 3, 4, 3  # three real members, one padding query
     alive = np.arange(K) < P
     slot_step = np.where(alive, -1, -2)
-    table = jnp.full((2, 3), SiblingRule(rule).code, jnp.int32)
+    table = jnp.full((2, 3), SiblingRule.check(rule).code, jnp.int32)
     got = np.asarray(step_mask(jnp.asarray(alive), jnp.asarray(slot_step), jnp.int32(0), jnp.int32(P),
                                jnp.int32(n), W, table))
     assert got.shape == (2, 3, W, K)
@@ -147,9 +147,9 @@ def test_bad_values_refused_in_one_line():
             generate(params, cfg, PROMPT, GenerationConfig(max_steps=2, **kw))
         assert "\n" not in str(e.value)
     g = GenerationConfig(max_steps=2)
-    with pytest.raises(ValueError, match=r"siblings must hold codes 0 isolated.*got values in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"siblings must hold sibling-rule codes \(0 isolated, 1 visible, 2 full, 3 reverse\); got values in \[0, 4\]"):
         generate(params, cfg, PROMPT, g, inputs=g.inputs(cfg).replace(
             siblings=jnp.asarray([[0, 1, 2, 4]] * 2, jnp.int32)))
     with pytest.raises(ValueError, match="isolate_above must be a number of nats"):
         generate(params, cfg, PROMPT, g, inputs=g.inputs(cfg).replace(isolate_above=jnp.float32(np.nan)))
-    assert SiblingRule("reverse").code == 3
+    assert SiblingRule.check("reverse").code == 3

@@ -106,7 +106,7 @@ def test_verdicts_and_findings(tmp_path):
     # FINDINGS is generated from results folders
     res_dir = tmp_path / "results"
     (res_dir / "toy").mkdir(parents=True)
-    (res_dir / "toy" / "result.json").write_text(json.dumps(harness._json_safe({
+    (res_dir / "toy" / "result.json").write_text(json.dumps(harness.json_safe({
         "id": "toy", "questions": ["0.1"], "title": "toy", "answer": "Toy answer.",
         "design": __import__("dataclasses").asdict(design), "tests": [
             __import__("dataclasses").asdict(t) for t in tests.values()],
