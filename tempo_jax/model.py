@@ -40,16 +40,42 @@ class KVCache:
 
 @dataclasses.dataclass(frozen=True)
 class TapsSpec:
-    """What a forward returns besides logits (static, hashable).
+    """What a forward returns besides logits (static, hashable): each True field is a key of the
+    returned taps dict, stacked over layers, the same on every weight layout.
 
-    attn: attention probabilities ``[L,B,H,T,K]``; resid: residual stream after each layer
-    ``[L,B,T,E]``; attn_received: attention each key slot receives from this forward's queries,
-    summed over queries ``[L,B,H,K]`` (a small in-graph reduction).
+    Per layer and token: q_pre ``[L,B,T,H,D]`` and k_pre, v ``[L,B,T,G,D]`` (projections, bias
+    added, before RoPE); q, k (after RoPE at the given positions); z ``[L,B,T,H,D]`` (each head's
+    attention output, after head interventions, before W_O); attn_out and mlp_out ``[L,B,T,E]``
+    (what attention and the MLP add to the residual stream); resid_mid ``[L,B,T,E]`` (residual
+    after attention, before the MLP); resid ``[L,B,T,E]`` (residual after the layer, after a patch).
+    Attention: attn ``[L,B,H,T,K]`` (probabilities); attn_received ``[L,B,H,K]`` (what each key slot
+    receives from this forward's queries, summed over queries: an in-graph reduction).
     """
 
-    attn: bool = False
+    q_pre: bool = False
+    k_pre: bool = False
+    v: bool = False
+    q: bool = False
+    k: bool = False
+    z: bool = False
+    attn_out: bool = False
+    mlp_out: bool = False
+    resid_mid: bool = False
     resid: bool = False
+    attn: bool = False
     attn_received: bool = False
+
+    @classmethod
+    def of(cls, *names: str) -> "TapsSpec":
+        """``TapsSpec.of("q", "attn")``, with a one-line error for an unknown name."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise ValueError(f"unknown tap {bad[0]!r}; known: {', '.join(known)}")
+        return cls(**{n: True for n in names})
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name))
 
 
 NO_TAPS = TapsSpec()
@@ -134,6 +160,100 @@ def _unstack_one(lp: dict) -> dict:
 def is_unstacked(params: Params) -> bool:
     """Whether ``params["layers"]`` is a tuple of per-layer dicts (:func:`unstack_layers`)."""
     return isinstance(params["layers"], (tuple, list))
+
+
+def layer_params(params: Params, layer) -> dict:
+    """One layer's weights in the parameters' own layout: a slice of the stacked arrays (``layer``
+    may be traced) or the unstacked tuple's entry (``layer`` a Python int)."""
+    if is_unstacked(params):
+        return params["layers"][layer]
+    return {k: v[layer] for k, v in params["layers"].items()}
+
+
+@flax.struct.dataclass
+class LayerWeights:
+    """Every layer's attention weights in the stacked, unfused layout, whatever layout the
+    parameters have: attn_norm ``[L,E]``, wq ``[L,E,H,D]``, wk and wv ``[L,E,G,D]``, wo ``[L,H,D,E]``;
+    bq ``[L,H,D]``, bk and bv ``[L,G,D]`` or None. For analyses of the weights themselves."""
+
+    attn_norm: jax.Array
+    wq: jax.Array
+    wk: jax.Array
+    wv: jax.Array
+    wo: jax.Array
+    bq: jax.Array | None = None
+    bk: jax.Array | None = None
+    bv: jax.Array | None = None
+
+    def layer(self, l) -> dict:
+        """Layer ``l``'s attention weights (``l`` may be traced) as a dict :func:`attention_inputs` takes."""
+        return {k: v[l] for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def layer_weights(params: Params, cfg: ModelConfig) -> LayerWeights:
+    """The attention weights of every layer (:class:`LayerWeights`), from either layout."""
+    if not is_unstacked(params):
+        lay = params["layers"]
+        return LayerWeights(lay["attn_norm"], lay["wq"], lay["wk"], lay["wv"], lay["wo"],
+                            lay.get("bq"), lay.get("bk"), lay.get("bv"))
+    H, G, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    per = []
+    for lp in params["layers"]:
+        e = lp["wqkv"].shape[0]
+        w = lp["wqkv"].reshape(e, H + 2 * G, D)
+        b = lp.get("bqkv")
+        per.append((lp["attn_norm"], w[:, :H], w[:, H:H + G], w[:, H + G:], lp["wo"],
+                    None if b is None else b[:H], None if b is None else b[H:H + G],
+                    None if b is None else b[H + G:]))
+    cols = list(zip(*per))
+    return LayerWeights(*[None if c[0] is None else jnp.stack(c) for c in cols])
+
+
+@flax.struct.dataclass
+class QKV:
+    """One layer's attention inputs for tokens ``[B,T]``: q_pre ``[B,T,H,D]``, k_pre and v
+    ``[B,T,G,D]`` (projections with bias, before RoPE), q and k (after RoPE)."""
+
+    q_pre: jax.Array
+    k_pre: jax.Array
+    v: jax.Array
+    q: jax.Array
+    k: jax.Array
+
+
+def attention_inputs(lp: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array) -> QKV:
+    """Queries, keys and values of one layer (``lp`` from :func:`layer_params`, either layout) for
+    residual inputs ``x[B,T,E]`` at float RoPE ``positions[B,T]``; what :func:`forward` computes."""
+    b, t = x.shape[:2]
+    # projections as 2-D matmuls on free reshapes ([B*T,E] @ [E,N*D]): XLA:CPU runs the
+    # equivalent 3-D einsums markedly slower for decode-sized T
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
+    nh, ng = cfg.num_heads, cfg.num_kv_heads
+    if "wqkv" in lp:  # unstacked layout: one product, split into heads
+        qkv = (h @ lp["wqkv"]).reshape(b, t, -1, cfg.head_dim)
+        if cfg.qkv_bias:
+            qkv = qkv + lp["bqkv"]
+        q, k, v = qkv[:, :, :nh], qkv[:, :, nh:nh + ng], qkv[:, :, nh + ng:]
+    else:
+        proj = lambda w: (h @ w.reshape(w.shape[0], -1)).reshape(b, t, w.shape[1], w.shape[2])
+        q, k, v = proj(lp["wq"]), proj(lp["wk"]), proj(lp["wv"])
+        if cfg.qkv_bias:
+            q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    inv_freq = jnp.asarray(cfg.inv_freq())
+    positions = jnp.asarray(positions, jnp.float32)
+    return QKV(q, k, v, rope(q, positions, inv_freq), rope(k, positions, inv_freq))
+
+
+def mlp(lp: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """What one layer's MLP adds to the residual ``x[B,T,E]`` (pre-norm, SiLU-gated), either layout."""
+    b, t = x.shape[:2]
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
+    if "w_gate_up" in lp:  # unstacked layout
+        gu = h @ lp["w_gate_up"]
+        ff = jax.nn.silu(gu[:, :cfg.intermediate_size]) * gu[:, cfg.intermediate_size:]
+    else:
+        ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
+    return (ff @ lp["w_down"]).reshape(b, t, -1)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -227,7 +347,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     applied after this forward's keys are written; cache KVCache [L,B,K,G,D].
     ``interventions`` (arrays, see :class:`tempo_jax.interventions.Interventions`) ablate heads, bias
     attention logits per key slot or patch the residual stream.
-    Returns ``(logits[B,T,V] float32, new cache, taps dict)`` with taps chosen by ``taps``
+    Returns ``(logits[B,T,V] float32, new cache, taps dict)`` with the taps :class:`TapsSpec` names
     (``return_hidden``: the final residual ``[B,T,E]`` before the final norm instead of logits).
     ``attend`` (static) A <= K: attention reads only slots 0..A-1 (the caller guarantees that the
     mask is False beyond them and that ``slots`` < A); attention taps are zero-padded back to K. A
@@ -248,7 +368,6 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     a = cache.capacity if attend is None else attend
     if not 1 <= a <= cache.capacity:
         raise ValueError(f"attend must lie in [1, {cache.capacity}] (cache capacity), got {attend}")
-    inv_freq = jnp.asarray(cfg.inv_freq())
     dtype = params["embed"].dtype
     batch_idx = jnp.arange(b)[:, None]
 
@@ -256,21 +375,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         x, ck, cv = carry
         lp, li, lmask, liv = xs
         lmask = lmask if per_layer_mask else mask[:, 0]
-        # projections as 2-D matmuls on free reshapes ([B*T,E] @ [E,N*D]): XLA:CPU runs the
-        # equivalent 3-D einsums markedly slower for decode-sized T
-        h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
-        proj = lambda w: (h @ w.reshape(w.shape[0], -1)).reshape(b, t, w.shape[1], w.shape[2])
-        if "wqkv" in lp:  # unstacked layout: one product, split into heads
-            qkv = (h @ lp["wqkv"]).reshape(b, t, -1, cfg.head_dim)
-            if cfg.qkv_bias:
-                qkv = qkv + lp["bqkv"]
-            nh, ng = cfg.num_heads, cfg.num_kv_heads
-            q, k, v = qkv[:, :, :nh], qkv[:, :, nh:nh + ng], qkv[:, :, nh + ng:]
-        else:
-            q, k, v = proj(lp["wq"]), proj(lp["wk"]), proj(lp["wv"])
-            if cfg.qkv_bias:
-                q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-        q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+        qkv = attention_inputs(lp, cfg, x, positions)
+        q, k, v = qkv.q, qkv.k, qkv.v
         # Write the new keys/values straight into the full cache (an in-place scatter of T rows),
         # then read this layer's slice: no per-layer extract + write-back of the whole layer.
         ck = ck.at[li, batch_idx, slots].set(k.astype(ck.dtype), mode="drop")
@@ -292,23 +398,16 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         if cfg.o_bias:
             o = o + lp["bo"]
         x = x + o
-        h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
-        if "w_gate_up" in lp:  # unstacked layout
-            gu = h @ lp["w_gate_up"]
-            ff = jax.nn.silu(gu[:, :cfg.intermediate_size]) * gu[:, cfg.intermediate_size:]
-        else:
-            ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
-        x = x + (ff @ lp["w_down"]).reshape(b, t, -1)
+        x_mid = x
+        m = mlp(lp, cfg, x)
+        x = x + m
         if liv.resid_patch is not None:
             x = jnp.where(liv.resid_patch_mask[..., None], liv.resid_patch.astype(x.dtype), x)
-        out = {}
-        if taps.attn:
-            out["attn"] = probs
-        if taps.resid:
-            out["resid"] = x
-        if taps.attn_received:
-            out["attn_received"] = probs.sum(axis=2)
-        return (x, ck, cv), out
+        values = {"q_pre": lambda: qkv.q_pre, "k_pre": lambda: qkv.k_pre, "v": lambda: v, "q": lambda: q,
+                  "k": lambda: k, "z": lambda: attn, "attn_out": lambda: o, "mlp_out": lambda: m,
+                  "resid_mid": lambda: x_mid, "resid": lambda: x, "attn": lambda: probs,
+                  "attn_received": lambda: probs.sum(axis=2)}
+        return (x, ck, cv), {name: values[name]() for name in taps.names()}
 
     x = params["embed"][tokens]
     layer_masks = jnp.moveaxis(mask, 1, 0) if per_layer_mask else jnp.zeros((cfg.num_layers,), bool)
@@ -373,6 +472,10 @@ def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, cache: KVCache,
     if taps.attn:
         raise ValueError("prefill reduces attention in-graph: ask for attn_last or attn_received, "
                          "not the full [L,B,H,T,K] attention (use forward for short prompts)")
+    other = [n for n in taps.names() if n not in ("resid", "attn_received")]
+    if other:
+        raise ValueError(f"prefill returns the taps resid and attn_received (and attn_last), not {other[0]}; "
+                         "use forward for per-token taps")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if interventions is not None and interventions.resid_patch is not None:

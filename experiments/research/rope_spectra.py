@@ -21,7 +21,7 @@ import numpy as np
 from experiments.research.position_probe import pad, prompt_state
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.masks import step_mask
-from tempo_jax.model import KVCache, TapsSpec, forward, rms_norm, rope
+from tempo_jax.model import KVCache, TapsSpec, forward
 from tempo_jax.slots import PROMPT, UNWRITTEN
 
 
@@ -37,16 +37,9 @@ def _qk(params, mcfg: ModelConfig, cache: KVCache, plen, members, probe_token, p
     pos = jnp.concatenate([jnp.full((n,), plen, jnp.float32), probe_pos[None]])[None]
     slots = (plen + jnp.arange(n + 1))[None]
     _, cache, taps = forward(params, mcfg, tokens, pos, slots, mask[None], cache,
-                             TapsSpec(attn=True, resid=True))
-    L = mcfg.num_layers
-    kpost = jax.vmap(lambda c: jax.lax.dynamic_slice_in_dim(c[0], plen, n, axis=0))(cache.k)  # [L,n,G,D]
-    inv = jnp.asarray(mcfg.inv_freq())
-    kpre = rope(kpost, jnp.full((L, n), -plen, jnp.float32), inv)  # undo the rotation by P
-    x_in = jnp.concatenate([params["embed"][probe_token][None], taps["resid"][:-1, 0, n]], 0)  # [L,E]
-    h = jax.vmap(lambda x, w: rms_norm(x, w, mcfg.rms_norm_eps))(x_in, params["layers"]["attn_norm"])
-    q = jnp.einsum("le,lehd->lhd", h, params["layers"]["wq"])
-    if mcfg.qkv_bias:
-        q = q + params["layers"]["bq"]
+                             TapsSpec.of("attn", "q_pre", "k_pre"))
+    q = taps["q_pre"][:, 0, n]  # [L,H,D] the probe's query before RoPE
+    kpre = taps["k_pre"][:, 0, :n]  # [L,n,G,D] the members' keys before RoPE
     attn = taps["attn"][:, 0, :, n]  # [L,H,K]
     member_attn = jax.vmap(lambda a: jax.lax.dynamic_slice_in_dim(a, plen, n, axis=-1))(attn)
     return q, kpre, member_attn

@@ -52,7 +52,7 @@ from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.masks import step_mask
-from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache, unembed
+from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache, layer_weights, unembed
 from tempo_jax.slots import PROMPT, UNWRITTEN
 
 W = 4  # members per forced set; the last one is swapped
@@ -233,7 +233,7 @@ def measure(params, mcfg: ModelConfig, ids) -> Bottleneck:
     # heads: member reads of world A minus world B, direct effect on the final x - y logit
     k = np.arange(K)
     members = (k >= P) & (k < P + W)
-    wo = np.asarray(params["layers"]["wo"])
+    wo = np.asarray(layer_weights(params, mcfg).wo)
     reads = [member_reads(attn[w], np.asarray(caches[w].v[:, 0]), wo, members) for w in range(2)]
     dread = reads[0] - reads[1]  # [L,H,2,E]
     u = unembedding_diff(params, mcfg, x, y)

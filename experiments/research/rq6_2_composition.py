@@ -51,7 +51,7 @@ from tempo_jax import stats as S
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.masks import step_mask
 from tempo_jax.interventions import Interventions
-from tempo_jax.model import KVCache, TapsSpec, forward, rms_norm, rope
+from tempo_jax.model import KVCache, TapsSpec, attention_inputs, forward, layer_weights
 from tempo_jax.slots import PROMPT, UNWRITTEN
 
 N_SET = 3
@@ -67,16 +67,16 @@ KINDS = ("Q", "K", "V")
 def head_circuits(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Per query head (flat index l * H + h) the factors of its circuits, norm gain folded in:
     ``wq, wk, wv[N,E,D]`` (input side), ``wo[N,D,E]``. GQA: head h reads KV head h // R."""
-    lay = params["layers"]
+    w = layer_weights(params, cfg)
     L, H, R = cfg.num_layers, cfg.num_heads, cfg.group_size
-    g = np.asarray(lay["attn_norm"], np.float64)[:, :, None, None]  # [L,E,1,1]
+    g = np.asarray(w.attn_norm, np.float64)[:, :, None, None]  # [L,E,1,1]
     grp = np.arange(H) // R
-    wq = g * np.asarray(lay["wq"], np.float64)  # [L,E,H,D]
-    wk = (g * np.asarray(lay["wk"], np.float64))[:, :, grp]
-    wv = (g * np.asarray(lay["wv"], np.float64))[:, :, grp]
-    flat = lambda w: np.moveaxis(w, 2, 1).reshape(L * H, w.shape[1], w.shape[3])
+    wq = g * np.asarray(w.wq, np.float64)  # [L,E,H,D]
+    wk = (g * np.asarray(w.wk, np.float64))[:, :, grp]
+    wv = (g * np.asarray(w.wv, np.float64))[:, :, grp]
+    flat = lambda a: np.moveaxis(a, 2, 1).reshape(L * H, a.shape[1], a.shape[3])
     return {"wq": flat(wq), "wk": flat(wk), "wv": flat(wv),
-            "wo": np.asarray(lay["wo"], np.float64).reshape(L * H, cfg.head_dim, -1)}
+            "wo": np.asarray(w.wo, np.float64).reshape(L * H, cfg.head_dim, -1)}
 
 
 def _row_space(a):
@@ -192,7 +192,7 @@ def head_outputs(params, mcfg: ModelConfig, attn, v_cache):
     H, R = mcfg.num_heads, mcfg.group_size
     v = v_cache[:, :, jnp.arange(H) // R]  # [L,K,H,D]
     z = jnp.einsum("lhtk,lkhd->lhtd", attn, v)
-    return jnp.einsum("lhtd,lhde->lhte", z, params["layers"]["wo"])
+    return jnp.einsum("lhtd,lhde->lhte", z, layer_weights(params, mcfg).wo)
 
 
 @functools.partial(jax.jit, static_argnames=("mcfg",))
@@ -207,9 +207,8 @@ def direct_paths(params, mcfg: ModelConfig, k_cache, x_probe, o_probe, x_mem, o_
     ``layers[Ld]``: the downstream layers computed.
     Returns ``q_mass[Ld,N,H]`` (u's output removed from the probe's query input at layer l, all heads
     h of layer l) and ``k_mass[Ld,N,H]`` (removed from the members' key input at layer l)."""
-    inv_freq = jnp.asarray(mcfg.inv_freq())
     H, G, R, D = mcfg.num_heads, mcfg.num_kv_heads, mcfg.group_size, mcfg.head_dim
-    lay = params["layers"]
+    w = layer_weights(params, mcfg)
     neg = jnp.finfo(jnp.float32).min
 
     def mass(logits):  # [...,H,K] -> member mass [...,H]
@@ -217,26 +216,17 @@ def direct_paths(params, mcfg: ModelConfig, k_cache, x_probe, o_probe, x_mem, o_
         return jnp.sum(jnp.where(members, p, 0.0), -1)
 
     def layer(l):
-        g = lay["attn_norm"][l]
+        lp = w.layer(l)
         kc = k_cache[l]  # [K,G,D]
         # Q path: x' = x_probe[l] - o_u for every u
         xq = x_probe[l][None] - remove * o_probe  # [N,E]
-        q = jnp.einsum("ne,ehd->nhd", rms_norm(xq, g, mcfg.rms_norm_eps), lay["wq"][l])
-        if mcfg.qkv_bias:
-            q = q + lay["bq"][l]
-        q = rope(q[:, None], jnp.full((q.shape[0], 1), probe_pos), inv_freq)[:, 0]  # [N,H,D]
+        q = attention_inputs(lp, mcfg, xq[:, None], jnp.full((xq.shape[0], 1), probe_pos)).q[:, 0]  # [N,H,D]
         lq = jnp.einsum("ngrd,kgd->ngrk", q.reshape(-1, G, R, D), kc).reshape(q.shape[0], H, -1) * D ** -0.5
         # K path: members' keys from x_mem[l] - o_u(members); the clean query
-        q0 = jnp.einsum("e,ehd->hd", rms_norm(x_probe[l], g, mcfg.rms_norm_eps), lay["wq"][l])
-        if mcfg.qkv_bias:
-            q0 = q0 + lay["bq"][l]
-        q0 = rope(q0[None, None], jnp.full((1, 1), probe_pos), inv_freq)[0, 0]  # [H,D]
+        q0 = attention_inputs(lp, mcfg, x_probe[l][None, None], jnp.full((1, 1), probe_pos)).q[0, 0]  # [H,D]
         xk = x_mem[l][None] - remove * o_mem  # [N,n,E]
-        km = jnp.einsum("nte,egd->ntgd", rms_norm(xk, g, mcfg.rms_norm_eps), lay["wk"][l])
-        if mcfg.qkv_bias:
-            km = km + lay["bk"][l]
-        nn_, t = km.shape[:2]
-        km = rope(km, jnp.broadcast_to(member_pos, (nn_, t)), inv_freq)  # [N,n,G,D]
+        nn_, t = xk.shape[:2]
+        km = attention_inputs(lp, mcfg, xk, jnp.broadcast_to(member_pos, (nn_, t))).k  # [N,n,G,D]
         base = jnp.einsum("grd,kgd->grk", q0.reshape(G, R, D), kc).reshape(H, -1) * D ** -0.5  # [H,K]
         mem_l = jnp.einsum("grd,ntgd->ngrt", q0.reshape(G, R, D), km).reshape(nn_, H, t) * D ** -0.5
         idx = jnp.argmax(members)  # members occupy slots idx..idx+n-1

@@ -29,6 +29,7 @@ from tempo_jax.engine.inputs import stack
 from tempo_jax.engine.outputs import StepRecords
 from tempo_jax.engine.run import run_on_device
 from tempo_jax.interventions import Interventions
+from tempo_jax.model import is_unstacked
 from tempo_jax.sweeps import store
 from tempo_jax.sweeps.spec import AXES, Grid, SweepSpec, expand, tokenize_prompts
 
@@ -46,7 +47,8 @@ def build_mesh(devices=None, data: int | None = None, model: int = 1) -> Mesh:
 
 
 def param_partition(params, mcfg: ModelConfig, model_size: int):
-    """PartitionSpecs of the parameter pytree: heads and MLP width over "model" (when divisible)."""
+    """PartitionSpecs of the parameter pytree, either layout: heads and MLP width over "model" (when
+    divisible)."""
     H, G, F = mcfg.num_heads, mcfg.num_kv_heads, mcfg.intermediate_size
     ok = lambda n: model_size > 1 and n % model_size == 0
     m = "model"
@@ -56,8 +58,13 @@ def param_partition(params, mcfg: ModelConfig, model_size: int):
              "wo": P(None, m, None, None) if ok(H) else P(),
              "w_gate": P(None, None, m) if ok(F) else P(), "w_up": P(None, None, m) if ok(F) else P(),
              "w_down": P(None, m, None) if ok(F) else P()}
-    return {k: ({n: rules.get(n, P()) for n in v} if k == "layers" else P())
-            for k, v in params.items()}
+    if is_unstacked(params):  # per-layer dicts: the same rules without the L axis; the fused
+        # wqkv / w_gate_up stay replicated (their columns are q|k|v and gate|up, not whole heads)
+        per = {n: P(*r[1:]) if len(r) else P() for n, r in rules.items()}
+        layers = tuple({n: per.get(n, P()) for n in lp} for lp in params["layers"])
+    else:
+        layers = {n: rules.get(n, P()) for n in params["layers"]}
+    return {k: (layers if k == "layers" else P()) for k in params}
 
 
 def world_outputs(st, records: StepRecords) -> dict:

@@ -200,3 +200,26 @@ def test_each_head_expands_to_every_head(setup):
     assert grid.heads == [((l, h),) for l in range(cfg.num_layers) for h in range(cfg.num_heads)]
     spec2 = SweepSpec.from_dict({**SPEC, "heads": [[], "each"]})
     assert len(expand(spec2, cfg, SPEC["prompts"]).heads) == 1 + cfg.num_layers * cfg.num_heads
+
+
+def test_param_partition_fits_both_layouts():
+    """Every leaf gets a spec no longer than its rank, heads split over "model" on both layouts."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from tempo_jax.config import ModelConfig
+    from tempo_jax.model import init_params, unstack_layers
+    from tempo_jax.sweeps.runner import param_partition
+
+    cfg = ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=4, rope_theta=1e4, rms_norm_eps=1e-5)
+    stacked = init_params(cfg, jax.random.PRNGKey(0))
+    for params in (stacked, unstack_layers(stacked)):
+        spec = param_partition(params, cfg, 2)
+        pairs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda s, x: (s, x.ndim), spec, params,
+                                                                 is_leaf=lambda s: isinstance(s, P)),
+                                          is_leaf=lambda t: isinstance(t, tuple) and isinstance(t[0], P))
+        assert len(pairs) == len(jax.tree_util.tree_leaves(params))
+        assert all(len(s) <= nd for s, nd in pairs)
+    assert param_partition(stacked, cfg, 2)["layers"]["wo"] == P(None, "model", None, None)
+    assert param_partition(unstack_layers(stacked), cfg, 2)["layers"][1]["wo"] == P("model", None, None)

@@ -18,7 +18,7 @@ from tempo_jax.model import (TapsSpec, forward, init_cache, init_params, is_unst
 CFG = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4,
                   num_kv_heads=2, head_dim=16, rope_theta=10000.0, rms_norm_eps=1e-5)
 BIASED = dataclasses.replace(CFG, qkv_bias=True, o_bias=True, name="biased")
-ALL_TAPS = TapsSpec(attn=True, resid=True, attn_received=True)
+ALL_TAPS = TapsSpec.of(*[f.name for f in dataclasses.fields(TapsSpec)])  # every named tap
 _fwd = jax.jit(forward, static_argnames=("cfg", "taps", "attend"))
 
 
@@ -53,7 +53,7 @@ def test_unstacked_forward_equals_stacked(cfg, attend):
     got = _fwd(flat, cfg, tokens, pos, slots, mask, cache, ALL_TAPS, iv, attend=attend)
     for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
-    assert set(want[2]) == set(got[2]) == {"attn", "resid", "attn_received"}
+    assert set(want[2]) == set(got[2]) == set(ALL_TAPS.names()) and len(ALL_TAPS.names()) == 12
 
 
 def test_unstack_layers_layout_and_idempotence():
