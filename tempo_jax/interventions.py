@@ -6,16 +6,15 @@ Every field is optional; a missing field is the identity. Shapes use the axis le
 
 from __future__ import annotations
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 
 
-@flax.struct.dataclass
-class Interventions:
+class Interventions(Struct):
     """head_scale[L,H]: factor on each head's attention output (0 ablates the head);
     head_mean[L,H,D]: value an ablated head is replaced by, ``out = s*out + (1-s)*head_mean``
     (zeros: zero ablation; a stored mean output: mean ablation);

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.interventions import Interventions
 from tempo_jax.interventions import check as check_interventions
@@ -26,8 +26,7 @@ from tempo_jax.interventions import check as check_interventions
 Params = dict[str, Any]
 
 
-@flax.struct.dataclass
-class KVCache:
+class KVCache(Struct):
     """Key/value cache ``k, v: [L,B,K,G,D]``. Capacity K is static (the array shape)."""
 
     k: jax.Array
@@ -170,8 +169,7 @@ def layer_params(params: Params, layer) -> dict:
     return {k: v[layer] for k, v in params["layers"].items()}
 
 
-@flax.struct.dataclass
-class LayerWeights:
+class LayerWeights(Struct):
     """Every layer's attention weights in the stacked, unfused layout, whatever layout the
     parameters have: attn_norm ``[L,E]``, wq ``[L,E,H,D]``, wk and wv ``[L,E,G,D]``, wo ``[L,H,D,E]``;
     bq ``[L,H,D]``, bk and bv ``[L,G,D]`` or None. For analyses of the weights themselves."""
@@ -209,8 +207,7 @@ def layer_weights(params: Params, cfg: ModelConfig) -> LayerWeights:
     return LayerWeights(*[None if c[0] is None else jnp.stack(c) for c in cols])
 
 
-@flax.struct.dataclass
-class QKV:
+class QKV(Struct):
     """One layer's attention inputs for tokens ``[B,T]``: q_pre ``[B,T,H,D]``, k_pre and v
     ``[B,T,G,D]`` (projections with bias, before RoPE), q and k (after RoPE)."""
 

@@ -8,16 +8,16 @@ Slot 0 is the attention sink: reported on its own, never in a group below.
 
 from __future__ import annotations
 
-import flax.struct
 import jax
 import jax.numpy as jnp
+
+from tempo_jax.pytree import Struct
 
 UNWRITTEN, PROMPT = -2, -1
 SINK = 0
 
 
-@flax.struct.dataclass
-class SlotGroups:
+class SlotGroups(Struct):
     """Boolean masks ``[K]`` of the key slots a query of step s can see, by role.
 
     visible: written and alive during step s's forward; sink: slot 0 if visible;

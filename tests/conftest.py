@@ -1,11 +1,17 @@
 """Shared fixtures and the layout of the suite.
 
-tests/unit/       fast unit, invariant and end-to-end tests (tiny random models, hand-computed cases)
-tests/reference/  tests against independent references: HF transformers in torch float32, HF's GGUF
-                  loader, the real default model
-Both run by default (`python -m pytest -q`); `-m "not reference"` runs the first group only, and
-`-m "not slow"` leaves out the tests that load the real default model. Helpers shared by both
-(``tinymodel.py``, ``golden_traces.py``, ``data/``) live here, and this folder is on ``sys.path``.
+tests/unit/         the library: model/ (forward, taps, layouts, interventions), engine/ (masks,
+                    rules, drivers, golden traces, speculative, sweeps, search), measures/ (metrics,
+                    statistics, quality, probes), research/ (the harness on toy experiments), cli/
+                    (commands end to end, nothing lost, README walk), test_import_graph.py
+tests/experiments/  this repository's research experiments and corpus
+tests/reference/    tests against independent references: HF transformers in torch float32, HF's GGUF
+                    loader, the real default model
+All run by default (`python -m pytest -q`). `-m "not slow"` leaves out the tests that load the real
+default model or run commands end to end; `python -m pytest -q tests/unit -m "not slow"` is the fast
+unit suite (tiny random models and hand-computed cases). `-m "not reference"` leaves out
+tests/reference. Helpers shared by all (``tinymodel.py``, ``golden_traces.py``, ``repo.py``,
+``data/``) live here, and this folder is on ``sys.path``.
 """
 
 from pathlib import Path
@@ -19,6 +25,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if (HERE / "reference") in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.reference)
+        if "default_model" in getattr(item, "fixturenames", ()):  # loads the real model: slow
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,7 +20,7 @@ to cache slots, so it hides whatever the cache holds at those slot indices (the 
 included when it falls inside the range). :func:`original_loop` runs that; without isolation it is
 the same feed sequence as ``compat="upstream"`` (tested).
 
-Metrics on plain arrays (hand-checked in tests/unit/test_rep_original.py):
+Metrics on plain arrays (hand-checked in tests/experiments/test_rep_original.py):
   :func:`original_ratio`      per-key attention on displayed parallel indices / on the rest;
   :func:`slot_ratio`          the same on slot maps (correct mechanics), sink reported separately;
   :func:`entropy_nats`, :func:`band_means`, :func:`locality` (recent vs distant keys per head).

@@ -8,7 +8,7 @@ keeping its own probability (no renormalisation). TEMPO's threshold selection th
 0 (the clean path's step-s choice, most probable first) together with every token the model itself
 put above tau_s (one may drop out when the set was already at the width cap W); greedy's argmax is
 w alone. The mixture combine weights w by its edited probability. Steps before s are untouched (the
-prefill and the earlier steps run exactly as without forcing; tests/unit/test_rq4_3_forcing.py).
+prefill and the earlier steps run exactly as without forcing; tests/experiments/test_rq4_3_forcing.py).
 
 Facts: w = the most probable step-0 token that reads as a capitalised word (a competing name), is not
 the gold's first token and is not a prefix of the gold or an alias (normalised text). Recovery =

@@ -12,11 +12,11 @@ import functools
 import time
 from typing import Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
 from tempo_jax.engine.core import prefill
@@ -26,8 +26,7 @@ from tempo_jax.model import KVCache, forward
 from tempo_jax.trace import Trace
 
 
-@flax.struct.dataclass
-class BeamState:
+class BeamState(Struct):
     cache: KVCache
     logp: jax.Array  # [N,V] next-token log-probs per beam
     score: jax.Array  # [N] summed log-prob

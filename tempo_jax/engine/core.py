@@ -8,10 +8,10 @@ Shapes: K cache slots, W max width, F fed width, S max steps, V vocab, L layers,
 
 from __future__ import annotations
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
+from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine import pruning
 from tempo_jax.engine.config import StaticSpec
@@ -28,8 +28,7 @@ from tempo_jax.slots import PROMPT, UNWRITTEN
 PREFILL_CHUNK = 512  # prompt queries per prefill forward beyond this length (model.prefill)
 
 
-@flax.struct.dataclass
-class TempoState:
+class TempoState(Struct):
     """Everything one generation carries between steps (one world)."""
 
     cache: KVCache  # [L,1,K,G,D]

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.struct
 import jax
 import numpy as np
 
+from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.siblings import SiblingRule
 from tempo_jax.interventions import Interventions
 
 
-@flax.struct.dataclass
-class EngineInputs:
+class EngineInputs(Struct):
     """Attributes (shapes in axis letters; S steps, W max width, L layers, H heads):
         thresholds: [S] float32, tau_s per step (the schedule, evaluated).
         siblings: [L,H] int32 sibling-rule codes, partial isolation (:mod:`tempo_jax.engine.siblings`:
@@ -92,19 +91,6 @@ class EngineInputs:
             iv = self.interventions
             t = iv.resid_patch.shape[2] if iv.resid_patch is not None else 1
             check_interventions(iv, mcfg, 1, t, capacity)
-
-
-def _checked_replace(self, **changes):
-    """Like ``dataclasses.replace``, but an unknown field name is a one-line ValueError."""
-    names = [f.name for f in dataclasses.fields(self)]
-    bad = [k for k in changes if k not in names]
-    if bad:
-        raise ValueError(f"unknown {type(self).__name__} field {bad[0]!r}; allowed: {', '.join(names)}")
-    return dataclasses.replace(self, **changes)
-
-
-EngineInputs.replace = _checked_replace
-Interventions.replace = _checked_replace
 
 
 def stack(worlds: list[EngineInputs]) -> EngineInputs:

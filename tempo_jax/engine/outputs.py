@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
+from tempo_jax.pytree import Struct
 from tempo_jax.engine.selection import entropy
 from tempo_jax.slots import slot_groups
 
 
-@flax.struct.dataclass
-class StepCapture:
+class StepCapture(Struct):
     """One step's captured data (W query rows). Rows F..W-1 (beyond the fed width) are 0; in
     ``attn`` and ``resid`` the fed rows n..F-1 hold the padding queries' real values (next-ranked
     tokens that missed the threshold), so slice by the step's ``set_n`` / ``fed_n``; the summary
@@ -58,8 +57,7 @@ def summarize(attn: jax.Array, base, n) -> dict[str, jax.Array]:
     }
 
 
-@flax.struct.dataclass
-class StepRecords:
+class StepRecords(Struct):
     """Per-step ``[S,L,H]`` means over each step's real queries (NaN for steps not run):
     sink, attn_entropy (nats), leakage, and attention received per context slot averaged over the
     parallel / non-parallel slot groups (:func:`tempo_jax.slots.slot_groups`; NaN when a group is

@@ -11,18 +11,17 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
+from tempo_jax.pytree import Struct
 from tempo_jax.engine.rules import CombineRule, EosRule, Method
 
 if TYPE_CHECKING:
     from tempo_jax.engine.inputs import EngineInputs
 
 
-@flax.struct.dataclass
-class CandidateSet:
+class CandidateSet(Struct):
     """C_s padded to W: tokens[W] int32 (most probable first), probs[W] (full-vocabulary values),
     valid[W] bool (member 0 always valid), n = number of members."""
 

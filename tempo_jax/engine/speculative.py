@@ -26,11 +26,11 @@ import dataclasses
 import time
 from typing import Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
 from tempo_jax.engine.core import prefill
@@ -52,8 +52,7 @@ class SpecSpec:
     draft_layers: int  # k
 
 
-@flax.struct.dataclass
-class SpecState:
+class SpecState(Struct):
     """What a speculative generation carries between rounds (one prompt)."""
 
     cache: KVCache  # [L,1,K,G,D]; slots < prompt_len + n hold the prompt and committed tokens

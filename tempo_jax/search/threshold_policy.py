@@ -15,11 +15,11 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine import core
 from tempo_jax.engine.config import GenerationConfig
@@ -31,8 +31,7 @@ from tempo_jax.trace import Trace
 FEATURES = ("entropy", "top1_prob", "mean_set_size_over_W")
 
 
-@flax.struct.dataclass
-class ThresholdPolicy:
+class ThresholdPolicy(Struct):
     """w [F] float32 feature weights, b [] float32 bias: tau = sigmoid(w . f + b)."""
 
     w: jax.Array

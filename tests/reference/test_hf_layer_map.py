@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ from conversion.common import CheckpointError
 from conversion.hf import hf_config, params_from_state, to_hf
 from tempo_jax.config import ModelConfig, RopeScaling, UnsupportedConfigError, config_from_hf
 from tempo_jax.model import causal_mask, forward, init_cache, init_params
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
 BASE = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=16, max_position_embeddings=64, bos_token_id=1,
@@ -45,7 +45,7 @@ def _params(cfg: ModelConfig, seed: int = 0) -> dict:
 
 
 def _hf_reference_module():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "hf_reference.py"
+    path = REPO_ROOT / "benchmarks" / "hf_reference.py"
     spec = importlib.util.spec_from_file_location("hf_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-PKG = Path(__file__).resolve().parents[2] / "tempo_jax"
+PKG = REPO_ROOT / "tempo_jax"
 
 
 def module_name(path: Path, root: Path) -> str:

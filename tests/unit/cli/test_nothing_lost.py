@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from test_front_door import assert_user_error as assert_one_error  # exit 2, one line, no traceback
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 CLI = [sys.executable, "-m", "tempo_jax.cli"]
 
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 # commands the walk does not run, each with its reason
 SKIP = [
@@ -26,8 +27,8 @@ SKIP = [
     (r"research run rq1\.1\s*$", "a full experiment on the test split takes minutes"),
     (r"ablate_each_head", "about 20 minutes on 2 cores (README says so and offers small.yaml)"),
     # two more only to keep CI within its time; each runs in its own tests
-    (r"--layout unstacked", "a one-minute compile; tests/unit/test_cli_and_trace.py runs this command"),
-    (r"research run rq1\.1 --quick", "40 s; tests/unit/test_research_experiments.py runs quick experiments"),
+    (r"--layout unstacked", "a one-minute compile; tests/unit/cli/test_cli_and_trace.py runs this command"),
+    (r"research run rq1\.1 --quick", "40 s; tests/experiments/test_research_experiments.py runs quick experiments"),
 ]
 # small settings: (pattern, replacement), applied to the commands that run
 SMALL = [

@@ -7,14 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tempo_jax.trace import Trace
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 SCRIPTS = ROOT / "experiments" / "analysis"
 CLI = [sys.executable, "-m", "tempo_jax.cli"]
 # run as if torch were not installed: transformers then prints its "PyTorch was not found" notice

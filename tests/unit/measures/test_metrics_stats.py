@@ -6,14 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tempo_jax import metrics as M
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 # --- a hand-built step -------------------------------------------------------------------------
 # slots: 0,1,2 prompt; 3,4 step 0 (2 members); 5 step 1 (1 member); 6,7 step 2 (current, 2 members);

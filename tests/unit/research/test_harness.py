@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -344,7 +345,6 @@ def test_refresh_equivalence_reverts_zero_spread_equivalence(tmp_path):
     never changed were called equivalent within 0.1 with p = 0; the refresh makes it 'cannot tell'
     (0.9^16 = 0.185) and leaves the other tests alone."""
     import json
-    from pathlib import Path
 
     from experiments.research import harness as H
 

@@ -9,15 +9,15 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 from tempo_jax.sweeps import SweepSpec, expand, load_results, run_sweep
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SPEC = {
     "prompts": [[5, 9, 13, 17, 21], [7, 8, 9]],
     "thresholds": [0.05, 0.2],

@@ -9,11 +9,11 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 # --- help text ----------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ import gzip
 import json
 
 import pytest
+from repo import ROOT as REPO_ROOT  # noqa: E402
 
 
 @pytest.fixture()
 def dt(monkeypatch):
-    from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     import decode_threads
 
     return decode_threads
