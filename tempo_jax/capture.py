@@ -56,7 +56,7 @@ def load_capture(out_dir) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
     """name -> (read-only memmap ``[S,...]``, axis names) for a folder written by CaptureWriter."""
     out = Path(out_dir)
     meta = json.loads((out / "capture.json").read_text())
-    res = {}
+    res: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
     for name, info in meta["arrays"].items():
         shape = (meta["steps"], *info["shape"])
         res[name] = (np.memmap(out / f"{name}.f32", np.float32, "r", shape=shape), tuple(info["axes"]))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -151,7 +151,7 @@ def generation_config(trace: Trace):
         raise UsageError("a beam-search trace cannot be replayed step by step (its steps are the "
                          "best beam read backwards); explain works on TEMPO, greedy and sampling runs")
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
+    kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
     return GenerationConfig(**kw)
 
 
@@ -508,6 +508,7 @@ def main(args) -> int:
     print(format_step(e))
     out = {"explanation": e.to_dict()}
     if force_idx is not None:
+        assert m is not None and decode is not None  # --force with --no-replay is refused above
         c = counterfactual(m.params, m.cfg, m.tokenizer, trace, args.step, force_idx, args.gold)
         print(format_counterfactual(c, decode, m.cfg.eos_token_ids or ()))
         out["counterfactual"] = {

@@ -22,6 +22,7 @@ Missing values (e.g. no parallel slot yet) are NaN.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def _rows(attn, query_slots):
     return attn[:, :, :n, :]  # [L,H,n,K]
 
 
-def parallel_attention(attn, slot_step, alive_fwd, set_n, s: int, query_slots) -> dict[str, np.ndarray]:
+def parallel_attention(attn, slot_step, alive_fwd, set_n, s: int, query_slots) -> dict[str, np.ndarray | int]:
     """Attention to parallel vs non-parallel context tokens, per layer and head ([L,H] arrays).
 
     For a query q and group G (parallel or non-parallel context slots, sink excluded):
@@ -193,7 +194,7 @@ def pruning_survival(trace_arrays) -> dict[str, np.ndarray]:
 
 
 def step_metrics(attn, slot_step, alive, pruned_at, set_n, cache_len, fed_n, tokens, s: int,
-                 embed=None) -> dict[str, np.ndarray]:
+                 embed=None) -> dict[str, np.ndarray | int | float]:
     """All per-step metrics from one ``on_step`` call (NumPy versions of the state's fields).
 
     Returns ``[L,H]`` arrays (means over the step's valid queries) for parallel/non-parallel
@@ -202,7 +203,7 @@ def step_metrics(attn, slot_step, alive, pruned_at, set_n, cache_len, fed_n, tok
     """
     alive_fwd = alive_during_forward(alive, pruned_at, s)
     qs = query_slots_of(cache_len, fed_n, s)
-    out = parallel_attention(attn, slot_step, alive_fwd, set_n, s, qs)
+    out: dict[str, Any] = dict(parallel_attention(attn, slot_step, alive_fwd, set_n, s, qs))
     ent = attention_entropy(attn, slot_step, alive_fwd, qs)
     out["entropy"] = ent.mean(-1) if ent.shape[-1] else np.full(ent.shape[:2], np.nan)
     out["leakage"] = out.pop("sibling")

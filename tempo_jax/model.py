@@ -203,8 +203,9 @@ def layer_weights(params: Params, cfg: ModelConfig) -> LayerWeights:
         per.append((lp["attn_norm"], w[:, :H], w[:, H:H + G], w[:, H + G:], lp["wo"],
                     None if b is None else b[:H], None if b is None else b[H:H + G],
                     None if b is None else b[H + G:]))
-    cols = list(zip(*per))
-    return LayerWeights(*[None if c[0] is None else jnp.stack(c) for c in cols])
+    norm, wq, wk, wv, wo, bq, bk, bv = (None if c[0] is None else jnp.stack(c) for c in zip(*per))
+    assert norm is not None and wq is not None and wk is not None and wv is not None and wo is not None
+    return LayerWeights(norm, wq, wk, wv, wo, bq, bk, bv)
 
 
 class QKV(Struct):

@@ -214,7 +214,7 @@ class GenerationConfig:
         prune = PruneSpec(self.prune_window, PruneTiming(self.prune_timing),
                           PruneRule(self.prune_rule)) if self.prune else None
         return StaticSpec(width=self.width, steps=self.max_steps,
-                          selection=SELECTIONS[_SAME_TOKENS.get(self.method, Method(self.method))](self.width),
+                          selection=SELECTIONS[_SAME_TOKENS.get(Method(self.method), Method(self.method))](self.width),
                           combine=CombineRule(self.combine), eos=EosRule(self.eos), prune=prune,
                           compat=Compat(self.compat), sibling_rules=SiblingRule.rules())
 

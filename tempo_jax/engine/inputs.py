@@ -64,7 +64,8 @@ class EngineInputs(Struct):
 
     def expected_shapes(self, mcfg: ModelConfig, steps: int, width: int) -> dict[str, tuple]:
         L, H = mcfg.num_layers, mcfg.num_heads
-        shapes = {f.name: () for f in dataclasses.fields(self) if f.name != "interventions"}
+        shapes: dict[str, tuple[int, ...]] = {f.name: () for f in dataclasses.fields(self)
+                                              if f.name != "interventions"}
         shapes.update(thresholds=(steps,), siblings=(L, H), member_offsets=(width,),
                       prune_layer_w=(L,), prune_head_w=(H,), key=(2,))
         return shapes

@@ -77,6 +77,7 @@ class StepRecords(Struct):
     @classmethod
     def of_step(cls, cap: StepCapture, alive, slot_step, set_n, s, n) -> "StepRecords":
         """One step's ``[L,H]`` values from its summary capture and the slot maps before the step."""
+        assert cap.entropy is not None, "StepRecords.of_step takes a summary capture"
         real = jnp.arange(cap.entropy.shape[-1]) < n
         qmean = lambda x: jnp.sum(jnp.where(real, x, 0.0), -1) / n  # [L,H,W] -> [L,H]
         g = slot_groups(slot_step, alive, set_n, s)

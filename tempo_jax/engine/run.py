@@ -65,21 +65,30 @@ def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInp
                                                  s, new.fed_n[s]))
         return new, rec
 
-    def room(c, n: int, v) -> jax.Array:  # does a feed of n queries fit in view v?
+    def room(c, n: int, v) -> jax.Array | bool:  # does a feed of n queries fit in view v?
         return True if v is None or v == capacity else c[0].n_written + n <= v
 
     def each_width(carry, v):
         for i, w in enumerate(widths):
-            fits = lambda c, i=i, w=w: (~c[0].done & (jnp.searchsorted(bounds, c[0].next_n) == i)
-                                        & room(c, w, v))
-            carry = jax.lax.while_loop(fits, lambda c, w=w: advance(c, w, v), carry)
+            def fits(c, i=i, w=w):
+                return ~c[0].done & (jnp.searchsorted(bounds, c[0].next_n) == i) & room(c, w, v)
+
+            def body(c, w=w):
+                return advance(c, w, v)
+
+            carry = jax.lax.while_loop(fits, body, carry)
         return carry
 
     carry = (mech.init_state(params, mcfg, spec, inputs, prompt, prompt_len, capacity),
              StepRecords.empty(spec.steps, mcfg.num_layers, mcfg.num_heads) if record else None)
     for v in views:
-        carry = jax.lax.while_loop(lambda c, v=v: ~c[0].done & room(c, widths[-1], v),
-                                   lambda c, v=v: each_width(c, v), carry)
+        def more(c, v=v):
+            return ~c[0].done & room(c, widths[-1], v)
+
+        def widths_once(c, v=v):
+            return each_width(c, v)
+
+        carry = jax.lax.while_loop(more, widths_once, carry)
     st, rec = carry
     return (st, rec) if record else st
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 
 class SiblingRule:
@@ -40,7 +40,7 @@ class SiblingRule:
         cls.name = name
         SiblingRule._registry[name] = cls()
 
-    def sees(self, i: jax.Array, j: jax.Array) -> jax.Array:
+    def sees(self, i: ArrayLike, j: ArrayLike) -> ArrayLike:
         """Whether member ``i``'s query sees sibling ``j`` (int arrays that broadcast; ``i != j``)."""
         raise NotImplementedError
 

@@ -37,13 +37,14 @@ def inline(text: str, base: Path | None = None, link_from: Path | None = None) -
 
 def _link(label: str, href: str, base: Path | None, link_from: Path | None = None) -> str:
     relative = base is not None and ":" not in href and not href.startswith(("#", "/"))
-    target = (base / href) if relative else None
+    target = (base / href) if relative and base is not None else None
     if target is not None and href.lower().endswith(".png") and target.is_file():
         b64 = base64.b64encode(target.read_bytes()).decode("ascii")
         return (f'<figure><img alt="{html.escape(label)}" src="data:image/png;base64,{b64}">'
                 f"<figcaption>{html.escape(label)}</figcaption></figure>")
     if target is not None and link_from is not None:
         path, hash_, frag = href.partition("#")
+        assert base is not None  # target is only set for a relative link under base
         href = Path(os.path.relpath(os.path.abspath(base / path), os.path.abspath(link_from))).as_posix()
         href += hash_ + frag
     return f'<a href="{html.escape(href, quote=True)}">{inline(label)}</a>'
@@ -169,7 +170,9 @@ def write_findings_html(findings_md, results_dir, out=None) -> Path:
     findings_md, results_dir = Path(findings_md), Path(results_dir)
     base = findings_md.parent
     out = Path(out) if out else findings_md.with_suffix(".html")
-    sections, used, headings = [], set(), []
+    sections: list = []
+    used: set[str] = set()
+    headings: list = []
     body = findings_md.read_text() if findings_md.exists() else "# Findings\n\nNo FINDINGS.md yet.\n"
     # split at the experiments' level-2 headings so each gets its details block appended
     parts = re.split(r"(?m)^(?=## )", body)

@@ -13,7 +13,7 @@ import base64
 import datetime
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def run_data(run_dir, stem: str = "trace_000", decode: Decode | None = None,
             decode, found_eos = found
             eos_ids = eos_ids or found_eos
     tok = _decoder(decode)
-    a = dict(trace.arrays)
+    a: dict[str, Any] = dict(trace.arrays)
     empty_i = np.zeros(0, np.int32)
     for name in ("slot_step", "slot_member", "slot_token", "pruned_at"):  # beam traces have no slot maps
         a.setdefault(name, empty_i)

@@ -38,11 +38,11 @@ def git_state(root: Path) -> dict:
             "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
 
 
-def versions() -> dict:
+def versions() -> dict[str, str | None]:
     """Python's and the numeric packages' versions."""
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("jax", "jaxlib", "flax", "numpy", "scipy", "statsmodels", "optax"):
         try:
             out[pkg] = md.version(pkg)

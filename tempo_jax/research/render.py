@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,12 @@ def summary_md(result: dict) -> str:
     return "\n".join(out)
 
 
+def _stored_test(t: dict[str, Any], fields: set[str]) -> TestResult:
+    """A TestResult from its stored JSON (None, how JSON holds NaN, back to NaN)."""
+    kw: dict[str, Any] = {k: (float("nan") if v is None else v) for k, v in t.items() if k in fields}
+    return TestResult(**kw)
+
+
 def reword(project: Project, result: dict, path: Path | None = None) -> dict:
     """Re-derive the answer sentence (and summary.md) from the STORED statistics with the
     experiment's current ``answer`` function: wording can be corrected without recomputing."""
@@ -76,8 +83,7 @@ def reword(project: Project, result: dict, path: Path | None = None) -> dict:
     if not hasattr(mod, "answer") or result.get("title") != mod.DESIGN.title:
         return result  # not this experiment's current design: keep the stored wording
     fields = {f.name for f in dataclasses.fields(TestResult)}
-    tests = [TestResult(**{k: (float("nan") if v is None else v) for k, v in t.items() if k in fields})
-             for t in result["tests"]]
+    tests = [_stored_test(t, fields) for t in result["tests"]]
     answer = mod.answer(tests, mod.DESIGN)
     if answer != result.get("answer") and path is not None:
         result["answer"] = answer
@@ -95,8 +101,7 @@ def refresh_equivalence(project: Project, path: Path) -> list[str]:
     mod = project.get(result["id"])
     design = mod.DESIGN
     fields = {f.name for f in dataclasses.fields(TestResult)}
-    tests = [TestResult(**{k: (float("nan") if v is None else v) for k, v in t.items() if k in fields})
-             for t in result["tests"]]
+    tests = [_stored_test(t, fields) for t in result["tests"]]
     touched = set()
     for t in tests:
         if t.n >= 2 and np.isfinite(t.estimate) and t.lo == t.hi == t.estimate and not t.note:

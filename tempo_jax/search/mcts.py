@@ -175,6 +175,7 @@ class _Tree:
     def candidates(self, i: int) -> list[tuple[int, float]]:
         """Node i's TEMPO set: (token, log-prob), most probable first; argmax when none reaches tau."""
         n = self.nodes[i]
+        assert n.top_ids is not None and n.top_logp is not None, "node not fed yet"
         keep = [(int(t), float(l)) for t, l in zip(n.top_ids, n.top_logp)
                 if math.exp(l) >= self.cfg.threshold]
         return keep or [(int(n.top_ids[0]), float(n.top_logp[0]))]
@@ -228,6 +229,7 @@ class _Tree:
             return [], [], 0
         vis = self.visible(i)
         top, lp = node.top_ids, node.top_logp
+        assert top is not None and lp is not None, "node not fed yet"
         toks, lps, cost = [], [], 0
         for j in range(n):
             t = int(top[0])

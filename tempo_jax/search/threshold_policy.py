@@ -100,7 +100,7 @@ def rollout(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generati
     spec = gcfg.static()
     inputs = gcfg.inputs(mcfg)
     W, S = spec.width, spec.steps
-    noise = (jax.random.normal(key, (S,)) if sigma > 0 else jnp.zeros(S))
+    noise = jax.random.normal(key, (S,)) if sigma > 0 and key is not None else jnp.zeros(S)
     prompt = pad_prompt(gcfg, prompt_ids)
     st = _init_jit(params, mcfg, spec, inputs, prompt, jnp.int32(len(prompt_ids)), capacity)
     widths = core.feed_widths(spec)

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import StaticSpec
-from tempo_jax.engine.inputs import stack
+from tempo_jax.engine.inputs import EngineInputs, stack
 from tempo_jax.engine.outputs import StepRecords
 from tempo_jax.engine.run import run_on_device
 from tempo_jax.interventions import Interventions
@@ -58,6 +58,7 @@ def param_partition(params, mcfg: ModelConfig, model_size: int):
              "wo": P(None, m, None, None) if ok(H) else P(),
              "w_gate": P(None, None, m) if ok(F) else P(), "w_up": P(None, None, m) if ok(F) else P(),
              "w_down": P(None, m, None) if ok(F) else P()}
+    layers: Any
     if is_unstacked(params):  # per-layer dicts: the same rules without the L axis; the fused
         # wqkv / w_gate_up stay replicated (their columns are q|k|v and gate|up, not whole heads)
         per = {n: P(*r[1:]) if len(r) else P() for n, r in rules.items()}
@@ -109,7 +110,7 @@ class WorldInputs:
         self.capacity = self.grid.base.capacity_for(longest)  # K, common to all worlds
         self._data_cache: dict = {}
 
-    def _data(self, t, sib, pos, seed) -> dict:
+    def _data(self, t, sib, pos, seed) -> EngineInputs:
         key = (t, sib, pos, seed)
         if key not in self._data_cache:
             g = dataclasses.replace(self.grid.base, threshold=t, siblings=sib, positions=pos, seed=seed)
@@ -132,7 +133,7 @@ class WorldInputs:
             for l, h in self.grid.heads[ix["heads"]]:
                 sc[l, h] = 0.0
             scales.append(sc)
-        data = stack(datas).replace(interventions=Interventions(head_scale=np.stack(scales)))
+        data = stack(datas).replace(interventions=Interventions(head_scale=jnp.asarray(np.stack(scales))))
         return data, np.stack(prompts), np.asarray(plens, np.int32)
 
 

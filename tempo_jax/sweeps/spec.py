@@ -105,19 +105,19 @@ class SweepSpec:
             if k not in fields:
                 _fail(f"unknown fixed field {k!r}; GenerationConfig fields: "
                       f"{', '.join(sorted(fields - _AXIS_FIELDS - set(_REFUSED_FIXED)))}")
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in self.fixed.items()}
+        fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in self.fixed.items()}
         return GenerationConfig(**fixed)
 
     def expand_heads(self, mcfg: ModelConfig) -> list[tuple[tuple[int, int], ...]]:
         """The heads axis with ``"each"`` expanded: a list of ablation sets, each ((l, h), ...)."""
-        out = []
+        out: list[tuple[tuple[int, int], ...]] = []
         for entry in self.heads:
             if entry == "each":
                 out += [((l, h),) for l in range(mcfg.num_layers) for h in range(mcfg.num_heads)]
                 continue
             if not isinstance(entry, (list, tuple)):
                 _fail(f"heads entry {entry!r} must be a list of [layer, head] pairs or 'each'")
-            pairs = []
+            pairs: list[tuple[int, int]] = []
             for pair in entry:
                 if not isinstance(pair, (list, tuple)) or len(pair) != 2 or \
                         not all(isinstance(x, (int, np.integer)) for x in pair):
@@ -221,7 +221,7 @@ def expand(spec: SweepSpec, mcfg: ModelConfig, prompt_ids) -> Grid:
     """Validate and expand the spec into a :class:`Grid` (no compute)."""
     spec.validate(mcfg, prompt_ids)
     heads = spec.expand_heads(mcfg)
-    coords = {
+    coords: dict[str, list] = {
         "prompt": [p if isinstance(p, str) else list(map(int, p)) for p in spec.prompts],
         "threshold": [float(t) for t in spec.thresholds],
         "siblings": list(spec.siblings), "positions": list(spec.positions),
