@@ -185,7 +185,7 @@ class LayerWeights(Struct):
 
     def layer(self, l) -> dict:
         """Layer ``l``'s attention weights (``l`` may be traced) as a dict :func:`attention_inputs` takes."""
-        return {k: v[l] for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: v[l] for k, v in self.fields().items() if v is not None}
 
 
 def layer_weights(params: Params, cfg: ModelConfig) -> LayerWeights:

@@ -22,6 +22,10 @@ class Struct:
         dataclasses.dataclass(frozen=True)(cls)
         jax.tree_util.register_dataclass(cls)
 
+    def fields(self) -> dict[str, Any]:
+        """Field name -> value, not copied (``dataclasses.asdict`` would deep-copy every array)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (``dataclasses.replace``), unknown names refused in one line."""
         names = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]

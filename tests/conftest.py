@@ -2,14 +2,16 @@
 
 tests/unit/         the library: model/ (forward, taps, layouts, interventions), engine/ (masks,
                     rules, drivers, golden traces, speculative, sweeps, search), measures/ (metrics,
-                    statistics, quality, probes), research/ (the harness on toy experiments), cli/
-                    (commands end to end, nothing lost, README walk), test_import_graph.py
+                    statistics, quality, probes), research/ (the harness on toy experiments),
+                    test_import_graph.py
+tests/integration/  commands end to end (CLI, nothing lost, reports in a browser, README walk)
 tests/experiments/  this repository's research experiments and corpus
 tests/reference/    tests against independent references: HF transformers in torch float32, HF's GGUF
                     loader, the real default model
-All run by default (`python -m pytest -q`). `-m "not slow"` leaves out the tests that load the real
-default model or run commands end to end; `python -m pytest -q tests/unit -m "not slow"` is the fast
-unit suite (tiny random models and hand-computed cases). `-m "not reference"` leaves out
+All run by default (`python -m pytest -q`). `-m "not slow"` leaves out the tests of more than a few
+seconds (every test that uses the ``default_model`` fixture is marked here; the others carry
+``@pytest.mark.slow``); `python -m pytest -q tests/unit -m "not slow"` is the fast unit suite (tiny
+random models and hand-computed cases, about 2 minutes on 2 cores). `-m "not reference"` leaves out
 tests/reference. Helpers shared by all (``tinymodel.py``, ``golden_traces.py``, ``repo.py``,
 ``data/``) live here, and this folder is on ``sys.path``.
 """

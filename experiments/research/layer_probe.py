@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.research.position_probe import pad, prompt_state
+from experiments.research.measures import kl
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.masks import step_mask
 from tempo_jax.interventions import Interventions
@@ -74,12 +75,6 @@ def probe_worlds(params, mcfg: ModelConfig, cache: KVCache, token, pos, slot, ma
         r = taps["resid"][:, jnp.array([0, b - 1]), 0]  # [L,2,E]
         out["lens"] = jax.nn.log_softmax(unembed(params, mcfg, r), -1)
     return out
-
-
-def kl(lp, lq) -> np.ndarray:
-    """KL(p || q) in nats over the last axis, from log-probs (float64)."""
-    lp, lq = np.asarray(lp, np.float64), np.asarray(lq, np.float64)
-    return np.sum(np.exp(lp) * (lp - lq), -1)
 
 
 def fit_bias(mass, target_mass, lo: float = -5.0, hi: float = 5.0, iters: int = 60) -> float:

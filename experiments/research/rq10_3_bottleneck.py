@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.research.measures import sym_kl
 from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 from tempo_jax.config import ModelConfig
@@ -143,12 +144,6 @@ def participation_ratio(x) -> float:
     x = x - x.mean(0, keepdims=True)
     lam = np.clip(np.linalg.eigvalsh(x @ x.T), 0, None)
     return float(lam.sum() ** 2 / (lam ** 2).sum()) if (lam ** 2).sum() > 1e-18 else float("nan")
-
-
-def sym_kl(lp, lq) -> np.ndarray:
-    """Symmetric KL (nats) over the last axis from log-probs."""
-    lp, lq = np.asarray(lp, np.float64), np.asarray(lq, np.float64)
-    return np.sum((np.exp(lp) - np.exp(lq)) * (lp - lq), -1)
 
 
 def cut_masks(L: int, H: int, K: int, P: int, bands: int) -> np.ndarray:

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.research import wording
+from experiments.research.measures import spearman
 from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.position_probe import pad, prompt_state
 from experiments.research.tables import ci_cells
@@ -372,15 +373,6 @@ DESIGN = Design(
     config={"n_set": N_SET, "n_down": N_DOWN, "n_red": N_RED, "n_dev_per_genre": N_DEV, "eps_kl": EPS,
             "ablation": "zero", "n_random": "24 x 24 random head pairs", "probe": "P + 1, greedy after member 0"},
 )
-
-
-def spearman(x, y) -> float:
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    return float(spearmanr(x[ok], y[ok])[0])
 
 
 def select_heads(m, dev, quick: bool):

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.research.measures import kl_traced as kl
 from tempo_jax.research import Design, Hypothesis, Output
 from experiments.research.position_probe import pad, prompt_state
 from tempo_jax.config import ModelConfig
@@ -161,11 +162,6 @@ def set_readout(params, mcfg: ModelConfig, cache: KVCache, plen, members, probe,
     (slot ``plen + W``) seeing the prompt and all members. Returns (probe log-probs ``[B,V]``,
     probe attention on each member ``[L,B,H,W]``)."""
     return _set_forward(params, mcfg, cache, plen, members, probe, offsets, attn=True)
-
-
-def kl(logp, logq):
-    """KL(p || q) over the last axis from log-probabilities (nats)."""
-    return jnp.sum(jnp.exp(logp) * (logp - logq), -1)
 
 
 def prepare(params, mcfg: ModelConfig, ids, w: int = W, capacity: int | None = None) -> dict:

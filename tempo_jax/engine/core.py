@@ -61,6 +61,51 @@ class TempoState(Struct):
     next_n: jax.Array  # members step s will select (lets the host driver feed fewer queries)
 
 
+class Fed(Struct):
+    """What the step's ONE forward of F queries gives: logits ``[F,V]``, the cache with their keys
+    and values written, attention ``[L,H,F,K]`` (None unless captured or pruning) and the residual
+    ``[L,F,E]`` (None unless a summary capture)."""
+
+    logits: jax.Array
+    cache: KVCache
+    attn: jax.Array | None
+    resid: jax.Array | None
+
+
+class SlotMaps(Struct):
+    """The per-slot maps ``[K]`` after the fed queries are written (see :class:`TempoState`)."""
+
+    alive: jax.Array
+    slot_step: jax.Array
+    slot_member: jax.Array
+    slot_pos: jax.Array
+    slot_token: jax.Array
+
+
+class Pruning(Struct):
+    """The pruning fields ``[K]`` of :class:`TempoState` after a step, and ``alive`` with the pruned
+    slots masked."""
+
+    recv_acc: jax.Array
+    recv_cnt: jax.Array
+    prune_score: jax.Array
+    pruned_at: jax.Array
+    alive: jax.Array
+
+
+class Written(Struct):
+    """What step s recorded about its feed: tokens ``[F]`` at positions ``pos[F]`` (queries i < n
+    real), how far the next step's position advances, and the ``[W]`` rows of ``slots`` and
+    ``positions`` for the set's members."""
+
+    tokens: jax.Array
+    pos: jax.Array
+    n: jax.Array
+    advance: jax.Array
+    slots_row: jax.Array
+    positions_row: jax.Array
+
+
 def prefill(params, mcfg: ModelConfig, prompt: jax.Array, prompt_len: jax.Array, capacity: int,
             interventions=None):
     """Causal forward of ``prompt[Pb]`` (padded; ``prompt_len`` real tokens) into a fresh cache of
@@ -144,9 +189,9 @@ def select(spec: StaticSpec, inputs: EngineInputs, st: TempoState):
 
 
 def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: TempoState,
-         tokens, pos, n_feed, capture: Capture, view: int | None = None):
+         tokens, pos, n_feed, capture: Capture, view: int | None = None) -> Fed:
     """ONE forward of the F fed queries (``tokens[F]`` at ``pos[F]``, slots ``n_written + i``;
-    queries i >= n_feed are padding) -> (logits[F,V], cache, attn[L,H,F,K] | None, resid[L,F,E] | None).
+    queries i >= n_feed are padding) -> :class:`Fed`.
     ``view`` (static, >= n_written + F): attention reads only the first ``view`` slots."""
     F = tokens.shape[0]
     slots = st.n_written + jnp.arange(F)
@@ -157,59 +202,59 @@ def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     logits, cache, taps = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == Capture.SUMMARY),
                                   interventions=inputs.interventions, attend=view)
-    attn = taps["attn"][:, 0] if need_attn else None
-    resid = taps["resid"][:, 0] if capture == Capture.SUMMARY else None
-    return logits[0], cache, attn, resid
+    return Fed(logits[0], cache, taps["attn"][:, 0] if need_attn else None,
+               taps["resid"][:, 0] if capture == Capture.SUMMARY else None)
 
 
-def write_slots(st: TempoState, tokens, pos, n_feed, member_of_fed) -> dict:
+def write_slots(st: TempoState, tokens, pos, n_feed, member_of_fed) -> SlotMaps:
     """Slot maps after writing the fed queries i < n_feed at slots ``n_written + i``."""
     i = jnp.arange(tokens.shape[0])
     slots, ok = st.n_written + i, i < n_feed
     upd = lambda arr, val: arr.at[slots].set(jnp.where(ok, val, arr[slots]))
-    return dict(alive=upd(st.alive, True), slot_step=upd(st.slot_step, st.step),
-                slot_member=upd(st.slot_member, member_of_fed), slot_pos=upd(st.slot_pos, pos),
-                slot_token=upd(st.slot_token, tokens))
+    return SlotMaps(alive=upd(st.alive, True), slot_step=upd(st.slot_step, st.step),
+                    slot_member=upd(st.slot_member, member_of_fed), slot_pos=upd(st.slot_pos, pos),
+                    slot_token=upd(st.slot_token, tokens))
 
 
-def prune(spec: StaticSpec, inputs: EngineInputs, st: TempoState, slot_maps: dict, set_n, attn,
-          n_feed, key) -> dict:
+def prune(spec: StaticSpec, inputs: EngineInputs, st: TempoState, slot_maps: SlotMaps, set_n, attn,
+          n_feed, key) -> Pruning:
     """Retroactive pruning after step s's forward (no-op without a PruneSpec): accumulate the
     window's attention, score due sets, mask the pruned slots."""
-    out = dict(recv_acc=st.recv_acc, recv_cnt=st.recv_cnt, prune_score=st.prune_score,
-               pruned_at=st.pruned_at, alive=slot_maps["alive"])
     p = spec.prune
     if p is None:
-        return out
-    s, slot_step = st.step, slot_maps["slot_step"]
+        return Pruning(st.recv_acc, st.recv_cnt, st.prune_score, st.pruned_at, slot_maps.alive)
+    s, slot_step = st.step, slot_maps.slot_step
     acc, cnt = pruning.accumulate(st.recv_acc, st.recv_cnt, attn, inputs.prune_layer_w,
                                   inputs.prune_head_w, n_feed, slot_step, s, p.window)
     cur = acc / jnp.maximum(cnt, 1.0)
-    pruned, scored = pruning.decide(cur, slot_maps["alive"], slot_step, set_n, s, p.window, p.timing,
+    pruned, scored = pruning.decide(cur, slot_maps.alive, slot_step, set_n, s, p.window, p.timing,
                                     p.rule, inputs.prune_rho, inputs.prune_theta, inputs.prune_k, key)
-    return dict(recv_acc=acc, recv_cnt=cnt, prune_score=jnp.where(scored, cur, st.prune_score),
-                pruned_at=jnp.where(pruned, s, st.pruned_at), alive=slot_maps["alive"] & ~pruned)
+    return Pruning(recv_acc=acc, recv_cnt=cnt, prune_score=jnp.where(scored, cur, st.prune_score),
+                   pruned_at=jnp.where(pruned, s, st.pruned_at), alive=slot_maps.alive & ~pruned)
 
 
-def finish(spec: StaticSpec, st: TempoState, cand: CandidateSet, tau, *,
-           cache, nxt, done, tokens, pos, n_feed, advance, slots_row, positions_row, next_n,
-           updates: dict) -> TempoState:
-    """The state after step s: record the set and what was fed, advance the counters."""
+def finish(spec: StaticSpec, st: TempoState, cand: CandidateSet, tau, w: Written, cache: KVCache, nxt,
+           done, next_n, slot_maps: SlotMaps, pruned: Pruning | None) -> TempoState:
+    """The state after step s: record the set and what was fed (``w``), the slot maps and pruning
+    fields (None: unchanged, slot maps' ``alive``), and advance the counters."""
     s, W = st.step, spec.width
-    F = tokens.shape[0]
-    ok = jnp.arange(F) < n_feed
+    F = w.tokens.shape[0]
+    ok = jnp.arange(F) < w.n
     pad = lambda x: jnp.pad(x, [(0, W - F)])
+    slots = slot_maps.fields()
+    if pruned is not None:
+        slots.update(pruned.fields())  # its alive has the pruned slots masked
     return st.replace(
-        cache=cache, step=s + 1, done=done, dist=nxt, n_written=st.n_written + n_feed,
-        next_pos=st.next_pos + advance, set_n=st.set_n.at[s].set(cand.n),
+        cache=cache, step=s + 1, done=done, dist=nxt, n_written=st.n_written + w.n,
+        next_pos=st.next_pos + w.advance, set_n=st.set_n.at[s].set(cand.n),
         tokens=st.tokens.at[s].set(cand.tokens), probs=st.probs.at[s].set(cand.probs),
-        valid=st.valid.at[s].set(cand.valid), slots=st.slots.at[s].set(slots_row),
-        positions=st.positions.at[s].set(positions_row),
-        fed_tokens=st.fed_tokens.at[s].set(pad(jnp.where(ok, tokens, 0))),
-        fed_pos=st.fed_pos.at[s].set(pad(jnp.where(ok, pos, 0.0))),
-        fed_n=st.fed_n.at[s].set(n_feed), cache_len=st.cache_len.at[s].set(st.n_written),
+        valid=st.valid.at[s].set(cand.valid), slots=st.slots.at[s].set(w.slots_row),
+        positions=st.positions.at[s].set(w.positions_row),
+        fed_tokens=st.fed_tokens.at[s].set(pad(jnp.where(ok, w.tokens, 0))),
+        fed_pos=st.fed_pos.at[s].set(pad(jnp.where(ok, w.pos, 0.0))),
+        fed_n=st.fed_n.at[s].set(w.n), cache_len=st.cache_len.at[s].set(st.n_written),
         tau=st.tau.at[s].set(tau), entropy=st.entropy.at[s].set(entropy(st.dist)), next_n=next_n,
-        **updates)
+        **slots)
 
 
 def captured(capture: Capture, attn, resid, base, n_feed, width: int) -> StepCapture:
@@ -247,19 +292,19 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     # the next step starts 1 later (shared, offset) or n later (distinct)
     pos = st.next_pos + i * inputs.member_stride + inputs.member_offsets[:F]
     tokens = cand.tokens[:F]
-    logits, cache, attn, resid = feed(params, mcfg, spec, inputs, st, tokens, pos, cand.n, capture,
-                                      view)
+    fed = feed(params, mcfg, spec, inputs, st, tokens, pos, cand.n, capture, view)
     slot_maps = write_slots(st, tokens, pos, cand.n, i)
     set_n = st.set_n.at[s].set(cand.n)
-    updates = {**slot_maps, **prune(spec, inputs, st, slot_maps, set_n, attn, cand.n, key)}
-    nxt = combine(spec.combine, logits, cand.probs[:F], cand.valid[:F])
+    pruned = prune(spec, inputs, st, slot_maps, set_n, fed.attn, cand.n, key)
+    nxt = combine(spec.combine, fed.logits, cand.probs[:F], cand.valid[:F])
     hit = eos_hit(spec.eos, cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
     done = (s + 1 >= spec.steps) | (hit & (s + 1 >= inputs.min_steps))
     iw = jnp.arange(W)
-    new = finish(spec, st, cand, tau, cache=cache, nxt=nxt, done=done, tokens=tokens, pos=pos,
-                 n_feed=cand.n, advance=jnp.where(inputs.advance_by_members, cand.n, 1).astype(jnp.float32),
-                 slots_row=jnp.where(cand.valid, st.n_written + iw, -1),
-                 positions_row=jnp.where(cand.valid, jnp.pad(pos, [(0, W - F)]), 0.0),
-                 next_n=spec.selection.count(nxt, inputs.thresholds[jnp.minimum(s + 1, spec.steps - 1)]),
-                 updates=updates)
-    return new, captured(capture, attn, resid, st.n_written, cand.n, W)
+    w = Written(tokens=tokens, pos=pos, n=cand.n,
+                advance=jnp.where(inputs.advance_by_members, cand.n, 1).astype(jnp.float32),
+                slots_row=jnp.where(cand.valid, st.n_written + iw, -1),
+                positions_row=jnp.where(cand.valid, jnp.pad(pos, [(0, W - F)]), 0.0))
+    new = finish(spec, st, cand, tau, w, fed.cache, nxt, done,
+                 spec.selection.count(nxt, inputs.thresholds[jnp.minimum(s + 1, spec.steps - 1)]),
+                 slot_maps, pruned)
+    return new, captured(capture, fed.attn, fed.resid, st.n_written, cand.n, W)

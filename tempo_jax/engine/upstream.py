@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import StaticSpec
-from tempo_jax.engine.core import (TempoState, captured, feed, finish, fresh_state, prefill, select,
-                                   write_slots)
+from tempo_jax.engine.core import (TempoState, Written, captured, feed, finish, fresh_state, prefill,
+                                   select, write_slots)
 from tempo_jax.engine.inputs import EngineInputs
 from tempo_jax.engine.rules import Capture, EosRule
 from tempo_jax.engine.selection import eos_hit
@@ -53,14 +53,14 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     tokens = jnp.zeros(F, jnp.int32).at[0].set(cand.tokens[last])
     pos = st.next_pos + i.astype(jnp.float32)
     n_feed = jnp.int32(1)
-    logits, cache, attn, resid = feed(params, mcfg, spec, inputs, st, tokens, pos, n_feed, capture)
-    updates = write_slots(st, tokens, pos, n_feed, jnp.where(i == 0, last, -1))
+    fed = feed(params, mcfg, spec, inputs, st, tokens, pos, n_feed, capture)
+    slot_maps = write_slots(st, tokens, pos, n_feed, jnp.where(i == 0, last, -1))
     hit = eos_hit(EosRule.ANY, cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
     done = (s + 1 >= spec.steps) | (hit & (s + 1 >= inputs.min_steps))
     iw = jnp.arange(W)
-    new = finish(spec, st, cand, tau, cache=cache, nxt=jax.nn.softmax(logits[0]), done=done,
-                 tokens=tokens, pos=pos, n_feed=n_feed, advance=jnp.float32(1.0),
-                 slots_row=jnp.where(iw == last, st.n_written, -1),
-                 positions_row=jnp.broadcast_to(st.next_pos, (W,)), next_n=jnp.int32(1),
-                 updates=updates)
-    return new, captured(capture, attn, resid, st.n_written, n_feed, W)
+    w = Written(tokens=tokens, pos=pos, n=n_feed, advance=jnp.float32(1.0),
+                slots_row=jnp.where(iw == last, st.n_written, -1),
+                positions_row=jnp.broadcast_to(st.next_pos, (W,)))
+    new = finish(spec, st, cand, tau, w, fed.cache, jax.nn.softmax(fed.logits[0]), done, jnp.int32(1),
+                 slot_maps, None)
+    return new, captured(capture, fed.attn, fed.resid, st.n_written, n_feed, W)

@@ -15,6 +15,7 @@ PROMPT = [5, 9, 13, 17, 21]
 
 
 @pytest.mark.parametrize("siblings", ["isolated", "full"])
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_summary_equals_full_capture(tmp_path, siblings):
     _, cfg, params = tiny(0)
     g = GenerationConfig(max_steps=6, threshold=0.05, max_width=5, siblings=siblings)
@@ -65,6 +66,7 @@ def test_bad_capture_mode():
         generate(params, cfg, PROMPT, GenerationConfig(max_steps=2), capture="full", driver="device")
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_device_records_equal_numpy_from_full_capture(tmp_path):
     import jax
 

@@ -6,6 +6,7 @@ made the difference, so a refactor cannot silently bring a slow form back.
 
 from __future__ import annotations
 
+import pytest
 import dataclasses
 import re
 
@@ -39,6 +40,7 @@ def _vocab_sorts(hlo: str) -> list[str]:
     return [l for l in hlo.splitlines() if re.search(r"\bsort\(", l) and f"[{V}]" in l]
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_threshold_step_selects_without_sorting_the_vocabulary():
     # without the barrier in selection.top_k, slices of top_k's result fuse into later ops and
     # XLA:CPU sorts all V entries every step (measured ~9 ms a step for V = 49152)
@@ -57,6 +59,7 @@ def test_top_k_helper_equals_lax_top_k_with_ties():
     assert jax.jit(lambda x: top_k(x, 2)[1])(two).tolist() == [[1, 2], [1, 3]]
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_device_driver_fitted_widths_equal_full_width():
     """run_on_device feeds each step only its members (one loop per width 1, 2, 4, 8) and attends
     only a bucketed written prefix (256 slots, then the capacity); the state and the per-step

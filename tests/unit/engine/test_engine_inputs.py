@@ -62,6 +62,7 @@ def test_stack_adds_a_world_axis():
     np.testing.assert_allclose(both.thresholds[:, 0], [0.1, 0.2], rtol=1e-6)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_before_step_edits_the_state_a_step_starts_from():
     """engine.generate(before_step=...): the identity hook changes nothing; a hook that puts all
     of d_s's mass on one token makes that token the step's only member, and the steps before it

@@ -80,6 +80,7 @@ def _leak(tmp_path, g, inputs=None):
     return tr, np.asarray(load_capture(tmp_path)["attn"][0])
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_reverse_on_tiny_model_attends_only_to_higher_members(tmp_path):
     g = GenerationConfig(max_steps=6, threshold=0.05, max_width=5, siblings="reverse")
     tr, attn = _leak(tmp_path, g)
@@ -110,6 +111,7 @@ def test_adaptive_extremes_equal_plain_rules():
         np.testing.assert_allclose(got["probs"], want["probs"], atol=1e-6)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_adaptive_entropy_threshold_isolates_only_high_entropy_steps(tmp_path):
     probe = GenerationConfig(max_steps=8, threshold=0.05, max_width=5, siblings="full")
     tr0, _ = _leak(tmp_path / "p", probe)

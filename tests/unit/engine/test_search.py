@@ -21,6 +21,7 @@ def _greedy(params, cfg, steps):
     return tr.arrays["tokens"][:, 0].tolist()
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_one_expansion_budget_equals_greedy(tiny_model):
     _, cfg, params = tiny_model
     mc = MCTSConfig(budget=40, max_steps=8, rollout_len=3, threshold=0.05, max_width=4)
@@ -110,6 +111,7 @@ def test_mcts_bad_inputs_one_line(tiny_model):
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_policy_with_zero_weights_equals_constant_threshold_run(tiny_model):
     _, cfg, params = tiny_model
     g = GenerationConfig(max_steps=6, max_width=4, threshold=0.1)
@@ -150,6 +152,7 @@ def test_reinforce_gradient_matches_analytic_direction():
     assert float(g0.b) == 0.0
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_fit_moves_threshold_toward_reward(tiny_model):
     _, cfg, params = tiny_model
     g = GenerationConfig(max_steps=4, max_width=4, threshold=0.1)

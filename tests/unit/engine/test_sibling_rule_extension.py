@@ -41,6 +41,7 @@ def test_added_rule_is_a_choice_a_code_and_a_cli_option(adjacent):
         type("Again", (SiblingRule,), {}, name="adjacent")
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_added_rule_runs_end_to_end(adjacent, tmp_path):
     _, cfg, params = tiny(0)
     g = GenerationConfig(max_steps=6, threshold=0.05, max_width=5, siblings="adjacent")

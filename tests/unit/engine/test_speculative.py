@@ -65,6 +65,7 @@ def greedy(cfg, params, steps, min_steps=0):
 
 
 @pytest.mark.parametrize("seed,k,g", [(0, 1, 1), (0, 3, 5), (1, 2, 3)])
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_identical_to_greedy_on_random_models(seed, k, g):
     cfg, params = random_model(seed)
     gr = greedy(cfg, params, STEPS)
@@ -87,6 +88,7 @@ def test_identical_to_greedy_on_random_models(seed, k, g):
     assert (a["spec_round_start"][st.rounds:] == -1).all()
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_identical_to_greedy_on_the_hf_tiny_model():
     """The 2-layer HF-built tiny model of tests/tinymodel.py (draft = layer 0)."""
     cfg, params = hf_tiny(1)
@@ -96,6 +98,7 @@ def test_identical_to_greedy_on_the_hf_tiny_model():
     assert_same_as_greedy(sp, gr)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_draft_equal_to_model_accepts_everything():
     """Layers 2..3 switched off: each round accepts all g drafts and commits g + 1 tokens."""
     cfg, params = random_model(3, eos=())
@@ -114,6 +117,7 @@ def test_draft_equal_to_model_accepts_everything():
     assert st.drafted == steps - 5 and st.tokens_per_full_forward == pytest.approx(steps / 5)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_eos_inside_a_draft_stops_where_greedy_stops():
     cfg, params = random_model(3, eos=())
     params = switched_off_after(cfg, params, 2)
@@ -135,6 +139,7 @@ def test_eos_inside_a_draft_stops_where_greedy_stops():
     assert_same_as_greedy(sp, gr)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_eos_and_rejections_on_a_random_model():
     """Ordinary (rejecting) drafts with an EOS the greedy path reaches."""
     cfg, params = random_model(0, eos=())

@@ -78,6 +78,7 @@ def _cli(*args, **env):
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_vmapped_equals_one_by_one(setup):
     from tempo_jax.engine import generate
     from tempo_jax.interventions import ablate_heads
@@ -115,6 +116,7 @@ def test_vmapped_equals_one_by_one(setup):
     assert_same(ref, load_results(setup["root"] / "ref"))
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_eight_simulated_devices_equal_one(setup):
     out = setup["root"] / "dev8"
     r = _py(f"""
@@ -130,6 +132,7 @@ def test_eight_simulated_devices_equal_one(setup):
     assert_same(setup["ref"], load_results(out), exact=False)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_sigkill_then_resume_equals_uninterrupted(setup):
     out = setup["root"] / "killed"
     r = _py(f"""
@@ -155,6 +158,7 @@ def test_sigkill_then_resume_equals_uninterrupted(setup):
     assert p.returncode != 0 and "different spec" in log
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_two_processes_equal_one(setup):
     out = setup["root"] / "multihost"
     with socket.socket() as s:
@@ -202,6 +206,7 @@ def test_each_head_expands_to_every_head(setup):
     assert len(expand(spec2, cfg, SPEC["prompts"]).heads) == 1 + cfg.num_layers * cfg.num_heads
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_param_partition_fits_both_layouts():
     """Every leaf gets a spec no longer than its rank, heads split over "model" on both layouts."""
     import jax

@@ -132,6 +132,7 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_with_tokenizer(tmp_path_factory.mktemp("m") / "tiny")
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_scripts_end_to_end(tiny_model_dir, tmp_path, capsys):
     ana = _load_script("analyze_attention_mech_interp")
     sta = _load_script("statistical_confidence_analysis")

@@ -26,6 +26,7 @@ def test_probe_rejects_single_class():
         train_linear_probe(np.ones((10, 3)), np.zeros(10, bool))
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_slot_bias_equalises_attention():
     from tempo_jax.engine.masks import step_mask
     from tempo_jax.model import causal_mask, forward, init_cache

@@ -203,6 +203,7 @@ def run_tiny():
     return cfg, params, tr, dist0
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_measure_every_genre_on_a_tempo_run(run_tiny):
     cfg, params, tr, dist0 = run_tiny
     assert (tr.arrays["set_n"] > 1).any(), "the run needs a parallel set"

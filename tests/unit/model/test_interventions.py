@@ -89,6 +89,7 @@ def test_logit_lens_of_last_layer_equals_logits():
     np.testing.assert_allclose(logit_lens(params, cfg, taps["resid"][-1]), logits, atol=1e-5)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_interventions_vmap_over_worlds():
     _, cfg, params = tiny(0)
     scales = jnp.ones((3, cfg.num_layers, cfg.num_heads)).at[1, 0, 0].set(0).at[2, 1, 2].set(0)
@@ -98,6 +99,7 @@ def test_interventions_vmap_over_worlds():
                                    atol=1e-6)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_engine_applies_interventions():
     from tempo_jax.engine import GenerationConfig, generate
 
@@ -125,6 +127,7 @@ def test_bad_interventions(iv, match):
         run(params, cfg, iv)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_member_position_offsets_and_partial_isolation():
     from tempo_jax.engine import GenerationConfig, generate
     from tempo_jax.engine.config import sibling_codes

@@ -47,6 +47,7 @@ def test_causal_mask_matches_numpy():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_incremental_decoding_equals_full_forward(params):
     t_total, t_prefill, k = 11, 5, 14
     tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, (1, t_total))

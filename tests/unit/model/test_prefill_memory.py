@@ -27,6 +27,7 @@ def _unchunked(params, tokens, k):
 
 
 @pytest.mark.parametrize("t,chunk", [(13, 4), (13, 32)])
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_chunked_prefill_matches_one_forward(params, t, chunk):
     k = 16
     tokens = jax.random.randint(jax.random.key(t), (2, t), 0, CFG.vocab_size)
@@ -56,6 +57,7 @@ def test_prefill_refusals(params):
         M.prefill(params, CFG, tokens, M.init_cache(CFG, 1, 8), 7, chunk=0)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_attend_prefix_equals_full_capacity(params):
     """forward(attend=A) reads only slots < A and gives the full-capacity results (taps padded)."""
     k, a = 24, 10
@@ -76,6 +78,7 @@ def test_attend_prefix_equals_full_capacity(params):
         M.forward(params, CFG, tok, pos, slots, mask, cache, attend=k + 1)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_host_driver_views_do_not_change_the_trace(params, monkeypatch):
     """The host driver's bucketed attended prefix (core.view_for) leaves every trace array as with
     the whole capacity attended (TEMPO with pruning, capacity > the smallest view)."""
@@ -97,6 +100,7 @@ def test_host_driver_views_do_not_change_the_trace(params, monkeypatch):
             np.testing.assert_array_equal(got[name], w, err_msg=name)
 
 
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_bfloat16_params_and_cache_track_float32(params):
     """The engine runs on bfloat16 parameters with a bfloat16 cache; its logits stay float32 and
     close to the float32 model's (top-1 agreement, bounded logit difference)."""

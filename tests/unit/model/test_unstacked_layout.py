@@ -36,6 +36,7 @@ def _inputs(cfg, b=2, t=5, k=12, seed=0):
 
 @pytest.mark.parametrize("cfg", [CFG, BIASED], ids=["llama", "qkv+o bias"])
 @pytest.mark.parametrize("attend", [None, 8])
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_unstacked_forward_equals_stacked(cfg, attend):
     params = init_params(cfg, jax.random.PRNGKey(1), scale=0.15)
     flat = unstack_layers(params)
@@ -112,6 +113,7 @@ ENGINE_RUNS = {
 
 
 @pytest.mark.parametrize("name", list(ENGINE_RUNS))
+@pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_engine_runs_the_same_on_either_layout(name):
     """Every driver and method gives the same trace on the HF-built tiny model from both layouts:
     integer arrays identical, floats to 1e-5."""

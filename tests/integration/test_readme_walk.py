@@ -27,7 +27,7 @@ SKIP = [
     (r"research run rq1\.1\s*$", "a full experiment on the test split takes minutes"),
     (r"ablate_each_head", "about 20 minutes on 2 cores (README says so and offers small.yaml)"),
     # two more only to keep CI within its time; each runs in its own tests
-    (r"--layout unstacked", "a one-minute compile; tests/unit/cli/test_cli_and_trace.py runs this command"),
+    (r"--layout unstacked", "a one-minute compile; tests/integration/test_cli_and_trace.py runs this command"),
     (r"research run rq1\.1 --quick", "40 s; tests/experiments/test_research_experiments.py runs quick experiments"),
 ]
 # small settings: (pattern, replacement), applied to the commands that run
