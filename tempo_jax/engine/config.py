@@ -15,11 +15,11 @@ import numpy as np
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.inputs import EngineInputs
-from tempo_jax.engine.rules import (CombineRule, Compat, EosRule, Method, PositionVariant, PruneRule,
-                                    PruneTiming, Schedule)
+from tempo_jax.engine.pruning import PruneRule, PruneTiming
+from tempo_jax.engine.rules import Compat, Method, PositionVariant
 from tempo_jax.engine.siblings import SiblingRule
-from tempo_jax.engine.schedules import thresholds
-from tempo_jax.engine.selection import SELECTIONS, Greedy, Sample, Threshold
+from tempo_jax.engine.schedules import Schedule, thresholds
+from tempo_jax.engine.selection import SELECTIONS, CombineRule, EosRule, Greedy, Sample, Threshold
 
 MAX_DRAFT_LEN = 64
 # a method whose tokens another selection reproduces exactly: the TEMPO step runs it as that one
@@ -27,9 +27,8 @@ MAX_DRAFT_LEN = 64
 # sweeps, which take the step itself, decode them greedily: the same tokens)
 _SAME_TOKENS = {Method.SPECULATIVE: Method.GREEDY}
 # how an unknown choice is named in its error ("unknown sibling rule 'x'; allowed: ...")
-_CHOICE_WORDS = {"siblings": "sibling rule", "positions": "positions variant", "combine": "combining rule",
-                 "eos": "EOS rule", "prune_rule": "prune rule", "prune_timing": "prune timing",
-                 "compat": "compat mode", "schedule": "threshold schedule"}
+# (the rule families name themselves: Choice.what)
+_CHOICE_WORDS = {"compat": "compat mode", "method": "method"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Range:
 def _option(default, help: str, *, lo=None, hi=None, lo_open=False, hi_open=False, what="",
             choices: Any = None):
     """A GenerationConfig field with what the command line and :meth:`GenerationConfig.validate`
-    read from it: its help text, its choices (an enum of ``rules``) and, for a number, its Range
+    read from it: its help text, its choices (a Choice family or an enum of ``rules``) and, for a number, its Range
     (every numeric field has one; unbounded ones still refuse NaN and infinities)."""
     meta: dict = {"help": help}
     if choices is not None:
@@ -152,7 +151,7 @@ class GenerationConfig:
         """Raise ValueError with a clear message for any bad setting (before any compute)."""
         for f in dataclasses.fields(self):
             if "choices" in f.metadata:
-                f.metadata["choices"].check(getattr(self, f.name), _CHOICE_WORDS.get(f.name, f.name))
+                f.metadata["choices"].check(getattr(self, f.name), _CHOICE_WORDS.get(f.name))
         if self.compat == Compat.UPSTREAM and self.prune:
             raise ValueError("pruning does not apply in compat mode 'upstream' (its siblings never "
                              "enter the cache); drop --prune or use compat 'none'")
@@ -211,12 +210,12 @@ class GenerationConfig:
         return self.capacity
 
     def static(self) -> "StaticSpec":
-        prune = PruneSpec(self.prune_window, PruneTiming(self.prune_timing),
-                          PruneRule(self.prune_rule)) if self.prune else None
+        prune = PruneSpec(self.prune_window, PruneTiming.check(self.prune_timing),
+                          PruneRule.check(self.prune_rule)) if self.prune else None
         return StaticSpec(width=self.width, steps=self.max_steps,
                           selection=SELECTIONS[_SAME_TOKENS.get(Method(self.method), Method(self.method))](self.width),
-                          combine=CombineRule(self.combine), eos=EosRule(self.eos), prune=prune,
-                          compat=Compat(self.compat), sibling_rules=SiblingRule.rules())
+                          combine=CombineRule.check(self.combine), eos=EosRule.check(self.eos), prune=prune,
+                          compat=Compat(self.compat), sibling_rules=SiblingRule.members())
 
     def inputs(self, model: ModelConfig) -> EngineInputs:
         """The array inputs of the compiled program (one world)."""
@@ -235,9 +234,8 @@ class GenerationConfig:
             isolate_above=jnp.float32(np.inf if self.isolate_above is None else self.isolate_above),
             isolate_size_above=jnp.int32(np.iinfo(np.int32).max if self.isolate_size_above is None
                                          else self.isolate_size_above),
-            member_stride=jnp.float32({"shared": 0.0, "offset": self.offset_delta,
-                                       "distinct": 1.0}[self.positions]),
-            advance_by_members=jnp.bool_(self.positions == PositionVariant.DISTINCT),
+            member_stride=jnp.float32(PositionVariant.check(self.positions).stride(self.offset_delta)),
+            advance_by_members=jnp.bool_(PositionVariant.check(self.positions).advance_by_members),
             member_offsets=jnp.zeros(self.width, jnp.float32),
             min_steps=jnp.int32(self.min_steps),
             prune_layer_w=jnp.asarray(lw / lw.sum()),

@@ -19,7 +19,7 @@ from tempo_jax.engine.inputs import EngineInputs
 from tempo_jax.engine.masks import adaptive_siblings, step_mask
 from tempo_jax.engine.outputs import StepCapture, summarize
 from tempo_jax.engine.rules import Capture
-from tempo_jax.engine.selection import CandidateSet, combine, entropy, eos_hit
+from tempo_jax.engine.selection import CandidateSet, entropy
 from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache
 from tempo_jax.model import prefill as model_prefill
 from tempo_jax.slots import PROMPT, UNWRITTEN
@@ -296,8 +296,8 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     slot_maps = write_slots(st, tokens, pos, cand.n, i)
     set_n = st.set_n.at[s].set(cand.n)
     pruned = prune(spec, inputs, st, slot_maps, set_n, fed.attn, cand.n, key)
-    nxt = combine(spec.combine, fed.logits, cand.probs[:F], cand.valid[:F])
-    hit = eos_hit(spec.eos, cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
+    nxt = spec.combine.combine(fed.logits, cand.probs[:F], cand.valid[:F])
+    hit = spec.eos.hit(cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
     done = (s + 1 >= spec.steps) | (hit & (s + 1 >= inputs.min_steps))
     iw = jnp.arange(W)
     w = Written(tokens=tokens, pos=pos, n=cand.n,

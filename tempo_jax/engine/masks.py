@@ -20,7 +20,7 @@ def step_mask(alive: jax.Array, slot_step: jax.Array, step: jax.Array, base: jax
     Query i sees slot k iff (alive(k) and k is from an earlier step or the prompt) or k is itself, or
     k is a sibling (member j of this step, j < n, j != i) and the rule coded at [l,h] says i sees j.
     """
-    rules = SiblingRule.rules() if rules is None else tuple(rules)
+    rules = SiblingRule.members() if rules is None else tuple(rules)
     k = jnp.arange(alive.shape[0])
     i = jnp.arange(width)[:, None]  # [W,1]
     earlier = alive & (slot_step < step)  # [K]

@@ -1,5 +1,8 @@
-"""The engine's named choices, one ``StrEnum`` each: validation, CLI choices and docs read them here.
-Sibling rules, which users add, are a registry of classes instead: :mod:`tempo_jax.engine.siblings`.
+"""The engine's modes, one ``StrEnum`` each: the method, the compat mode and the capture mode.
+
+The rules (sibling, combining, EOS, pruning rule and timing, threshold schedule, positions) are
+:class:`~tempo_jax.engine.choice.Choice` families in the modules that use them, each member owning
+its behaviour; see :mod:`tempo_jax.engine.choice`.
 
 Members compare equal to their strings (``SiblingRule.VISIBLE == "visible"``), so configs and traces
 stay plain strings. Meanings: docs/semantics.md.
@@ -8,50 +11,23 @@ stay plain strings. Meanings: docs/semantics.md.
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
+
+from tempo_jax.engine.choice import Choice
 
 
 class _Choice(enum.StrEnum):
     @classmethod
-    def check(cls, value, what: str) -> "_Choice":
+    def check(cls, value, what: str | None = None) -> "_Choice":
         """``value`` as a member, or a one-line ValueError naming what is allowed."""
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(cls)}") from None
+            raise ValueError(f"unknown {what or cls.__name__.lower()} {value!r}; allowed: {', '.join(cls)}") from None
 
     @classmethod
     def names(cls) -> list[str]:
         return [m.value for m in cls]
-
-
-class PositionVariant(_Choice):
-    SHARED = "shared"  # all members at P + s
-    OFFSET = "offset"  # member i at P + s + i * delta
-    DISTINCT = "distinct"  # consecutive unique positions
-
-
-class CombineRule(_Choice):
-    MIXTURE = "mixture"
-    UNIFORM = "uniform"
-    MEAN_LOGITS = "mean_logits"
-    TOP = "top"
-
-
-class EosRule(_Choice):
-    TOP = "top"
-    ANY = "any"
-    ALL = "all"
-
-
-class PruneRule(_Choice):
-    RELATIVE = "relative"
-    ABSOLUTE = "absolute"
-    SIGMOID = "sigmoid"
-
-
-class PruneTiming(_Choice):
-    WINDOW = "window"
-    EAGER = "eager"
 
 
 class Method(_Choice):
@@ -72,9 +48,38 @@ class Capture(_Choice):
     FULL = "full"
 
 
-class Schedule(_Choice):
-    CONSTANT = "constant"
-    LINEAR = "linear"
-    EXPONENTIAL = "exponential"
-    BEZIER = "bezier"
-    RELU = "relu"
+class PositionVariant(Choice):
+    """Logical (RoPE) positions of a set's members: member i at ``P + s + i * stride``."""
+
+    what = "positions variant"
+
+    def stride(self, delta: float) -> float:
+        raise NotImplementedError
+
+    advance_by_members: ClassVar[bool] = False  # the next step starts n later (else 1 later)
+
+
+class Shared(PositionVariant, name="shared"):
+    """All members at P + s."""
+
+    def stride(self, delta):
+        return 0.0
+
+
+class Offset(PositionVariant, name="offset"):
+    """Member i at P + s + i * delta."""
+
+    def stride(self, delta):
+        return delta
+
+
+class Distinct(PositionVariant, name="distinct"):
+    """Consecutive unique positions; the next step starts after the last member."""
+
+    advance_by_members = True
+
+    def stride(self, delta):
+        return 1.0
+
+
+PositionVariant.seal()

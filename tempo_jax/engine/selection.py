@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from tempo_jax.pytree import Struct
-from tempo_jax.engine.rules import CombineRule, EosRule, Method
+from tempo_jax.engine.choice import Choice
+from tempo_jax.engine.rules import Method
 
 if TYPE_CHECKING:
     from tempo_jax.engine.inputs import EngineInputs
@@ -130,21 +131,57 @@ def _single(token, dist, width: int):
     return tokens, probs, jnp.arange(width) == 0, jnp.int32(1)
 
 
-def combine(rule: CombineRule, logits: jax.Array, probs: jax.Array, valid: jax.Array) -> jax.Array:
-    """Next distribution ``[V]`` from members' logits ``[W,V]`` (semantics.md, "Combining")."""
-    if rule == "top":
-        return jax.nn.softmax(logits[0])
-    if rule == "mean_logits":
-        w = valid / valid.sum()
-        return jax.nn.softmax((w[:, None] * logits).sum(0))
-    if rule == "mixture":
-        w = jnp.where(valid, probs, 0.0)
-    elif rule == "uniform":
-        w = valid.astype(logits.dtype)
-    else:
-        raise ValueError(f"unknown combining rule {rule!r}; allowed: {', '.join(CombineRule)}")
+class CombineRule(Choice):
+    """How the next distribution is made from the members' logits (semantics.md, "Combining")."""
+
+    what = "combining rule"
+
+    def combine(self, logits: jax.Array, probs: jax.Array, valid: jax.Array) -> jax.Array:
+        """Next distribution ``[V]`` from members' logits ``[W,V]``, their probabilities ``[W]`` and
+        which are real members ``valid[W]``."""
+        raise NotImplementedError
+
+
+def _weighted_mixture(logits: jax.Array, w: jax.Array) -> jax.Array:
     w = w / w.sum()
     return (w[:, None] * jax.nn.softmax(logits, axis=-1)).sum(0)
+
+
+class Mixture(CombineRule, name="mixture"):
+    """Members' next-token distributions weighted by the members' probabilities."""
+
+    def combine(self, logits, probs, valid):
+        return _weighted_mixture(logits, jnp.where(valid, probs, 0.0))
+
+
+class Uniform(CombineRule, name="uniform"):
+    """Members' next-token distributions, equally weighted."""
+
+    def combine(self, logits, probs, valid):
+        return _weighted_mixture(logits, valid.astype(logits.dtype))
+
+
+class MeanLogits(CombineRule, name="mean_logits"):
+    """Softmax of the members' mean logits."""
+
+    def combine(self, logits, probs, valid):
+        w = valid / valid.sum()
+        return jax.nn.softmax((w[:, None] * logits).sum(0))
+
+
+class Top(CombineRule, name="top"):
+    """Member 0's next-token distribution alone."""
+
+    def combine(self, logits, probs, valid):
+        return jax.nn.softmax(logits[0])
+
+
+CombineRule.seal()
+
+
+def combine(rule, logits: jax.Array, probs: jax.Array, valid: jax.Array) -> jax.Array:
+    """``CombineRule.check(rule).combine(logits, probs, valid)`` (``rule`` a name or a member)."""
+    return CombineRule.check(rule).combine(logits, probs, valid)
 
 
 def entropy(dist: jax.Array, axis: int = -1) -> jax.Array:
@@ -152,12 +189,40 @@ def entropy(dist: jax.Array, axis: int = -1) -> jax.Array:
     return -jnp.sum(jnp.where(dist > 0, dist * jnp.log(jnp.where(dist > 0, dist, 1.0)), 0.0), axis)
 
 
-def eos_hit(rule: EosRule, cand: CandidateSet, eos_ids: jax.Array) -> jax.Array:
-    """Does set C_s end the run? ``top``: member 0 is EOS; ``any``: some member is; ``all``: every
-    member is."""
-    eos = jnp.isin(cand.tokens, eos_ids)
-    if rule == EosRule.ANY:
-        return (eos & cand.valid).any()
-    if rule == EosRule.TOP:
-        return eos[0]
-    return (eos | ~cand.valid).all()
+class EosRule(Choice):
+    """When a set C_s ends the run."""
+
+    what = "EOS rule"
+
+    def hit(self, cand: CandidateSet, eos_ids: jax.Array) -> jax.Array:
+        """Does ``cand`` end the run, given the model's EOS ids?"""
+        raise NotImplementedError
+
+
+class EosTop(EosRule, name="top"):
+    """Member 0 is EOS."""
+
+    def hit(self, cand, eos_ids):
+        return jnp.isin(cand.tokens, eos_ids)[0]
+
+
+class EosAny(EosRule, name="any"):
+    """Some member is EOS."""
+
+    def hit(self, cand, eos_ids):
+        return (jnp.isin(cand.tokens, eos_ids) & cand.valid).any()
+
+
+class EosAll(EosRule, name="all"):
+    """Every member is EOS."""
+
+    def hit(self, cand, eos_ids):
+        return (jnp.isin(cand.tokens, eos_ids) | ~cand.valid).all()
+
+
+EosRule.seal()
+
+
+def eos_hit(rule, cand: CandidateSet, eos_ids: jax.Array) -> jax.Array:
+    """``EosRule.check(rule).hit(cand, eos_ids)`` (``rule`` a name or a member)."""
+    return EosRule.check(rule).hit(cand, eos_ids)

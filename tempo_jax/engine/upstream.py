@@ -17,8 +17,8 @@ from tempo_jax.engine.config import StaticSpec
 from tempo_jax.engine.core import (TempoState, Written, captured, feed, finish, fresh_state, prefill,
                                    select, write_slots)
 from tempo_jax.engine.inputs import EngineInputs
-from tempo_jax.engine.rules import Capture, EosRule
-from tempo_jax.engine.selection import eos_hit
+from tempo_jax.engine.rules import Capture
+from tempo_jax.engine.selection import EosRule
 from tempo_jax.model import forward
 
 
@@ -55,7 +55,7 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     n_feed = jnp.int32(1)
     fed = feed(params, mcfg, spec, inputs, st, tokens, pos, n_feed, capture)
     slot_maps = write_slots(st, tokens, pos, n_feed, jnp.where(i == 0, last, -1))
-    hit = eos_hit(EosRule.ANY, cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
+    hit = EosRule.check("any").hit(cand, jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32))
     done = (s + 1 >= spec.steps) | (hit & (s + 1 >= inputs.min_steps))
     iw = jnp.arange(W)
     w = Written(tokens=tokens, pos=pos, n=n_feed, advance=jnp.float32(1.0),

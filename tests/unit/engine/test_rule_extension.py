@@ -1,4 +1,4 @@
-"""Adding a sibling rule touches only the rule (docs/extending.md): a test-only subclass of
+"""Adding a rule touches only the rule (docs/extending.md): a test-only subclass of
 SiblingRule becomes a config value, a CLI choice, a table code and a mask, and runs end to end on a
 tiny model, with no engine file edited."""
 
@@ -76,3 +76,38 @@ def test_after_the_rule_is_gone_its_code_is_refused(adjacent):
         GenerationConfig(siblings="adjacent").validate()
     with pytest.raises(ValueError, match="built-in"):
         SiblingRule.unregister("full")
+
+
+def test_every_rule_family_takes_a_member_without_engine_edits():
+    """The same mechanism for the other families: a combining rule and a schedule defined here
+    become config values and run (combining with member 0 only equals the built-in 'top')."""
+    import jax
+
+    from tempo_jax.engine.schedules import Schedule
+    from tempo_jax.engine.selection import CombineRule
+
+    class FirstMember(CombineRule, name="first_member"):
+        def combine(self, logits, probs, valid):
+            return jax.nn.softmax(logits[0])
+
+    class Halfway(Schedule, name="halfway"):
+        def shape(self, t, k, p1, p2, a):
+            return np.full_like(t, 0.5)
+
+    try:
+        _, cfg, params = tiny(0)
+        base = dict(max_steps=5, threshold=0.05, max_width=4)
+        mine = generate(params, cfg, PROMPT, GenerationConfig(**base, combine="first_member"))
+        top = generate(params, cfg, PROMPT, GenerationConfig(**base, combine="top"))
+        np.testing.assert_array_equal(mine.arrays["tokens"], top.arrays["tokens"])
+        np.testing.assert_allclose(mine.arrays["probs"], top.arrays["probs"], rtol=1e-6)
+        g = GenerationConfig(**base, schedule="halfway", threshold_final=0.25)
+        np.testing.assert_allclose(g.inputs(cfg).thresholds, 0.15)
+        with pytest.raises(ValueError, match="unknown combining rule 'nope'; allowed: mixture, uniform, "
+                                             "mean_logits, top, first_member"):
+            GenerationConfig(combine="nope").validate()
+        with pytest.raises(ValueError, match="built-in"):
+            CombineRule.unregister("top")
+    finally:
+        CombineRule.unregister("first_member")
+        Schedule.unregister("halfway")
