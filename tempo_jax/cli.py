@@ -84,13 +84,12 @@ def _id_list(text: str | None, what: str) -> tuple[int, ...] | None:
 def _cmd_generate(args) -> int:
     prompts = _read_prompts(args, per_line=True)
     from tempo_jax.destinations import check_run_destination, staged_run
+    from tempo_jax.engine.methods import Method
     from tempo_jax.engine.run import check_request
 
     if args.method == "speculative" and args.html:
         raise UsageError("--html captures attention at every step, which speculative decoding does "
                          "not stream; use --method greedy (the same tokens)")
-    if args.method == "beam" and args.beam_width < 1:
-        raise UsageError(f"beam width must be >= 1, got {args.beam_width}")
     with user_input():  # every setting is checked before the model is loaded
         gcfg = generation_config(args)
         _as_options(gcfg.validate)
@@ -104,7 +103,7 @@ def _cmd_generate(args) -> int:
         if not all_ids:
             return f"before generation; nothing written, {out} is as it was"
         of = f" (prompt {at['prompt'] + 1} of {len(all_ids)})" if len(all_ids) > 1 else ""
-        when = (f"after step {at['step']} of {args.max_steps}" if args.method in ("tempo", "greedy", "sample")
+        when = (f"after step {at['step']} of {args.max_steps}" if not Method.check(args.method).own_driver
                 else "during generation")
         return f"{when}{of}; nothing written, {out} is as it was"
 
@@ -125,10 +124,7 @@ def _cmd_generate(args) -> int:
             where = f"prompt {k + 1} of {len(prompts)}: " if len(prompts) > 1 else ""
             with user_input():
                 try:
-                    if args.method == "beam":
-                        _check_beam(m.cfg, ids, args.max_steps)
-                    else:
-                        _as_options(lambda ids=ids: check_request(m.cfg, gcfg, ids))
+                    _as_options(lambda ids=ids: check_request(m.cfg, gcfg, ids))
                 except ValueError as e:
                     raise ValueError(where + str(e)) from None
             all_ids.append(ids)
@@ -170,12 +166,9 @@ def _generate_one(args, m, params, gcfg, ids, tmp: Path, stem: str, at: dict):
     counts finished steps (for the Ctrl-C message)."""
     from tempo_jax.engine import generate
 
-    if args.method == "beam":
-        from tempo_jax.engine.beam import beam_search
+    from tempo_jax.engine.methods import Method
 
-        return beam_search(params, m.cfg, ids, width=args.beam_width, max_steps=args.max_steps,
-                           length_penalty=args.length_penalty, model_id=m.source)
-    if args.method == "speculative":  # its own round loop: no per-step callback
+    if Method.check(args.method).own_driver:  # speculative rounds, beam search: no per-step callback
         return generate(params, m.cfg, ids, gcfg, progress=True, model_id=m.source)
     writer = None
     if args.html:  # full attention streamed to disk for the report
@@ -225,7 +218,7 @@ def _say(text: str = "") -> None:
 
 def add_generation_options(parser) -> None:
     """One option per GenerationConfig field (``--max-steps`` for ``max_steps``), its help, default,
-    choices and range read from the field's declaration; ``--method`` adds ``beam`` (CLI only)."""
+    choices and range read from the field's declaration."""
     import dataclasses
 
     from tempo_jax.engine import GenerationConfig
@@ -240,16 +233,12 @@ def add_generation_options(parser) -> None:
             parser.add_argument(flag, default=None, metavar="A,B,...", help=md["help"])
         else:
             kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
-            choices = md["choices"].names() + (["beam"] if f.name == "method" else []) \
-                if "choices" in md else None
-            extra = ", beam search (--beam-width, --length-penalty)" if f.name == "method" else ""
-            parser.add_argument(flag, type=kind, default=f.default, choices=choices,
-                                help=md["help"] + extra + bounds)
+            choices = md["choices"].names() if "choices" in md else None
+            parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=md["help"] + bounds)
 
 
 def generation_config(args):
-    """The GenerationConfig of parsed ``generate`` options (every field, by name); ``--method
-    beam`` runs beam search outside the engine, so the config says greedy."""
+    """The GenerationConfig of parsed ``generate`` options (every field, by name)."""
     import dataclasses
 
     from tempo_jax.engine import GenerationConfig
@@ -261,8 +250,6 @@ def generation_config(args):
             flag = "--" + f.name.replace("_", "-")
             value = _float_list(value, flag) if "float" in f.type else _id_list(value, flag)
         kw[f.name] = value
-    if kw["method"] == "beam":
-        kw["method"] = "greedy"
     return GenerationConfig(**kw)
 
 
@@ -287,16 +274,6 @@ def _as_options(check) -> None:
         if field in {f.name for f in dataclasses.fields(GenerationConfig)}:
             raise ValueError(f"--{field.replace('_', '-')} {rest}") from None
         raise
-
-
-def _check_beam(cfg, ids, max_steps: int) -> None:
-    """Beam search's own input checks, run before any compute."""
-    if not ids:
-        raise ValueError("the prompt is empty: give at least one token")
-    if len(ids) + max_steps + 1 > cfg.max_position_embeddings:
-        raise ValueError(f"prompt ({len(ids)} tokens) + {max_steps} steps exceeds the model's context "
-                         f"of {cfg.max_position_embeddings} positions; shorten the prompt or lower "
-                         "--max-steps")
 
 
 def _echo_prompt(text: str, ids: list[int], decode, edge: int = 60, most: int = 40) -> str:
@@ -388,9 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "unstack_layers: steps about 1.3x faster on CPU, compiles about 5x longer; "
                         "for long runs and many prompts); same tokens, float rounding aside")
     add_generation_options(g)
-    g.add_argument("--beam-width", type=int, default=4, help="beam search (--method beam): beams kept")
-    g.add_argument("--length-penalty", type=float, default=1.0,
-                   help="beam search: rank by score / length**penalty")
     g.add_argument("--out", default="runs/latest", help="output directory for trace files")
     g.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
     g.add_argument("--html", action="store_true",

@@ -20,7 +20,8 @@ from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
 from tempo_jax.engine.core import prefill
-from tempo_jax.engine.run import pad_prompt
+from tempo_jax.engine.methods import Method
+from tempo_jax.engine.request import pad_prompt
 from tempo_jax.engine.selection import top_k
 from tempo_jax.model import KVCache, forward
 from tempo_jax.trace import Trace
@@ -126,3 +127,22 @@ def beam_search(params, mcfg: ModelConfig, prompt_ids: Sequence[int], width: int
     cfg = {"method": "beam", "width": width, "max_steps": max_steps, "length_penalty": length_penalty}
     return Trace(model_id, cfg, list(map(int, prompt_ids)), arrays,
                  {"total_s": time.perf_counter() - t0})
+
+
+class Beam(Method, name="beam"):
+    """Beam search (``beam_width`` beams, ranked by score / length**``length_penalty``), a baseline
+    with its own search (:mod:`tempo_jax.engine.beam`); its trace is the best beam."""
+
+    own_driver = True
+
+    def selection(self, width):
+        raise ValueError("beam search runs its own search, not the TEMPO step: use generate (host) "
+                         "with method 'beam', or method 'greedy' for a step-based baseline")
+
+    def generate(self, params, mcfg, prompt_ids, gcfg, driver, progress, on_step, model_id, inputs, capture):
+        if inputs is not None or on_step is not None or capture not in (None, "none"):
+            raise ValueError("beam search takes no custom engine inputs and streams no per-step capture; "
+                             "use method 'greedy' or 'tempo' for those")
+        return beam_search(params, mcfg, prompt_ids, width=gcfg.beam_width, max_steps=gcfg.max_steps,
+                           length_penalty=gcfg.length_penalty, model_id=model_id,
+                           prompt_bucket=gcfg.prompt_bucket)

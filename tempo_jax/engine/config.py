@@ -16,19 +16,14 @@ import numpy as np
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.inputs import EngineInputs
 from tempo_jax.engine.pruning import PruneRule, PruneTiming
-from tempo_jax.engine.rules import Compat, Method, PositionVariant
+from tempo_jax.engine.methods import Compat, Method
+from tempo_jax.engine.rules import PositionVariant
 from tempo_jax.engine.siblings import SiblingRule
 from tempo_jax.engine.schedules import Schedule, thresholds
-from tempo_jax.engine.selection import SELECTIONS, CombineRule, EosRule, Greedy, Sample, Threshold
+from tempo_jax.engine.selection import CombineRule, EosRule, Greedy, Sample, Threshold
 
 MAX_DRAFT_LEN = 64
-# a method whose tokens another selection reproduces exactly: the TEMPO step runs it as that one
-# (run.generate sends speculative configs to tempo_jax.engine.speculative; the on-device step and
-# sweeps, which take the step itself, decode them greedily: the same tokens)
-_SAME_TOKENS = {Method.SPECULATIVE: Method.GREEDY}
 # how an unknown choice is named in its error ("unknown sibling rule 'x'; allowed: ...")
-# (the rule families name themselves: Choice.what)
-_CHOICE_WORDS = {"compat": "compat mode", "method": "method"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +126,7 @@ class GenerationConfig:
     prune_heads: tuple[int, ...] | None = _option(
         None, "comma-separated heads whose attention scores members (unset: all)")
     method: str = _option("tempo", "TEMPO, or a baseline: greedy, sampling, speculative (greedy's tokens, "
-                                   "drafted by the first layers)", choices=Method)
+                                   "drafted by the first layers), beam search", choices=Method)
     temperature: float = _option(1.0, "sampling temperature", lo=0.0, lo_open=True)
     top_k: int = _option(0, "sampling: keep the k most probable (0: off)", lo=0, what="0 = off")
     top_p: float = _option(1.0, "sampling: nucleus mass", lo=0.0, hi=1.0, lo_open=True)
@@ -141,6 +136,8 @@ class GenerationConfig:
                                              "(unset: half)", lo=1, what="layers")
     draft_len: int = _option(4, "speculative: tokens the draft proposes per full-model forward",
                              lo=1, hi=MAX_DRAFT_LEN)
+    beam_width: int = _option(4, "beam search: beams kept", lo=1, what="beams")
+    length_penalty: float = _option(1.0, "beam search: rank beams by score / length**penalty")
     seed: int = _option(0, "PRNG seed (sampling; recorded in the trace)")
     capacity: int | None = _option(None, "KV-cache slots (unset: prompt bucket + max steps x max width)",
                                    lo=1, what="slots")
@@ -151,8 +148,8 @@ class GenerationConfig:
         """Raise ValueError with a clear message for any bad setting (before any compute)."""
         for f in dataclasses.fields(self):
             if "choices" in f.metadata:
-                f.metadata["choices"].check(getattr(self, f.name), _CHOICE_WORDS.get(f.name))
-        if self.compat == Compat.UPSTREAM and self.prune:
+                f.metadata["choices"].check(getattr(self, f.name))
+        if self.compat == "upstream" and self.prune:
             raise ValueError("pruning does not apply in compat mode 'upstream' (its siblings never "
                              "enter the cache); drop --prune or use compat 'none'")
         for f in dataclasses.fields(self):
@@ -162,10 +159,10 @@ class GenerationConfig:
                 raise ValueError(f"{f.name} must be a whole number, got {value!r}")
             if "range" in f.metadata:
                 f.metadata["range"].check(f.name, value)
-        if self.method == Method.SPECULATIVE and (self.compat != Compat.NONE or self.prune):
-            raise ValueError("speculative decoding is greedy decoding: it takes neither pruning nor "
+        if Method.check(self.method).own_driver and (self.compat != "none" or self.prune):
+            raise ValueError(f"method {self.method!r} runs its own search: it takes neither pruning nor "
                              "compat mode 'upstream'")
-        if model is not None and self.method == Method.SPECULATIVE:
+        if model is not None and self.method == "speculative":
             self.draft_layers_for(model)
         if model is not None:
             for name, idx, n in (("prune_layers", self.prune_layers, model.num_layers),
@@ -182,8 +179,8 @@ class GenerationConfig:
 
     @property
     def width(self) -> int:
-        """W actually compiled: 1 for greedy, sampling and speculative decoding."""
-        return 1 if self.method in (Method.GREEDY, Method.SAMPLE, Method.SPECULATIVE) else self.max_width
+        """W actually compiled: 1 for the methods that keep one member per step."""
+        return 1 if Method.check(self.method).single else self.max_width
 
     def draft_layers_for(self, model: ModelConfig) -> int:
         """The speculative draft's depth k for ``model`` (default L // 2), checked to be in 1..L-1."""
@@ -213,9 +210,9 @@ class GenerationConfig:
         prune = PruneSpec(self.prune_window, PruneTiming.check(self.prune_timing),
                           PruneRule.check(self.prune_rule)) if self.prune else None
         return StaticSpec(width=self.width, steps=self.max_steps,
-                          selection=SELECTIONS[_SAME_TOKENS.get(Method(self.method), Method(self.method))](self.width),
+                          selection=Method.check(self.method).selection(self.width),
                           combine=CombineRule.check(self.combine), eos=EosRule.check(self.eos), prune=prune,
-                          compat=Compat(self.compat), sibling_rules=SiblingRule.members())
+                          compat=Compat.check(self.compat), sibling_rules=SiblingRule.members())
 
     def inputs(self, model: ModelConfig) -> EngineInputs:
         """The array inputs of the compiled program (one world)."""

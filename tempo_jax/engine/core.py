@@ -8,6 +8,9 @@ Shapes: K cache slots, W max width, F fed width, S max steps, V vocab, L layers,
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+
 import jax
 import jax.numpy as jnp
 
@@ -16,6 +19,7 @@ from tempo_jax.config import ModelConfig
 from tempo_jax.engine import pruning
 from tempo_jax.engine.config import StaticSpec
 from tempo_jax.engine.inputs import EngineInputs
+from tempo_jax.engine.methods import Compat
 from tempo_jax.engine.masks import adaptive_siblings, step_mask
 from tempo_jax.engine.outputs import StepCapture, summarize
 from tempo_jax.engine.rules import Capture
@@ -308,3 +312,10 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
                  spec.selection.count(nxt, inputs.thresholds[jnp.minimum(s + 1, spec.steps - 1)]),
                  slot_maps, pruned)
     return new, captured(capture, fed.attn, fed.resid, st.n_written, cand.n, W)
+
+
+class NoCompat(Compat, name="none"):
+    """TEMPO's own step: this module."""
+
+    def mechanics(self) -> ModuleType:
+        return sys.modules[__name__]

@@ -1,8 +1,9 @@
-"""The engine's modes, one ``StrEnum`` each: the method, the compat mode and the capture mode.
+"""The capture mode (a ``StrEnum``: what a step streams) and the positions variants.
 
-The rules (sibling, combining, EOS, pruning rule and timing, threshold schedule, positions) are
-:class:`~tempo_jax.engine.choice.Choice` families in the modules that use them, each member owning
-its behaviour; see :mod:`tempo_jax.engine.choice`.
+The engine's named choices that carry behaviour are :class:`~tempo_jax.engine.choice.Choice`
+families, each member owning its behaviour: sibling rules (engine/siblings.py), combining and EOS
+rules (engine/selection.py), pruning rules and timings (engine/pruning.py), threshold schedules
+(engine/schedules.py), methods and compat modes (engine/methods.py), positions variants (here).
 
 Members compare equal to their strings (``SiblingRule.VISIBLE == "visible"``), so configs and traces
 stay plain strings. Meanings: docs/semantics.md.
@@ -28,18 +29,6 @@ class _Choice(enum.StrEnum):
     @classmethod
     def names(cls) -> list[str]:
         return [m.value for m in cls]
-
-
-class Method(_Choice):
-    TEMPO = "tempo"
-    GREEDY = "greedy"
-    SAMPLE = "sample"
-    SPECULATIVE = "speculative"  # greedy-exact self-speculative decoding (docs/speculative.md)
-
-
-class Compat(_Choice):
-    NONE = "none"
-    UPSTREAM = "upstream"  # the original implementation's feed sequence (docs/replication.md)
 
 
 class Capture(_Choice):

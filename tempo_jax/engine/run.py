@@ -14,19 +14,25 @@ import jax
 import jax.numpy as jnp
 
 from tempo_jax.config import ModelConfig
-from tempo_jax.engine import core, speculative, upstream
+# the drivers define the methods speculative and beam and the compat modes none and upstream
+from tempo_jax.engine import core, upstream, speculative, beam  # noqa: F401, I001
 from tempo_jax.engine.config import GenerationConfig, StaticSpec
 from tempo_jax.engine.inputs import EngineInputs
 from tempo_jax.engine.outputs import StepCapture, StepRecords
 from tempo_jax.engine.request import check_prompt, check_request, pad_prompt  # noqa: F401  (public here too)
-from tempo_jax.engine.rules import Capture, Compat, Method
+from tempo_jax.engine.methods import Compat, Method
+from tempo_jax.engine.rules import Capture
 from tempo_jax.engine.core import TempoState
 from tempo_jax.trace import Trace
 
 
+Method.seal()  # every built-in method and compat mode is defined by now
+Compat.seal()
+
+
 def mechanics(spec: StaticSpec) -> ModuleType:
     """The module holding ``init_state``, ``step`` and ``feed_widths`` for the spec's mode."""
-    return upstream if spec.compat == Compat.UPSTREAM else core
+    return spec.compat.mechanics()
 
 
 def run_on_device(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, prompt,
@@ -129,11 +135,12 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     ``gcfg.inputs(mcfg).replace(siblings=table)`` (partial isolation), ``interventions=...``
     (:class:`tempo_jax.interventions.Interventions`, batch axis 1, K = the run's capacity), etc.
     """
-    if before_step is not None and gcfg.method == Method.SPECULATIVE:
-        raise ValueError("before_step needs the step loop; speculative decoding runs rounds")
-    if gcfg.method == Method.SPECULATIVE:  # its own round loop, a greedy-layout trace
-        return speculative.generate(params, mcfg, prompt_ids, gcfg, driver, progress, on_step,
-                                    model_id, inputs, capture)
+    method = Method.check(gcfg.method)
+    if method.own_driver:  # speculative rounds, beam search: a search of their own
+        if before_step is not None:
+            raise ValueError(f"before_step needs the step loop; method {method.name!r} runs its own search")
+        return method.generate(params, mcfg, prompt_ids, gcfg, driver, progress, on_step, model_id, inputs,
+                               capture)
     if driver not in ("host", "device"):
         raise ValueError(f"unknown driver {driver!r}; allowed: host, device")
     capture = Capture.check(capture or ("full" if on_step is not None else "none"), "capture mode")

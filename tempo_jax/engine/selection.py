@@ -2,21 +2,20 @@
 
 A selection method is a small frozen (hashable) class, static under ``jit``: ``select`` turns the
 step's distribution into a :class:`CandidateSet`, ``count`` says how many members it will have
-(which lets the host driver feed fewer queries). Add a method by writing one such class and naming
-it in :data:`SELECTIONS` (docs/extending.md).
+(which lets the host driver feed fewer queries). A method (engine/methods.py) names the selection
+it uses (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from tempo_jax.pytree import Struct
 from tempo_jax.engine.choice import Choice
-from tempo_jax.engine.rules import Method
 
 if TYPE_CHECKING:
     from tempo_jax.engine.inputs import EngineInputs
@@ -37,7 +36,6 @@ class Threshold:
     """TEMPO: every token with ``d_s >= tau_s`` (inclusive), sorted, capped at W, argmax if none."""
 
     width: int
-    method: ClassVar[Method] = Method.TEMPO
 
     def select(self, dist, tau, inputs: "EngineInputs", key) -> CandidateSet:
         return CandidateSet(*select_threshold(dist, tau, self.width))
@@ -51,7 +49,6 @@ class Greedy:
     """The argmax alone."""
 
     width: int
-    method: ClassVar[Method] = Method.GREEDY
 
     def select(self, dist, tau, inputs: "EngineInputs", key) -> CandidateSet:
         return CandidateSet(*select_greedy(dist, self.width))
@@ -65,7 +62,6 @@ class Sample:
     """One token sampled with the inputs' temperature, top-k and top-p (explicit PRNG key)."""
 
     width: int
-    method: ClassVar[Method] = Method.SAMPLE
 
     def select(self, dist, tau, inputs: "EngineInputs", key) -> CandidateSet:
         return CandidateSet(*select_sample(jnp.log(dist), key, inputs.temperature, inputs.top_k,
@@ -74,8 +70,6 @@ class Sample:
     def count(self, dist, tau) -> jax.Array:
         return jnp.int32(1)
 
-
-SELECTIONS = {cls.method: cls for cls in (Threshold, Greedy, Sample)}
 
 
 def select_threshold(dist: jax.Array, tau: jax.Array, width: int):

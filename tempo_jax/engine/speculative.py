@@ -34,8 +34,9 @@ from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
 from tempo_jax.engine.core import prefill
+from tempo_jax.engine.methods import Method
+from tempo_jax.engine.selection import Greedy
 from tempo_jax.engine.request import check_request, pad_prompt
-from tempo_jax.engine.rules import Method
 from tempo_jax.engine.schedules import thresholds
 from tempo_jax.engine.selection import entropy
 from tempo_jax.model import KVCache, forward, is_unstacked
@@ -211,7 +212,7 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     driver "host": a Python loop over the jitted round; "device": one ``lax.while_loop``.
     Called by :func:`tempo_jax.engine.run.generate` for ``method="speculative"``.
     """
-    if gcfg.method != Method.SPECULATIVE:
+    if gcfg.method != "speculative":
         raise ValueError(f"speculative generation needs method 'speculative', got {gcfg.method!r}")
     if driver not in ("host", "device"):
         raise ValueError(f"unknown driver {driver!r}; allowed: host, device")
@@ -286,3 +287,16 @@ def _trace(st: SpecState, gcfg: GenerationConfig, k_draft: int, prompt_ids: list
     cfg = dataclasses.asdict(gcfg)
     cfg["draft_layers"] = k_draft  # the default (None) resolved
     return Trace(model_id, cfg, prompt_ids, arrays, timings)
+
+
+class Speculative(Method, name="speculative"):
+    """Greedy's tokens, drafted by the model's first layers and verified by the full model
+    (docs/speculative.md). The step-based drivers (on-device loop, sweeps) decode greedily."""
+
+    own_driver = True
+
+    def selection(self, width):
+        return Greedy(width)
+
+    def generate(self, params, mcfg, prompt_ids, gcfg, driver, progress, on_step, model_id, inputs, capture):
+        return generate(params, mcfg, prompt_ids, gcfg, driver, progress, on_step, model_id, inputs, capture)

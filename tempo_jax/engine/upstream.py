@@ -9,6 +9,9 @@ the run stops when any member is EOS; no pruning.
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+
 import jax
 import jax.numpy as jnp
 
@@ -17,6 +20,7 @@ from tempo_jax.engine.config import StaticSpec
 from tempo_jax.engine.core import (TempoState, Written, captured, feed, finish, fresh_state, prefill,
                                    select, write_slots)
 from tempo_jax.engine.inputs import EngineInputs
+from tempo_jax.engine.methods import Compat
 from tempo_jax.engine.rules import Capture
 from tempo_jax.engine.selection import EosRule
 from tempo_jax.model import forward
@@ -64,3 +68,10 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     new = finish(spec, st, cand, tau, w, fed.cache, jax.nn.softmax(fed.logits[0]), done, jnp.int32(1),
                  slot_maps, None)
     return new, captured(capture, fed.attn, fed.resid, st.n_written, n_feed, W)
+
+
+class Upstream(Compat, name="upstream"):
+    """The original implementation's feed sequence (docs/replication.md): this module."""
+
+    def mechanics(self) -> ModuleType:
+        return sys.modules[__name__]

@@ -23,7 +23,6 @@ from tempo_jax.pytree import Struct
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine import core
 from tempo_jax.engine.config import GenerationConfig
-from tempo_jax.engine.rules import Compat, Method
 from tempo_jax.engine.run import check_request, pad_prompt
 from tempo_jax.engine.selection import entropy
 from tempo_jax.trace import Trace
@@ -80,9 +79,9 @@ _step_jit = jax.jit(core.step, static_argnames=("mcfg", "spec", "capture", "feed
 
 
 def _check_config(gcfg: GenerationConfig) -> None:
-    if gcfg.method != Method.TEMPO:
+    if gcfg.method != "tempo":
         raise ValueError(f"a threshold policy drives TEMPO sets: method must be 'tempo', got {gcfg.method!r}")
-    if gcfg.compat != Compat.NONE:
+    if gcfg.compat != "none":
         raise ValueError("a threshold policy drives the TEMPO step: compat must be 'none'")
 
 

@@ -229,10 +229,11 @@ def test_generate_options_and_generation_config_agree_field_for_field():
     assert "in (0, 1]" in options["threshold"].help and "[0, 1]" in options["prune_rho"].help
     assert generation_config(parser.parse_args(["generate", "--prompt", "x"])) == GenerationConfig()
     args = parser.parse_args(["generate", "--prompt", "x", "--prune-layers", "1,3", "--prune",
-                              "--prune-layer-weights", "0.5,2", "--schedule-k", "-2", "--method", "beam"])
+                              "--prune-layer-weights", "0.5,2", "--schedule-k", "-2", "--method", "beam",
+                              "--beam-width", "3"])
     g = generation_config(args)
-    assert (g.prune_layers, g.prune_layer_weights, g.schedule_k, g.method, g.prune) == \
-        ((1, 3), (0.5, 2.0), -2.0, "greedy", True)
-    cli_only = {"prompt", "prompt_file", "model", "dtype", "layout", "beam_width", "length_penalty", "out",
+    assert (g.prune_layers, g.prune_layer_weights, g.schedule_k, g.method, g.beam_width, g.prune) == \
+        ((1, 3), (0.5, 2.0), -2.0, "beam", 3, True)
+    cli_only = {"prompt", "prompt_file", "model", "dtype", "layout", "out",
                 "no_colour", "html", "max_capture_mb", "help", "func"}
     assert set(options) - {f.name for f in fields} <= cli_only

@@ -85,5 +85,5 @@ def test_before_step_edits_the_state_a_step_starts_from():
     with pytest.raises(ValueError, match="needs driver='host'"):
         generate(params, cfg, [5, 9, 11, 7], g, driver="device", before_step=one_hot)
     spec = GenerationConfig(max_steps=6, method="speculative", draft_layers=1)
-    with pytest.raises(ValueError, match="speculative decoding runs rounds"):
+    with pytest.raises(ValueError, match="before_step needs the step loop; method .speculative. runs its own search"):
         generate(params, cfg, [5, 9, 11, 7], spec, before_step=one_hot)
