@@ -20,7 +20,8 @@ class Struct:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         dataclasses.dataclass(frozen=True)(cls)
-        jax.tree_util.register_dataclass(cls)
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
 
     def fields(self) -> dict[str, Any]:
         """Field name -> value, not copied (``dataclasses.asdict`` would deep-copy every array)."""

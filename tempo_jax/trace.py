@@ -95,7 +95,7 @@ class Trace:
         out_dir.mkdir(parents=True, exist_ok=True)
         j, z = out_dir / f"{stem}.json", out_dir / f"{stem}.npz"
         j.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
-        np.savez_compressed(z, allow_pickle=False, **self.arrays)
+        np.savez_compressed(z, **self.arrays)  # type: ignore[arg-type]  # numpy stub: **kwds as bool
         return j, z
 
     @classmethod

@@ -9,7 +9,8 @@ from experiments.research import PROJECT
 from tempo_jax.research import render as _render
 from tempo_jax.research import runner as _runner
 from tempo_jax.research.design import Context, Design, Hypothesis, Output, TestResult, quality_of
-from tempo_jax.research.provenance import git_state, json_safe, params_hash, versions, write_csv
+from tempo_jax.research.provenance import git_state as _git_state
+from tempo_jax.research.provenance import json_safe, params_hash, versions, write_csv
 from tempo_jax.research.render import default_answer, fmt, summary_md, tests_table
 from tempo_jax.research.statistics import evaluate, paired_test, verdict
 
@@ -21,6 +22,10 @@ __all__ = ["Context", "Design", "Hypothesis", "Output", "TestResult", "quality_o
            "params_hash", "versions", "write_csv", "default_answer", "fmt", "summary_md", "tests_table",
            "evaluate", "paired_test", "verdict", "ROOT", "RESULTS", "FINDINGS", "registry", "get",
            "run_experiment", "write_findings", "reword", "refresh_equivalence"]
+
+
+def git_state() -> dict:
+    return _git_state(PROJECT.root)
 
 
 def registry() -> dict:

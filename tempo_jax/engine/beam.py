@@ -21,7 +21,7 @@ from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
 from tempo_jax.engine.core import prefill
 from tempo_jax.engine.methods import Method
-from tempo_jax.engine.request import pad_prompt
+from tempo_jax.engine.request import check_request, pad_prompt
 from tempo_jax.engine.selection import top_k
 from tempo_jax.model import KVCache, forward
 from tempo_jax.trace import Trace
@@ -140,6 +140,9 @@ class Beam(Method, name="beam"):
                          "with method 'beam', or method 'greedy' for a step-based baseline")
 
     def generate(self, params, mcfg, prompt_ids, gcfg, driver, progress, on_step, model_id, inputs, capture):
+        check_request(mcfg, gcfg, prompt_ids)
+        if driver not in ("host", "device"):
+            raise ValueError(f"unknown driver {driver!r}; allowed: host, device")
         if inputs is not None or on_step is not None or capture not in (None, "none"):
             raise ValueError("beam search takes no custom engine inputs and streams no per-step capture; "
                              "use method 'greedy' or 'tempo' for those")

@@ -15,7 +15,8 @@ come the names a config accepts (``GenerationConfig`` fields declare ``choices=F
 ``--flag`` choices, the one-line error for an unknown name, and a member's int ``code`` (its place;
 sibling rules use it in the ``[L,H]`` table). Members compare equal to their names and hash like
 them, so configs and traces keep plain strings while a :class:`~tempo_jax.engine.config.StaticSpec`
-holds the members (static under ``jit``). docs/extending.md walks through adding one.
+holds the members (static under ``jit``); two members are equal only when they are the same class,
+so redefining a rule under an old name compiles anew. docs/extending.md walks through adding one.
 """
 
 from __future__ import annotations
@@ -88,7 +89,11 @@ class Choice:
         return list(self._members).index(self.name)
 
     def __eq__(self, other) -> bool:
-        return self.name == (other.name if isinstance(other, Choice) else other)
+        # a member equals its name, and a member of the same class; a rule redefined under the same
+        # name is another class, so a compiled program that holds the old one is not reused
+        if isinstance(other, Choice):
+            return type(self) is type(other)
+        return self.name == other
 
     def __hash__(self) -> int:
         return hash(self.name)

@@ -23,7 +23,6 @@ from tempo_jax.engine.schedules import Schedule, thresholds
 from tempo_jax.engine.selection import CombineRule, EosRule, Greedy, Sample, Threshold
 
 MAX_DRAFT_LEN = 64
-# how an unknown choice is named in its error ("unknown sibling rule 'x'; allowed: ...")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +266,7 @@ class StaticSpec:
     eos: EosRule
     prune: PruneSpec | None  # None: no pruning
     compat: Compat
-    sibling_rules: tuple[SiblingRule, ...] = ()  # the registered rules, in code order (masks.step_mask)
+    sibling_rules: tuple[SiblingRule, ...] | None = None  # the rules in code order (None: the registry)
 
 
 def sibling_codes(rules: Sequence[Sequence[str]]) -> np.ndarray:

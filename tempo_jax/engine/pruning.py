@@ -59,29 +59,30 @@ class PruneRule(Choice):
 
     what = "prune rule"
 
-    def prune(self, score: jax.Array, set_mean: jax.Array, rho, theta, k, key) -> jax.Array:
-        """``[K]`` bool: prune the slot (before the per-set survivor and due masks)."""
+    def prune(self, score: jax.Array, set_sum: jax.Array, set_cnt: jax.Array, rho, theta, k, key) -> jax.Array:
+        """``[K]`` bool: prune the slot (before the per-set survivor and due masks); ``set_sum`` and
+        ``set_cnt`` ``[K]``: the sum and count of the judged scores of each slot's set."""
         raise NotImplementedError
 
 
 class Relative(PruneRule, name="relative"):
     """Score below rho times the set's mean score."""
 
-    def prune(self, score, set_mean, rho, theta, k, key):
-        return score < rho * set_mean
+    def prune(self, score, set_sum, set_cnt, rho, theta, k, key):
+        return score < rho * set_sum / jnp.maximum(set_cnt, 1.0)
 
 
 class Absolute(PruneRule, name="absolute"):
     """Score below theta."""
 
-    def prune(self, score, set_mean, rho, theta, k, key):
+    def prune(self, score, set_sum, set_cnt, rho, theta, k, key):
         return score < theta
 
 
 class Sigmoid(PruneRule, name="sigmoid"):
     """Pruned with probability sigmoid(k (theta - score))."""
 
-    def prune(self, score, set_mean, rho, theta, k, key):
+    def prune(self, score, set_sum, set_cnt, rho, theta, k, key):
         return jax.random.uniform(key, score.shape) < jax.nn.sigmoid(k * (theta - score))
 
 
@@ -102,7 +103,6 @@ def decide(score, alive, slot_step, set_n, step, window: int, timing, rule, rho,
     set_sum = jax.ops.segment_sum(jnp.where(due, score, 0.0), seg, n_steps + 1)
     set_cnt = jax.ops.segment_sum(due.astype(score.dtype), seg, n_steps + 1)
     set_max = jax.ops.segment_max(jnp.where(due, score, -jnp.inf), seg, n_steps + 1)
-    set_mean = set_sum[seg] / jnp.maximum(set_cnt[seg], 1.0)
-    prune = PruneRule.check(rule).prune(score, set_mean, rho, theta, k, key)
+    prune = PruneRule.check(rule).prune(score, set_sum[seg], set_cnt[seg], rho, theta, k, key)
     best = score >= set_max[seg]
     return prune & due & ~best, due

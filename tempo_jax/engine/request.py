@@ -10,12 +10,14 @@ import numpy as np
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.config import GenerationConfig
+from tempo_jax.engine.rules import PositionVariant
 
 
 def check_request(mcfg: ModelConfig, gcfg: GenerationConfig, prompt_ids: Sequence[int]) -> int:
     """Validate everything before compute; returns the cache capacity K to use."""
     gcfg.validate(mcfg)
-    check_prompt(mcfg, prompt_ids, gcfg.max_steps * (gcfg.width if gcfg.positions == "distinct" else 1) + 1)
+    per_step = gcfg.width if PositionVariant.check(gcfg.positions).advance_by_members else 1
+    check_prompt(mcfg, prompt_ids, gcfg.max_steps * per_step + 1)
     return gcfg.capacity_for(len(prompt_ids))
 
 

@@ -5,8 +5,8 @@ families, each member owning its behaviour: sibling rules (engine/siblings.py), 
 rules (engine/selection.py), pruning rules and timings (engine/pruning.py), threshold schedules
 (engine/schedules.py), methods and compat modes (engine/methods.py), positions variants (here).
 
-Members compare equal to their strings (``SiblingRule.VISIBLE == "visible"``), so configs and traces
-stay plain strings. Meanings: docs/semantics.md.
+Members compare equal to their names (``Capture.FULL == "full"``, ``SiblingRule.check("visible") ==
+"visible"``), so configs and traces stay plain strings. Meanings: docs/semantics.md.
 """
 
 from __future__ import annotations

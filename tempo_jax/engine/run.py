@@ -109,8 +109,20 @@ def _jit_step(mech):
                    donate_argnames=("st",))
 
 
-_init = {m: _jit_init(m) for m in (core, upstream)}
-_step = {m: _jit_step(m) for m in (core, upstream)}
+class _PerModule(dict):
+    """Module -> its jitted function, made on first use (any compat mode's mechanics)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, mech):
+        self[mech] = self.make(mech)
+        return self[mech]
+
+
+_init = _PerModule(_jit_init)
+_step = _PerModule(_jit_step)
 _device = jax.jit(run_on_device, static_argnames=("mcfg", "spec", "capacity", "record", "fit_width"))
 
 

@@ -119,7 +119,7 @@ def run_experiment(project: Project, exp_id: str, *, quick: bool = False, prompt
                            "n_prompts": len(prompts), "genres": genres, "seed": seed, "quick": quick,
                            "prompt_ids": [p.id for p in prompts], "versions": versions(),
                            "run_seconds": round(elapsed, 1),
-                           "command": command_line(exp_id, quick, prompt_file)},
+                           "command": command_line(exp_id, quick, prompt_file, project.package)},
             "tests": [dataclasses.asdict(t) for t in tests],
             "answer": mod.answer(tests, design) if hasattr(mod, "answer") else default_answer(tests, design),
             "notes": output.notes,
@@ -135,9 +135,10 @@ def run_experiment(project: Project, exp_id: str, *, quick: bool = False, prompt
     return dest
 
 
-def command_line(exp_id, quick, prompt_file) -> str:
+def command_line(exp_id, quick, prompt_file, package: str = "experiments.research") -> str:
     """The command that reproduces a run."""
-    cmd = f"tempo-jax research run {exp_id}"
+    cmd = "tempo-jax research" + ("" if package == "experiments.research" else f" --experiments {package}")
+    cmd += f" run {exp_id}"
     if quick:
         cmd += " --quick"
     if prompt_file:

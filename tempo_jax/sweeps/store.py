@@ -151,7 +151,7 @@ def merge(out: Path, grid_meta: dict, n_chunks: int, chunk: int, n_worlds: int,
     arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in flat.items()}
     dims = {k: AXES + MEMBER_DIMS[k] for k in arrays}
     res = SweepResults(arrays, dims, grid_meta["coords"], grid_meta)
-    np.savez_compressed(Path(out) / "results.npz", allow_pickle=False, **arrays)
+    np.savez_compressed(Path(out) / "results.npz", **arrays)  # type: ignore[arg-type]  # numpy stub: **kwds as bool
     _atomic_write(Path(out) / "results.json", json.dumps(
         {"store_version": STORE_VERSION, "dims": dims, "coords": grid_meta["coords"],
          "digest": grid_meta["digest"], "spec": grid_meta["spec"]}, indent=1))

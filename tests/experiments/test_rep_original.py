@@ -103,6 +103,7 @@ def test_original_loop_matches_upstream_engine(tiny_model):
 def test_findings_replication_table_from_stored_results(tmp_path):
     """FINDINGS' replication section: one row per rep* result, built from the stored statistics;
     a result whose table is missing gets a 'row not built' row instead of breaking the report."""
+    import dataclasses
     import json
 
     from experiments.research import harness as H
@@ -113,7 +114,7 @@ def test_findings_replication_table_from_stored_results(tmp_path):
                 "estimate": est, "lo": lo, "hi": hi, "p": 0.001, "p_tost": 1.0, "d_z": -1.0,
                 "p_adj": 0.001, "p_tost_adj": 1.0, "verdict": verdict, "margin": 0.1, "note": ""}
 
-    design = json.loads(json.dumps(H.dataclasses.asdict(DESIGN)))
+    design = json.loads(json.dumps(dataclasses.asdict(DESIGN)))
     for eid, with_table in (("rep2.3", True), ("rep1.3", False)):
         d = tmp_path / eid
         d.mkdir()
