@@ -54,7 +54,10 @@ def hf_layout(cfg: ModelConfig) -> tuple[dict[str, HfTensor], dict[str, HfTensor
         top["lm_head"] = HfTensor("lm_head.weight", (V, E), (E, V), transpose=True)
     layers = {
         "attn_norm": HfTensor("input_layernorm.weight", (E,), (E,)),
-        "mlp_norm": HfTensor("post_attention_layernorm.weight", (E,), (E,)),
+        # Gemma's post_attention_layernorm normalises the attention output (sandwich norms); its MLP
+        # input norm is pre_feedforward_layernorm
+        "mlp_norm": HfTensor("pre_feedforward_layernorm.weight" if cfg.sandwich_norms
+                             else "post_attention_layernorm.weight", (E,), (E,)),
         "wq": HfTensor("self_attn.q_proj.weight", (H * D, E), (E, H, D), transpose=True),
         "wk": HfTensor("self_attn.k_proj.weight", (G * D, E), (E, G, D), transpose=True),
         "wv": HfTensor("self_attn.v_proj.weight", (G * D, E), (E, G, D), transpose=True),
@@ -69,6 +72,12 @@ def hf_layout(cfg: ModelConfig) -> tuple[dict[str, HfTensor], dict[str, HfTensor
                       bv=HfTensor("self_attn.v_proj.bias", (G * D,), (G, D)))
     if cfg.o_bias:
         layers.update(bo=HfTensor("self_attn.o_proj.bias", (E,), (E,)))
+    if cfg.qk_norm:
+        layers.update(q_norm=HfTensor("self_attn.q_norm.weight", (D,), (D,)),
+                      k_norm=HfTensor("self_attn.k_norm.weight", (D,), (D,)))
+    if cfg.sandwich_norms:
+        layers.update(post_attn_norm=HfTensor("post_attention_layernorm.weight", (E,), (E,)),
+                      post_mlp_norm=HfTensor("post_feedforward_layernorm.weight", (E,), (E,)))
     return top, layers
 
 
@@ -110,6 +119,8 @@ def to_hf(cfg: ModelConfig, params, dtype=None) -> dict[str, np.ndarray]:
 def hf_config(cfg: ModelConfig) -> dict:
     """Our config -> a Hugging Face ``config.json`` dict (Llama, or Qwen2 for q/k/v biases without an
     output bias); ``config_from_hf(hf_config(cfg), cfg.name) == cfg``."""
+    if cfg.family == "gemma3":
+        return _gemma3_config(cfg)
     if cfg.o_bias and not cfg.qkv_bias:
         raise UnsupportedConfigError("an output-projection bias without q/k/v biases has no Hugging "
                                      "Face architecture here (Llama attention_bias sets all four)")
@@ -199,3 +210,28 @@ def load_hf_folder(folder, dtype=np.float32, progress=None) -> tuple[ModelConfig
     cfg = config_from_hf(read_json_file(cfg_path), name=folder.name)
     get = _SafetensorsFolder(folder)
     return cfg, params_from_state(cfg, get, dtype, progress)
+
+
+def _gemma3_config(cfg: ModelConfig) -> dict:
+    """A Gemma 3 text ``config.json`` dict for our Gemma 3 config."""
+    if cfg.rope_scaling is not None and cfg.rope_scaling.kind != "linear":
+        raise UnsupportedConfigError(f"gemma3 with rope scaling {cfg.rope_scaling.kind!r} has no HF config here")
+    full = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling is not None:
+        full = {"rope_type": "linear", "rope_theta": cfg.rope_theta, "factor": cfg.rope_scaling.factor}
+    eos = list(cfg.eos_token_ids)
+    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "hidden_activation": "gelu_pytorch_tanh", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+            "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+            "max_position_embeddings": cfg.max_position_embeddings, "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": (eos[0] if len(eos) == 1 else eos) if eos else None,
+            "query_pre_attn_scalar": round((cfg.query_scale or cfg.head_dim ** -0.5) ** -2, 6),
+            "sliding_window": cfg.sliding_window,
+            "layer_types": [f"{t}_attention" for t in (cfg.layer_types or ("full",) * cfg.num_layers)],
+            "rope_parameters": {"full_attention": full,
+                                "sliding_attention": {"rope_type": "default",
+                                                      "rope_theta": cfg.local_rope_theta or cfg.rope_theta}},
+            "attention_bias": False, "final_logit_softcapping": None, "attn_logit_softcapping": None}

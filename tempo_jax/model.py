@@ -99,6 +99,10 @@ def param_shapes(cfg: ModelConfig) -> dict[str, Any]:
         layers.update(bq=(L, H, D), bk=(L, G, D), bv=(L, G, D))
     if cfg.o_bias:
         layers.update(bo=(L, E))
+    if cfg.qk_norm:
+        layers.update(q_norm=(L, D), k_norm=(L, D))
+    if cfg.sandwich_norms:
+        layers.update(post_attn_norm=(L, E), post_mlp_norm=(L, E))
     shapes = {"embed": (V, E), "layers": layers, "final_norm": (E,)}
     if not cfg.tie_embeddings:
         shapes["lm_head"] = (E, V)
@@ -115,7 +119,7 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: floa
     out = []
     for path, shape, k in zip(paths, leaves, keys):
         x = jax.random.normal(k, shape, jnp.float32) * scale
-        if "norm" in path:
+        if "norm" in path and not cfg.norm_offset:  # norms near 1 ((offset + w) when offset)
             x = 1.0 + x
         out.append(x.astype(dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
@@ -148,7 +152,8 @@ def unstack_layers(params: Params) -> Params:
 def _unstack_one(lp: dict) -> dict:
     """One layer's stacked-layout weights -> the fused per-layer layout of :func:`unstack_layers`."""
     e = lp["wq"].shape[0]
-    out = {k: v for k, v in lp.items() if k in ("attn_norm", "mlp_norm", "wo", "w_down", "bo")}
+    out = {k: v for k, v in lp.items() if k in ("attn_norm", "mlp_norm", "wo", "w_down", "bo", "q_norm",
+                                                 "k_norm", "post_attn_norm", "post_mlp_norm")}
     out["wqkv"] = jnp.concatenate([lp[w].reshape(e, -1) for w in ("wq", "wk", "wv")], axis=1)
     out["w_gate_up"] = jnp.concatenate([lp["w_gate"], lp["w_up"]], axis=1)
     if "bq" in lp:
@@ -219,13 +224,14 @@ class QKV(Struct):
     k: jax.Array
 
 
-def attention_inputs(lp: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array) -> QKV:
-    """Queries, keys and values of one layer (``lp`` from :func:`layer_params`, either layout) for
-    residual inputs ``x[B,T,E]`` at float RoPE ``positions[B,T]``; what :func:`forward` computes."""
+def attention_inputs(lp: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, layer) -> QKV:
+    """Queries, keys and values of layer ``layer`` (``lp = layer_params(params, layer)``, either
+    layout; ``layer`` picks the layer's RoPE base and may be traced) for residual inputs ``x[B,T,E]``
+    at float RoPE ``positions[B,T]``; what :func:`forward` computes."""
     b, t = x.shape[:2]
     # projections as 2-D matmuls on free reshapes ([B*T,E] @ [E,N*D]): XLA:CPU runs the
     # equivalent 3-D einsums markedly slower for decode-sized T
-    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps, cfg.norm_offset).reshape(b * t, -1)
     nh, ng = cfg.num_heads, cfg.num_kv_heads
     if "wqkv" in lp:  # unstacked layout: one product, split into heads
         qkv = (h @ lp["wqkv"]).reshape(b, t, -1, cfg.head_dim)
@@ -237,27 +243,38 @@ def attention_inputs(lp: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Ar
         q, k, v = proj(lp["wq"]), proj(lp["wk"]), proj(lp["wv"])
         if cfg.qkv_bias:
             q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-    inv_freq = jnp.asarray(cfg.inv_freq())
+    if cfg.qk_norm:  # per head, before RoPE (the q_pre / k_pre taps are after it)
+        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps, cfg.norm_offset)
+        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps, cfg.norm_offset)
+    inv_freq = jnp.asarray(cfg.layer_inv_freq())[layer]
     positions = jnp.asarray(positions, jnp.float32)
     return QKV(q, k, v, rope(q, positions, inv_freq), rope(k, positions, inv_freq))
 
 
 def mlp(lp: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
-    """What one layer's MLP adds to the residual ``x[B,T,E]`` (pre-norm, SiLU-gated), either layout."""
+    """What one layer's MLP adds to the residual ``x[B,T,E]`` (pre-norm, gated; with sandwich norms
+    the output norm too), either layout."""
     b, t = x.shape[:2]
-    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps).reshape(b * t, -1)
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps, cfg.norm_offset).reshape(b * t, -1)
+    act = jax.nn.silu if cfg.mlp_act == "silu" else (lambda z: jax.nn.gelu(z, approximate=True))
     if "w_gate_up" in lp:  # unstacked layout
         gu = h @ lp["w_gate_up"]
-        ff = jax.nn.silu(gu[:, :cfg.intermediate_size]) * gu[:, cfg.intermediate_size:]
+        ff = act(gu[:, :cfg.intermediate_size]) * gu[:, cfg.intermediate_size:]
     else:
-        ff = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
-    return (ff @ lp["w_down"]).reshape(b, t, -1)
+        ff = act(h @ lp["w_gate"]) * (h @ lp["w_up"])
+    out = (ff @ lp["w_down"]).reshape(b, t, -1)
+    if cfg.sandwich_norms:
+        out = rms_norm(out, lp["post_mlp_norm"], cfg.rms_norm_eps, cfg.norm_offset)
+    return out
 
 
-def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
-    """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
+def rms_norm(x: jax.Array, w: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
+    """RMSNorm over the last axis. ``offset`` 0: HF LlamaRMSNorm (normalise in float32, cast back,
+    then scale by w); else HF Gemma3RMSNorm (scale by ``offset + w`` in float32, then cast back)."""
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if offset:
+        return (x32 * (offset + w.astype(jnp.float32))).astype(x.dtype)
     return w * x32.astype(x.dtype)
 
 
@@ -324,7 +341,7 @@ def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig, bias=None):
     g, r = cfg.num_kv_heads, cfg.group_size
     qg = q.reshape(b, t, g, r, d)
     logits = jnp.einsum("btgrd,bkgd->bgrtk", qg, k_cache, preferred_element_type=jnp.float32)
-    logits = logits.reshape(b, h, t, -1) * (d ** -0.5)
+    logits = logits.reshape(b, h, t, -1) * (cfg.query_scale if cfg.query_scale is not None else d ** -0.5)
     if bias is not None:
         logits = logits + bias[:, :, None, :].astype(jnp.float32)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -337,7 +354,7 @@ def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig, bias=None):
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
             slots: jax.Array, mask: jax.Array, cache: KVCache, taps: TapsSpec = NO_TAPS,
             interventions: Interventions | None = None, return_hidden: bool = False,
-            attend: int | None = None):
+            attend: int | None = None, key_pos: jax.Array | None = None):
     """One forward over T new tokens per sequence, writing their keys/values at ``slots``.
 
     tokens[B,T] int; positions[B,T] float (any values: repeated, fractional, jumped) fed to RoPE;
@@ -350,6 +367,9 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     ``attend`` (static) A <= K: attention reads only slots 0..A-1 (the caller guarantees that the
     mask is False beyond them and that ``slots`` < A); attention taps are zero-padded back to K. A
     step then costs what its written prefix needs, not what the cache capacity is.
+    ``key_pos[B,K]`` float: the logical position of every cache slot after this forward's writes;
+    required when the model has sliding-window layers, where a query at position p sees a key at q
+    only if ``p - q < window`` (on top of ``mask``; semantics.md, "Sliding window").
     Attention is materialised as ``[B,H,T,K]`` per layer: for long prompts use :func:`prefill`.
     ``params`` in the stacked layout run the layers as a ``lax.scan``; in the unstacked layout
     (:func:`unstack_layers`) as an unrolled loop over the same layer body.
@@ -368,12 +388,23 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         raise ValueError(f"attend must lie in [1, {cache.capacity}] (cache capacity), got {attend}")
     dtype = params["embed"].dtype
     batch_idx = jnp.arange(b)[:, None]
+    if cfg.has_window:
+        if key_pos is None:
+            raise ValueError(f"model {cfg.name} has sliding-window layers: forward needs key_pos[B,K], "
+                             "the logical position of every cache slot")
+        key_pos = jnp.asarray(key_pos, jnp.float32)
+        if key_pos.shape != (b, cache.capacity):
+            raise ValueError(f"key_pos must be [B,K]={(b, cache.capacity)}, got {key_pos.shape}")
+        # [B,T,K] distance from each query back to each key, in positions
+        back = positions[:, :, None] - key_pos[:, None, :]
 
     def layer(carry, xs):
         x, ck, cv = carry
-        lp, li, lmask, liv = xs
+        lp, li, lmask, liv, window = xs
         lmask = lmask if per_layer_mask else mask[:, 0]
-        qkv = attention_inputs(lp, cfg, x, positions)
+        if cfg.has_window:  # window 0: a full-attention layer
+            lmask = lmask & ((window == 0) | (back < window))[:, None]
+        qkv = attention_inputs(lp, cfg, x, positions, li)
         q, k, v = qkv.q, qkv.k, qkv.v
         # Write the new keys/values straight into the full cache (an in-place scatter of T rows),
         # then read this layer's slice: no per-layer extract + write-back of the whole layer.
@@ -395,6 +426,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         o = (attn.reshape(b * t, -1) @ lp["wo"].reshape(-1, lp["wo"].shape[-1])).reshape(b, t, -1)
         if cfg.o_bias:
             o = o + lp["bo"]
+        if cfg.sandwich_norms:
+            o = rms_norm(o, lp["post_attn_norm"], cfg.rms_norm_eps, cfg.norm_offset)
         x = x + o
         x_mid = x
         m = mlp(lp, cfg, x)
@@ -408,6 +441,9 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         return (x, ck, cv), {name: values[name]() for name in taps.names()}
 
     x = params["embed"][tokens]
+    if cfg.embed_scale != 1.0:
+        x = x * jnp.asarray(cfg.embed_scale, x.dtype)
+    windows = jnp.asarray(cfg.windows, jnp.float32)
     layer_masks = jnp.moveaxis(mask, 1, 0) if per_layer_mask else jnp.zeros((cfg.num_layers,), bool)
     per_layer_iv = iv.replace(attn_bias=None if iv.attn_bias is None else jnp.moveaxis(iv.attn_bias, 1, 0))
     if is_unstacked(params):
@@ -418,12 +454,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         carry, outs = (x, cache.k, cache.v), []
         for li, lp in enumerate(params["layers"]):
             lmask, liv = jax.tree_util.tree_map(lambda a, li=li: a[li], (layer_masks, per_layer_iv))
-            carry, o = layer(carry, (lp, li, lmask, liv))
+            carry, o = layer(carry, (lp, li, lmask, liv, windows[li]))
             outs.append(o)
         (x, ck, cv) = carry
         tapped = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
     else:
-        xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks, per_layer_iv)
+        xs = (params["layers"], jnp.arange(cfg.num_layers), layer_masks, per_layer_iv, windows)
         (x, ck, cv), tapped = jax.lax.scan(layer, (x, cache.k, cache.v), xs)
     if not return_hidden:
         x = unembed(params, cfg, x)
@@ -432,7 +468,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
 
 def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     """Final norm and LM head: residual ``[...,E]`` -> float32 logits ``[...,V]``."""
-    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, cfg.norm_offset)
     head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
     # a 2-D matmul: XLA:CPU runs the 3-D einsum form of this largest product ~2x slower. (A tied
     # head is transposed inside the program; a dot_general on embed's E axis avoids that copy but
@@ -487,6 +523,7 @@ def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, cache: KVCache,
     last = jnp.broadcast_to(jnp.asarray(last, jnp.int32), (b,))
     rows = jnp.arange(b)
     L, H = cfg.num_layers, cfg.num_heads
+    slot_pos = jnp.broadcast_to(jnp.arange(k_cap, dtype=jnp.float32), (b, k_cap))  # prompt: position = slot
 
     def one(cache, start, tok):
         """Queries tok[B,C] at slots start.. -> (cache, hidden at ``last`` or 0, taps of the chunk)."""
@@ -494,7 +531,7 @@ def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, cache: KVCache,
         pos = jnp.broadcast_to(start + jnp.arange(c), (b, c))
         x, cache, tp = forward(params, cfg, tok, pos.astype(jnp.float32), pos,
                                causal_mask(b, c, k_cap, start), cache, inner, interventions,
-                               return_hidden=True)
+                               return_hidden=True, key_pos=slot_pos)
         here = (last >= start) & (last < start + c)
         idx = jnp.clip(last - start, 0, c - 1)
         out = {"x": jnp.where(here[:, None], x[rows, idx], 0.0)}

@@ -174,7 +174,7 @@ def _logprob_fn():
         cache = init_cache(cfg, 1, t, params["embed"].dtype)
         ar = jnp.arange(t)
         logits, _, _ = forward(params, cfg, tokens[None], ar[None].astype(jnp.float32), ar[None],
-                               causal_mask(1, t, t), cache)
+                               causal_mask(1, t, t), cache, key_pos=ar[None].astype(jnp.float32))
         lp = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
         return jnp.take_along_axis(lp, targets[:, None], axis=-1)[:, 0]
 

@@ -78,3 +78,34 @@ def seeded_weights(model, seed: int) -> None:
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
             p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.15 * noise)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_gemma(seed: int = 0, window: int = 4, vocab: int = 64):
+    """(hf_model, cfg, params) of a tiny random Gemma 3 (text) built in HF transformers: 3 layers
+    (sliding, sliding, full), one KV head, a ``window``-position sliding window, distinct RoPE bases
+    for the two layer kinds and a query scale that is not head_dim**-0.5."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from conversion.hf import params_from_state
+    from tempo_jax.config import config_from_hf
+
+    hc = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                          max_position_embeddings=256, query_pre_attn_scalar=24, sliding_window=window,
+                          layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                          rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                           "full_attention": {"rope_type": "default", "rope_theta": 100000.0}},
+                          initializer_range=0.3, eos_token_id=1, bos_token_id=2, pad_token_id=0)
+    hc._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    hf = Gemma3ForCausalLM(hc).eval()
+    with torch.no_grad():  # HF initialises the (1 + w) norms at w = 0; give them random scales
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)
+    sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    cfg = config_from_hf(hc.to_dict(), name=f"tiny-gemma{seed}")
+    params = jax.tree_util.tree_map(jnp.asarray, params_from_state(cfg, sd.__getitem__))
+    return hf, cfg, params

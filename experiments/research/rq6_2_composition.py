@@ -221,13 +221,13 @@ def direct_paths(params, mcfg: ModelConfig, k_cache, x_probe, o_probe, x_mem, o_
         kc = k_cache[l]  # [K,G,D]
         # Q path: x' = x_probe[l] - o_u for every u
         xq = x_probe[l][None] - remove * o_probe  # [N,E]
-        q = attention_inputs(lp, mcfg, xq[:, None], jnp.full((xq.shape[0], 1), probe_pos)).q[:, 0]  # [N,H,D]
+        q = attention_inputs(lp, mcfg, xq[:, None], jnp.full((xq.shape[0], 1), probe_pos), l).q[:, 0]  # [N,H,D]
         lq = jnp.einsum("ngrd,kgd->ngrk", q.reshape(-1, G, R, D), kc).reshape(q.shape[0], H, -1) * D ** -0.5
         # K path: members' keys from x_mem[l] - o_u(members); the clean query
-        q0 = attention_inputs(lp, mcfg, x_probe[l][None, None], jnp.full((1, 1), probe_pos)).q[0, 0]  # [H,D]
+        q0 = attention_inputs(lp, mcfg, x_probe[l][None, None], jnp.full((1, 1), probe_pos), l).q[0, 0]  # [H,D]
         xk = x_mem[l][None] - remove * o_mem  # [N,n,E]
         nn_, t = xk.shape[:2]
-        km = attention_inputs(lp, mcfg, xk, jnp.broadcast_to(member_pos, (nn_, t))).k  # [N,n,G,D]
+        km = attention_inputs(lp, mcfg, xk, jnp.broadcast_to(member_pos, (nn_, t)), l).k  # [N,n,G,D]
         base = jnp.einsum("grd,kgd->grk", q0.reshape(G, R, D), kc).reshape(H, -1) * D ** -0.5  # [H,K]
         mem_l = jnp.einsum("grd,ntgd->ngrt", q0.reshape(G, R, D), km).reshape(nn_, H, t) * D ** -0.5
         idx = jnp.argmax(members)  # members occupy slots idx..idx+n-1

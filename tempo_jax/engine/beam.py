@@ -93,6 +93,9 @@ def beam_search(params, mcfg: ModelConfig, prompt_ids: Sequence[int], width: int
         raise ValueError(f"beam width must be >= 1, got {width}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if mcfg.has_window:
+        raise ValueError(f"beam search is not implemented for sliding-window models yet ({mcfg.name}); "
+                         "use method 'greedy' or 'tempo'")
     if not prompt_ids:
         raise ValueError("the prompt is empty: give at least one token")
     p = len(prompt_ids)

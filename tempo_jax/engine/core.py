@@ -122,7 +122,8 @@ def prefill(params, mcfg: ModelConfig, prompt: jax.Array, prompt_len: jax.Array,
         return logits[0], cache
     ar = jnp.arange(pb)
     logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
-                               causal_mask(1, pb, capacity), cache, interventions=interventions)
+                               causal_mask(1, pb, capacity), cache, interventions=interventions,
+                               key_pos=jnp.arange(capacity, dtype=jnp.float32)[None])
     return jnp.take(logits[0], prompt_len - 1, axis=0), cache
 
 
@@ -205,7 +206,8 @@ def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     need_attn = capture != Capture.NONE or spec.prune is not None
     logits, cache, taps = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == Capture.SUMMARY),
-                                  interventions=inputs.interventions, attend=view)
+                                  interventions=inputs.interventions, attend=view,
+                                  key_pos=st.slot_pos.at[slots].set(pos, mode="drop")[None])
     return Fed(logits[0], cache, taps["attn"][:, 0] if need_attn else None,
                taps["resid"][:, 0] if capture == Capture.SUMMARY else None)
 

@@ -222,6 +222,9 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     if inputs is not None:
         raise ValueError("speculative decoding takes no custom engine inputs (interventions, "
                          "offsets); use method 'greedy' for those")
+    if mcfg.has_window:
+        raise ValueError(f"speculative decoding is not implemented for sliding-window models yet ({mcfg.name}); "
+                         "use method 'greedy' or 'tempo'")
     capacity = check_request(mcfg, gcfg, prompt_ids)
     k = gcfg.draft_layers_for(mcfg)
     spec = SpecSpec(steps=gcfg.max_steps, draft_len=gcfg.draft_len, draft_layers=k)

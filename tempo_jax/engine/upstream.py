@@ -35,7 +35,8 @@ def init_state(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs
     mask = (jnp.arange(capacity) <= prompt_len)[None, None]
     logits, cache, _ = forward(params, mcfg, tok[None, None], pos[None, None],
                                prompt_len[None, None], mask, cache,
-                               interventions=inputs.interventions)
+                               interventions=inputs.interventions,
+                               key_pos=jnp.arange(capacity, dtype=jnp.float32)[None])  # slot = position
     st = fresh_state(spec, cache, logits[0, 0], prompt, prompt_len, prompt_len + 1, pos + 1.0,
                      jnp.int32(1))
     return st.replace(slot_token=st.slot_token.at[prompt_len].set(tok))

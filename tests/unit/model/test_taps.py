@@ -80,7 +80,7 @@ def test_taps_tie_together():
         np.testing.assert_array_equal(cache.v[l, 0, :len(IDS)], tp["v"][l, 0])
         # the per-layer functions recompute the taps from the layer's input
         for p in (params, unstack_layers(params)):
-            qkv = attention_inputs(layer_params(p, l), cfg, prev[l], pos)
+            qkv = attention_inputs(layer_params(p, l), cfg, prev[l], pos, l)
             np.testing.assert_allclose(qkv.q, tp["q"][l], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(qkv.k_pre, tp["k_pre"][l], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(mlp(layer_params(p, l), cfg, tp["resid_mid"][l]), tp["mlp_out"][l],
