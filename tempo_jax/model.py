@@ -42,8 +42,9 @@ class TapsSpec:
     """What a forward returns besides logits (static, hashable): each True field is a key of the
     returned taps dict, stacked over layers, the same on every weight layout.
 
-    Per layer and token: q_pre ``[L,B,T,H,D]`` and k_pre, v ``[L,B,T,G,D]`` (projections, bias
-    added, before RoPE); q, k (after RoPE at the given positions); z ``[L,B,T,H,D]`` (each head's
+    Per layer and token: q_pre ``[L,B,T,H,D]`` and k_pre, v ``[L,B,T,G,D]`` (projections with their
+    bias, and the per-head norm of a family that has one; before RoPE); q, k (after RoPE at the given
+    positions); z ``[L,B,T,H,D]`` (each head's
     attention output, after head interventions, before W_O); attn_out and mlp_out ``[L,B,T,E]``
     (what attention and the MLP add to the residual stream); resid_mid ``[L,B,T,E]`` (residual
     after attention, before the MLP); resid ``[L,B,T,E]`` (residual after the layer, after a patch).

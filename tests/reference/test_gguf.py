@@ -211,3 +211,78 @@ def test_gguf_tokenizer_and_convert_round_trip(tmp_path):
     tokens = np.array([ids])
     chex.assert_trees_all_close(our_logits(loaded.cfg, loaded.params, tokens), hf_logits(model, tokens),
                                 atol=1e-4, rtol=0)
+
+
+def write_gemma3_gguf(path, hf, window: int) -> None:
+    """What llama.cpp's converter writes for Gemma 3 (F32): norms stored as 1 + w, q/k rows NOT
+    permuted (llama.cpp runs Gemma with rotate-half RoPE), tied embeddings, no query scale or
+    local RoPE base in the metadata (llama.cpp fixes them: 1/sqrt(head_dim), 10000)."""
+    hc = hf.config
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in hf.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_name("tiny-gemma")
+    w.add_block_count(hc.num_hidden_layers)
+    w.add_context_length(hc.max_position_embeddings)
+    w.add_embedding_length(hc.hidden_size)
+    w.add_feed_forward_length(hc.intermediate_size)
+    w.add_head_count(hc.num_attention_heads)
+    w.add_head_count_kv(hc.num_key_value_heads)
+    w.add_key_length(hc.head_dim)
+    w.add_value_length(hc.head_dim)
+    w.add_rope_freq_base(hc.rope_parameters["full_attention"]["rope_theta"])
+    w.add_layer_norm_rms_eps(hc.rms_norm_eps)
+    w.add_sliding_window(window)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<t{i}>" for i in range(hc.vocab_size)])
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"] + 1)
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+             "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    for i in range(hc.num_hidden_layers):
+        for hf_name, ours in names.items():
+            t = sd[f"model.layers.{i}.{hf_name}.weight"]
+            w.add_tensor(f"blk.{i}.{ours}.weight", t + 1 if "norm" in ours else t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gemma3_gguf_equals_the_hf_model(tmp_path):
+    """A tiny Gemma 3 written as llama.cpp does (every 6th layer full: 6 layers here) loads to the
+    config and weights of the HF model it came from, and gives its logits past the window."""
+    from tempo_jax.model import causal_mask
+
+    hc = transformers.Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+        max_position_embeddings=128, rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6}})
+    hc._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.Gemma3ForCausalLM(hc).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.normal_(0.0, 0.3 if "norm" in name else 0.2)
+    path = tmp_path / "tiny-gemma.gguf"
+    write_gemma3_gguf(path, hf, 4)
+    cfg, params = load_gguf(path)
+    assert cfg.family == "gemma3" and cfg.layer_types == ("sliding",) * 5 + ("full",)
+    assert cfg.query_scale == 16 ** -0.5 and cfg.local_rope_theta == 10000.0 and cfg.tie_embeddings
+    ids = [2, 5, 9, 13, 17, 21, 8, 3, 40, 11]
+    with torch.no_grad():
+        want = hf(torch.tensor([ids])).logits[0].numpy()
+    t = len(ids)
+    pos = jnp.arange(t)[None]
+    got, _, _ = forward(jax.tree_util.tree_map(jnp.asarray, params), cfg, jnp.asarray([ids]),
+                        pos.astype(jnp.float32), pos, causal_mask(1, t, t), init_cache(cfg, 1, t),
+                        key_pos=pos.astype(jnp.float32))
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
