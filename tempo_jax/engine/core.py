@@ -123,7 +123,7 @@ def prefill(params, mcfg: ModelConfig, prompt: jax.Array, prompt_len: jax.Array,
     ar = jnp.arange(pb)
     logits, cache, _ = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
                                causal_mask(1, pb, capacity), cache, interventions=interventions,
-                               key_pos=jnp.arange(capacity, dtype=jnp.float32)[None])
+                               key_pos=jnp.arange(capacity, dtype=jnp.float32)[None] if mcfg.has_window else None)
     return jnp.take(logits[0], prompt_len - 1, axis=0), cache
 
 
@@ -207,7 +207,8 @@ def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     logits, cache, taps = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == Capture.SUMMARY),
                                   interventions=inputs.interventions, attend=view,
-                                  key_pos=st.slot_pos.at[slots].set(pos, mode="drop")[None])
+                                  key_pos=st.slot_pos.at[slots].set(pos, mode="drop")[None]
+                                  if mcfg.has_window else None)  # only sliding-window models read it
     return Fed(logits[0], cache, taps["attn"][:, 0] if need_attn else None,
                taps["resid"][:, 0] if capture == Capture.SUMMARY else None)
 
