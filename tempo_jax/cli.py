@@ -117,7 +117,12 @@ def _cmd_generate(args) -> int:
             from tempo_jax.model import unstack_layers
 
             params = unstack_layers(m.params)
-        decode = lambda ids: m.tokenizer.decode(ids)
+        bos = m.tokenizer.bos_token_id
+
+        def decode(ids):  # text as a reader sees it: the BOS the tokenizer put first is not shown
+            ids = list(ids)
+            return m.tokenizer.decode(ids[1:] if ids and bos is not None and ids[0] == bos else ids)
+
         eos = m.cfg.eos_token_ids
         for k, prompt in enumerate(prompts):  # every prompt is checked before the first one runs
             ids = m.tokenizer(prompt).input_ids

@@ -71,6 +71,10 @@ class ModelConfig:
     local_rope_theta: float | None = None  # RoPE base of sliding layers (None: rope_theta)
 
     def __post_init__(self):
+        # sequences as tuples, however the config was built (JSON gives lists): it is a jit static
+        for field in ("eos_token_ids", "layer_types"):
+            if isinstance(getattr(self, field), list):
+                object.__setattr__(self, field, tuple(getattr(self, field)))
         for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                       "num_kv_heads", "head_dim"):
             if int(getattr(self, field)) < 1:

@@ -465,7 +465,12 @@ def add_parser(sub) -> None:
 def _model_spec(trace: Trace, given: str | None) -> str | None:
     if given is not None:
         return given
-    return None if trace.model.startswith("default:") or not trace.model else trace.model
+    from tempo_jax.named_models import named
+
+    if not trace.model:
+        return None
+    prefix = trace.model.split(":", 1)[0] if ":" in trace.model else None
+    return prefix if prefix is not None and named(prefix) is not None else trace.model
 
 
 def main(args) -> int:

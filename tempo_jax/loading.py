@@ -1,4 +1,5 @@
-"""Load a model by name: the default model, a converted folder, an HF folder or a GGUF file."""
+"""Load a model by name: a named model (the default among them), a converted folder, an HF folder or
+a GGUF file."""
 
 from __future__ import annotations
 
@@ -24,17 +25,18 @@ class LoadedModel:
 
 
 def load_model(spec: str | None = None, dtype=jnp.float32, verbose: bool = True) -> LoadedModel:
-    """``spec`` None/"default": the default model (converted and cached on first use); a folder
-    written by ``tempo-jax convert``; a Hugging Face folder; or a ``.gguf`` file (converted in memory).
+    """``spec`` None/"default": the default model; a named model (``named_models.MODELS``: fetched,
+    converted and cached on first use); a folder written by ``tempo-jax convert``; a Hugging Face
+    folder; or a ``.gguf`` file (converted in memory).
     """
     from conversion.store import load_converted, load_tokenizer, looks_converted
+    from tempo_jax.named_models import ensure_model, named
 
-    if spec in (None, "default"):
-        from tempo_jax.default_model import ensure_default_model
-
-        folder = ensure_default_model(verbose)
+    model = named(spec)
+    if model is not None and not Path(str(spec)).exists():
+        folder = ensure_model(model, verbose)
         cfg, params = load_converted(folder, dtype)
-        return LoadedModel(cfg, params, load_tokenizer(folder), "default:" + cfg.name)
+        return LoadedModel(cfg, params, load_tokenizer(folder), model.id_prefix + cfg.name)
     path = Path(spec)
     if path.is_dir() and looks_converted(path):
         cfg, params = load_converted(path, dtype)
@@ -49,8 +51,11 @@ def load_model(spec: str | None = None, dtype=jnp.float32, verbose: bool = True)
 def load_checked(spec, dtype: str = "float32") -> LoadedModel:
     """The model (parameters, hence the KV cache, in ``dtype``), with a bad --model (missing path,
     unreadable or unsupported checkpoint) refused as a user error."""
-    if spec not in (None, "default") and not Path(spec).exists():
-        raise UsageError(f"--model {spec}: no such file or folder")
+    from tempo_jax.named_models import MODELS, named
+
+    if named(spec) is None and not Path(spec).exists():
+        raise UsageError(f"--model {spec}: no such file or folder, nor a named model "
+                         f"({', '.join(MODELS)}, or default)")
     with user_input():
         m = load_model(spec, dtype=jnp.dtype(dtype))
     if m.tokenizer is None:
@@ -63,10 +68,11 @@ def tokenizer_for(model_id: str):
     try:
         from conversion.store import load_tokenizer
 
-        if model_id.startswith("default:"):
-            from tempo_jax.default_model import converted_dir
+        from tempo_jax.named_models import converted_dir, named
 
-            folder = converted_dir()
+        model = named(model_id.split(":", 1)[0]) if ":" in model_id else None
+        if model is not None:
+            folder = converted_dir(model)
         else:
             folder = Path(model_id)
         if not (folder / "tokenizer").exists():

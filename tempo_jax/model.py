@@ -26,6 +26,38 @@ from tempo_jax.interventions import check as check_interventions
 Params = dict[str, Any]
 
 
+class Positions(Struct):
+    """RoPE positions ``base[B,T]`` int32 plus ``offset[B,T]`` float32 (position = base + offset).
+
+    A float32 position cannot carry a small offset far into a context (its spacing at 30,000 is
+    about 0.002, so 30,000.001 rounds to 30,000): RoPE rotates by ``base`` exactly as Hugging Face
+    does for an integer position, then by ``offset`` separately, so an offset keeps float32's
+    relative precision at any base. Every function that takes positions takes a plain array too
+    (``of``: integers as bases; floats split at the nearest integer)."""
+
+    base: jax.Array
+    offset: jax.Array
+
+    @classmethod
+    def of(cls, positions: "Positions | jax.Array") -> "Positions":
+        if isinstance(positions, Positions):
+            return cls(jnp.asarray(positions.base, jnp.int32), jnp.asarray(positions.offset, jnp.float32))
+        p = jnp.asarray(positions)
+        if jnp.issubdtype(p.dtype, jnp.integer):
+            return cls(p.astype(jnp.int32), jnp.zeros(p.shape, jnp.float32))
+        p = p.astype(jnp.float32)
+        base = jnp.round(p)
+        return cls(base.astype(jnp.int32), p - base)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape)
+
+    def value(self) -> jax.Array:
+        """The positions as one float32 array (rounded far into the context)."""
+        return self.base.astype(jnp.float32) + self.offset
+
+
 class KVCache(Struct):
     """Key/value cache ``k, v: [L,B,K,G,D]``. Capacity K is static (the array shape)."""
 
@@ -225,10 +257,11 @@ class QKV(Struct):
     k: jax.Array
 
 
-def attention_inputs(lp: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, layer) -> QKV:
+def attention_inputs(lp: dict, cfg: ModelConfig, x: jax.Array, positions: Positions | jax.Array,
+                     layer) -> QKV:
     """Queries, keys and values of layer ``layer`` (``lp = layer_params(params, layer)``, either
     layout; ``layer`` picks the layer's RoPE base and may be traced) for residual inputs ``x[B,T,E]``
-    at float RoPE ``positions[B,T]``; what :func:`forward` computes."""
+    at RoPE ``positions[B,T]`` (:class:`Positions` or an array); what :func:`forward` computes."""
     b, t = x.shape[:2]
     # projections as 2-D matmuls on free reshapes ([B*T,E] @ [E,N*D]): XLA:CPU runs the
     # equivalent 3-D einsums markedly slower for decode-sized T
@@ -248,7 +281,7 @@ def attention_inputs(lp: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Ar
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps, cfg.norm_offset)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps, cfg.norm_offset)
     inv_freq = jnp.asarray(cfg.layer_inv_freq())[layer]
-    positions = jnp.asarray(positions, jnp.float32)
+    positions = Positions.of(positions)
     return QKV(q, k, v, rope(q, positions, inv_freq), rope(k, positions, inv_freq))
 
 
@@ -279,11 +312,17 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float, offset: float = 0.0) -> jax
     return w * x32.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotate-half RoPE. ``x[B,T,N,D]``, float ``positions[B,T]``, ``inv_freq[D/2]``."""
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,D/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+def rope(x: jax.Array, positions: Positions | jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half RoPE. ``x[B,T,N,D]``, ``positions[B,T]`` (:class:`Positions` or an array),
+    ``inv_freq[D/2]``. The angle is ``base * inv_freq`` (float32, as Hugging Face computes it for
+    integer positions) composed with ``offset * inv_freq``; offset 0 gives HF's rotation exactly."""
+    pos = Positions.of(positions)
+    a = pos.base.astype(jnp.float32)[..., None] * inv_freq  # [B,T,D/2]
+    b = pos.offset[..., None] * inv_freq
+    cos_a, sin_a, cos_b, sin_b = jnp.cos(a), jnp.sin(a), jnp.cos(b), jnp.sin(b)
+    cos1, sin1 = cos_a * cos_b - sin_a * sin_b, sin_a * cos_b + cos_a * sin_b  # angle a + b
+    cos = jnp.concatenate([cos1, cos1], axis=-1)[:, :, None, :].astype(x.dtype)
+    sin = jnp.concatenate([sin1, sin1], axis=-1)[:, :, None, :].astype(x.dtype)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
@@ -352,13 +391,14 @@ def _attention(q, k_cache, v_cache, mask, cfg: ModelConfig, bias=None):
     return out.reshape(b, t, h, d).astype(q.dtype), probs
 
 
-def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: "Positions | jax.Array",
             slots: jax.Array, mask: jax.Array, cache: KVCache, taps: TapsSpec = NO_TAPS,
             interventions: Interventions | None = None, return_hidden: bool = False,
             attend: int | None = None, key_pos: jax.Array | None = None):
     """One forward over T new tokens per sequence, writing their keys/values at ``slots``.
 
-    tokens[B,T] int; positions[B,T] float (any values: repeated, fractional, jumped) fed to RoPE;
+    tokens[B,T] int; positions[B,T] (:class:`Positions`, or an int or float array: any values,
+    repeated, fractional, jumped) fed to RoPE;
     slots[B,T] int in [0,K); mask bool [B,T,K] or broadcastable [B,L,H,T,K] (True = may attend),
     applied after this forward's keys are written; cache KVCache [L,B,K,G,D].
     ``interventions`` (arrays, see :class:`tempo_jax.interventions.Interventions`) ablate heads, bias
@@ -375,9 +415,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     ``params`` in the stacked layout run the layers as a ``lax.scan``; in the unstacked layout
     (:func:`unstack_layers`) as an unrolled loop over the same layer body.
     """
-    positions = jnp.asarray(positions)
-    if jnp.issubdtype(positions.dtype, jnp.integer):
-        positions = positions.astype(jnp.float32)
+    positions = Positions.of(positions)
     check_inputs(cfg, tokens, positions, slots, mask, cache)
     b, t = tokens.shape
     mask = _mask_5d(mask, b, cfg, t, cache.capacity)
@@ -396,8 +434,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
         key_pos = jnp.asarray(key_pos, jnp.float32)
         if key_pos.shape != (b, cache.capacity):
             raise ValueError(f"key_pos must be [B,K]={(b, cache.capacity)}, got {key_pos.shape}")
-        # [B,T,K] distance from each query back to each key, in positions
-        back = positions[:, :, None] - key_pos[:, None, :]
+        # [B,T,K] distance from each query back to each key, in positions (integer parts first)
+        back = (positions.base.astype(jnp.float32)[:, :, None] - key_pos[:, None, :]) + positions.offset[:, :, None]
 
     def layer(carry, xs):
         x, ck, cv = carry

@@ -24,7 +24,7 @@ from tempo_jax.engine.masks import adaptive_siblings, step_mask
 from tempo_jax.engine.outputs import StepCapture, summarize
 from tempo_jax.engine.rules import Capture
 from tempo_jax.engine.selection import CandidateSet, entropy
-from tempo_jax.model import KVCache, TapsSpec, causal_mask, forward, init_cache
+from tempo_jax.model import KVCache, Positions, TapsSpec, causal_mask, forward, init_cache
 from tempo_jax.model import prefill as model_prefill
 from tempo_jax.slots import PROMPT, UNWRITTEN
 
@@ -195,19 +195,22 @@ def select(spec: StaticSpec, inputs: EngineInputs, st: TempoState):
 
 def feed(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: TempoState,
          tokens, pos, n_feed, capture: Capture, view: int | None = None) -> Fed:
-    """ONE forward of the F fed queries (``tokens[F]`` at ``pos[F]``, slots ``n_written + i``;
+    """ONE forward of the F fed queries (``tokens[F]`` at ``pos[F]``, :class:`Positions` or an
+    array; slots ``n_written + i``;
     queries i >= n_feed are padding) -> :class:`Fed`.
     ``view`` (static, >= n_written + F): attention reads only the first ``view`` slots."""
     F = tokens.shape[0]
+    pos = Positions.of(pos)
     slots = st.n_written + jnp.arange(F)
     sib = adaptive_siblings(inputs.siblings, entropy(st.dist), n_feed, inputs.isolate_above,
                             inputs.isolate_size_above)
     mask = step_mask(st.alive, st.slot_step, st.step, st.n_written, n_feed, F, sib, spec.sibling_rules)
     need_attn = capture != Capture.NONE or spec.prune is not None
-    logits, cache, taps = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None],
+    logits, cache, taps = forward(params, mcfg, tokens[None], Positions(pos.base[None], pos.offset[None]),
+                                  slots[None], mask[None],
                                   st.cache, TapsSpec(attn=need_attn, resid=capture == Capture.SUMMARY),
                                   interventions=inputs.interventions, attend=view,
-                                  key_pos=st.slot_pos.at[slots].set(pos, mode="drop")[None]
+                                  key_pos=st.slot_pos.at[slots].set(pos.value(), mode="drop")[None]
                                   if mcfg.has_window else None)  # only sliding-window models read it
     return Fed(logits[0], cache, taps["attn"][:, 0] if need_attn else None,
                taps["resid"][:, 0] if capture == Capture.SUMMARY else None)
@@ -297,9 +300,12 @@ def step(params, mcfg: ModelConfig, spec: StaticSpec, inputs: EngineInputs, st: 
     i = jnp.arange(F)
     # positions variant as data: member i at next_pos + i * stride (+ a per-member RoPE offset);
     # the next step starts 1 later (shared, offset) or n later (distinct)
-    pos = st.next_pos + i * inputs.member_stride + inputs.member_offsets[:F]
+    # (an integer base and a float offset, so that offsets stay exact far into the context)
+    at = Positions(jnp.broadcast_to(st.next_pos.astype(jnp.int32), (F,)),
+                   i * inputs.member_stride + inputs.member_offsets[:F])
+    pos = at.value()
     tokens = cand.tokens[:F]
-    fed = feed(params, mcfg, spec, inputs, st, tokens, pos, cand.n, capture, view)
+    fed = feed(params, mcfg, spec, inputs, st, tokens, at, cand.n, capture, view)
     slot_maps = write_slots(st, tokens, pos, cand.n, i)
     set_n = st.set_n.at[s].set(cand.n)
     pruned = prune(spec, inputs, st, slot_maps, set_n, fed.attn, cand.n, key)

@@ -36,7 +36,7 @@ def ours():
 @pytest.fixture(scope="module")
 def hf():
     """HF's model from the same GGUF file, float32, eager attention (loaded once per module)."""
-    from tempo_jax.default_model import gguf_path
+    from tempo_jax.named_models import gguf_path
 
     path = gguf_path(verbose=False)
     folder, name = path.parent, path.name
@@ -85,7 +85,7 @@ def test_tokenizer_and_eos(ours):
 
 def test_tokenizer_matches_hf_gguf_tokenizer(ours):
     """Our GGUF-built tokenizer splits text exactly as HF's tokenizer read from the same file."""
-    from tempo_jax.default_model import gguf_path
+    from tempo_jax.named_models import gguf_path
 
     path = gguf_path(verbose=False)
     ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -118,7 +118,7 @@ def test_weights_match_hf(ours, hf, leaf, hf_name):
         np.testing.assert_array_equal(
             got, sd[f"model.layers.{layer}.{hf_name}.weight"].numpy().T,
             err_msg="our cached conversion differs from HF's reading of the GGUF; if the converter was "
-                    "fixed after the cache was filled, delete tempo_jax.default_model.converted_dir()")
+                    "fixed after the cache was filled, delete tempo_jax.named_models.converted_dir()")
     np.testing.assert_array_equal(np.asarray(ours.params["embed"]), sd["model.embed_tokens.weight"].numpy())
 
 

@@ -15,7 +15,7 @@ def models():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tempo_jax.default_model import gguf_path
+    from tempo_jax.named_models import gguf_path
     from tempo_jax.loading import load_model
 
     ours = load_model(verbose=False)

@@ -95,8 +95,9 @@ def test_interventions_vmap_over_worlds():
     scales = jnp.ones((3, cfg.num_layers, cfg.num_heads)).at[1, 0, 0].set(0).at[2, 1, 2].set(0)
     batched = jax.vmap(lambda s: run(params, cfg, Interventions(head_scale=s))[0])(scales)
     for w in range(3):
+        # vmapped and plain programs fuse differently: equal to float32 rounding of logits ~3
         np.testing.assert_allclose(batched[w], run(params, cfg, Interventions(head_scale=scales[w]))[0],
-                                   atol=1e-6)
+                                   atol=1e-5)
 
 
 @pytest.mark.slow  # several seconds: not in the fast unit suite
