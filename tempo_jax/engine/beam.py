@@ -46,6 +46,9 @@ def _beam(params, mcfg: ModelConfig, prompt, prompt_len, width: int, steps: int,
     lp0 = jax.nn.log_softmax(last)
     k = jnp.arange(capacity)
     eos_ids = jnp.asarray(mcfg.eos_token_ids or (-1,), jnp.int32)
+    # step s writes its N beams at slots prompt_len + s*N .. + N-1, all at position prompt_len + s
+    key_pos = (jnp.where(k < prompt_len, k, prompt_len + (k - prompt_len) // N).astype(jnp.float32)[None]
+               if mcfg.has_window else None)
     st = BeamState(
         cache=cache, logp=jnp.broadcast_to(lp0, (N, V)),
         score=jnp.where(jnp.arange(N) == 0, 0.0, -jnp.inf), length=jnp.zeros(N, jnp.int32),
@@ -67,7 +70,8 @@ def _beam(params, mcfg: ModelConfig, prompt, prompt_len, width: int, steps: int,
         anc = st.anc[parent] | own
         mask = anc | (k[None, :] == slots[:, None])  # stay rows see themselves only for finiteness
         pos = jnp.full((1, N), (prompt_len + s).astype(jnp.float32))
-        logits, cache, _ = forward(params, mcfg, token[None], pos, slots[None], mask[None], st.cache)
+        logits, cache, _ = forward(params, mcfg, token[None], pos, slots[None], mask[None], st.cache,
+                                   key_pos=key_pos)
         new_lp = jax.nn.log_softmax(logits[0], axis=-1)
         alive_row = jnp.isfinite(best) & ~is_stay
         return st.replace(
@@ -93,9 +97,6 @@ def beam_search(params, mcfg: ModelConfig, prompt_ids: Sequence[int], width: int
         raise ValueError(f"beam width must be >= 1, got {width}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    if mcfg.has_window:
-        raise ValueError(f"beam search is not implemented for sliding-window models yet ({mcfg.name}); "
-                         "use method 'greedy' or 'tempo'")
     if not prompt_ids:
         raise ValueError("the prompt is empty: give at least one token")
     p = len(prompt_ids)

@@ -120,7 +120,8 @@ def draft_params(params, mcfg: ModelConfig, k: int):
     dp = dict(params)
     layers = params["layers"]
     dp["layers"] = layers[:k] if is_unstacked(params) else jax.tree_util.tree_map(lambda x: x[:k], layers)
-    return dp, dataclasses.replace(mcfg, num_layers=k, name=f"{mcfg.name}[:{k}]")
+    types = None if mcfg.layer_types is None else mcfg.layer_types[:k]  # the draft's layers keep their kinds
+    return dp, dataclasses.replace(mcfg, num_layers=k, layer_types=types, name=f"{mcfg.name}[:{k}]")
 
 
 def init_state(params, mcfg: ModelConfig, spec: SpecSpec, prompt: jax.Array, prompt_len: jax.Array,
@@ -144,6 +145,8 @@ def spec_round(params, dparams, mcfg: ModelConfig, dcfg: ModelConfig, spec: Spec
     g, S = spec.draft_len, spec.steps
     K = st.cache.capacity
     kk = jnp.arange(K)
+    # a greedy path is one line: every slot holds the token at the position of its index
+    key_pos = kk.astype(jnp.float32)[None] if mcfg.has_window else None
     base = prompt_len + st.n  # slot and position of step n's token
     tok0 = jnp.argmax(st.dist).astype(jnp.int32)  # greedy's token for step n
 
@@ -151,7 +154,7 @@ def spec_round(params, dparams, mcfg: ModelConfig, dcfg: ModelConfig, spec: Spec
         dcache, tok, drafts = carry
         slot = base + i
         logits, dcache, _ = forward(dparams, dcfg, tok[None, None], slot.astype(jnp.float32)[None, None],
-                                    slot[None, None], (kk <= slot)[None, None], dcache)
+                                    slot[None, None], (kk <= slot)[None, None], dcache, key_pos=key_pos)
         y = jnp.argmax(jax.nn.softmax(logits[0, 0])).astype(jnp.int32)
         return dcache, y, drafts.at[i].set(y)
 
@@ -163,7 +166,7 @@ def spec_round(params, dparams, mcfg: ModelConfig, dcfg: ModelConfig, spec: Spec
     slots = base + jnp.arange(g + 1)
     mask = kk[None, :] <= slots[:, None]  # plain causal: a greedy path is one line of slots
     logits, cache, _ = forward(params, mcfg, toks[None], slots.astype(jnp.float32)[None], slots[None],
-                               mask[None], st.cache)
+                               mask[None], st.cache, key_pos=key_pos)
     dists = jax.nn.softmax(logits[0], axis=-1)  # [g+1,V]: d_{n+1} .. d_{n+g+1}
     z = jnp.argmax(dists, axis=-1).astype(jnp.int32)
     a = jnp.sum(jnp.cumprod(drafts == z[:g]))  # accepted drafts
@@ -222,9 +225,6 @@ def generate(params, mcfg: ModelConfig, prompt_ids: Sequence[int], gcfg: Generat
     if inputs is not None:
         raise ValueError("speculative decoding takes no custom engine inputs (interventions, "
                          "offsets); use method 'greedy' for those")
-    if mcfg.has_window:
-        raise ValueError(f"speculative decoding is not implemented for sliding-window models yet ({mcfg.name}); "
-                         "use method 'greedy' or 'tempo'")
     capacity = check_request(mcfg, gcfg, prompt_ids)
     k = gcfg.draft_layers_for(mcfg)
     spec = SpecSpec(steps=gcfg.max_steps, draft_len=gcfg.draft_len, draft_layers=k)

@@ -116,10 +116,12 @@ class SearchResult:
         return self.forward_tokens + self.completion_tokens
 
 
-def _feed(params, mcfg: ModelConfig, cache, tokens, pos, slots, mask, top: int):
-    """ONE forward of T queries (tokens[T] at pos[T], written at slots[T], mask[T,K]) ->
-    (top log-probs [T,top], their ids [T,top], new cache)."""
-    logits, cache, _ = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None], cache)
+def _feed(params, mcfg: ModelConfig, cache, tokens, pos, slots, mask, top: int, key_pos=None):
+    """ONE forward of T queries (tokens[T] at pos[T], written at slots[T], mask[T,K]; ``key_pos[K]``
+    every slot's position, for sliding-window models) -> (top log-probs [T,top], their ids [T,top],
+    new cache)."""
+    logits, cache, _ = forward(params, mcfg, tokens[None], pos[None], slots[None], mask[None], cache,
+                               key_pos=None if key_pos is None else key_pos[None])
     lp, ids = top_k(jax.nn.log_softmax(logits[0], axis=-1), top)
     return lp, ids.astype(jnp.int32), cache
 
@@ -145,17 +147,23 @@ class _Tree:
         self.junk = self.K - 1
         self.W = min(cfg.max_width, mcfg.vocab_size)
         self.next_slot, self.spent = self.tree0, 0
+        self.slot_pos = np.zeros(self.K, np.float32)  # every slot's position (sliding windows read it)
         cache = init_cache(mcfg, 1, self.K, params["embed"].dtype)
         ids = np.zeros(pb, np.int32)
         ids[:self.P] = prompt
         ar = np.arange(pb)
+        self.slot_pos[:pb] = ar
         mask = np.arange(self.K)[None, :] <= ar[:, None]  # causal over the padded prompt
         lp, top, self.cache = _feed_jit(params, mcfg, cache, jnp.asarray(ids), jnp.asarray(ar, jnp.float32),
-                                        jnp.asarray(ar, jnp.int32), jnp.asarray(mask), self.W)
+                                        jnp.asarray(ar, jnp.int32), jnp.asarray(mask), self.W,
+                                        self._key_pos())
         lp, top = np.asarray(lp[self.P - 1]), np.asarray(top[self.P - 1])
         self.nodes = [Node(token=-1, prior=1.0, logp=0.0, parent=-1, depth=0, top_ids=top, top_logp=lp)]
 
     # --- helpers ----------------------------------------------------------------------------------
+    def _key_pos(self):
+        return jnp.asarray(self.slot_pos) if self.mcfg.has_window else None
+
     def path(self, i: int) -> list[int]:
         """Node indices from the root's first child down to node i."""
         out = []
@@ -214,8 +222,10 @@ class _Tree:
             mask[q, slots[q]] = True
         mask[len(fed):, self.junk] = True
         pos = np.full(W, self.P + d - 1, np.float32)
+        self.slot_pos[slots] = pos
         lp, top, self.cache = _feed_jit(self.params, self.mcfg, self.cache, jnp.asarray(toks),
-                                        jnp.asarray(pos), jnp.asarray(slots), jnp.asarray(mask), W)
+                                        jnp.asarray(pos), jnp.asarray(slots), jnp.asarray(mask), W,
+                                        self._key_pos())
         lp, top = np.asarray(lp), np.asarray(top)
         for q, j in enumerate(fed):
             self.nodes[j].top_ids, self.nodes[j].top_logp = top[q], lp[q]
@@ -239,10 +249,11 @@ class _Tree:
                 break
             slot = self.scratch0 + j
             vis[slot] = True
+            self.slot_pos[slot] = self.P + node.depth + j
             lpa, topa, self.cache = _feed_jit(
                 self.params, self.mcfg, self.cache, jnp.asarray([t], jnp.int32),
                 jnp.asarray([self.P + node.depth + j], jnp.float32), jnp.asarray([slot], jnp.int32),
-                jnp.asarray(vis[None]), self.W)
+                jnp.asarray(vis[None]), self.W, self._key_pos())
             top, lp = np.asarray(topa[0]), np.asarray(lpa[0])
             cost += 1
         return toks, lps, cost

@@ -94,6 +94,7 @@ def _tracked_digest() -> str:
     return h.hexdigest()
 
 
+@pytest.mark.heavy  # minutes: outside the default run (python -m pytest -m heavy)
 @pytest.mark.slow
 def test_a_new_user_walks_through_the_readme(tmp_path):
     for name in ("experiments", "benchmarks", "docs"):  # what README's commands read, by path

@@ -140,3 +140,40 @@ def test_tempo_sets_equal_hf_forward_of_the_same_slots():
         np.testing.assert_allclose(a["probs"][s + 1, :m2], nxt[a["tokens"][s + 1, :m2]], rtol=2e-5, atol=1e-6)
         checked += 1
     assert checked == tr.n_steps - 1
+
+
+def test_beam_search_past_the_window_equals_brute_force():
+    """Beams write each step's N members at one position; the window (2 positions here) counts
+    positions, so every beam's key positions must be right for its scores to equal HF's."""
+    import itertools
+
+    from tempo_jax.engine.beam import beam_search
+
+    hf, cfg, params = tiny_gemma(1, window=2, vocab=6)
+    eos, S, lp = 1, 3, 0.7
+    prompt = [2, 4, 5, 3]
+    tr = beam_search(params, cfg, prompt, width=36, max_steps=S, length_penalty=lp)
+    best, best_seq = -np.inf, None
+    for n in range(1, S + 1):
+        for seq in itertools.product(range(6), repeat=n):
+            if any(t == eos for t in seq[:-1]) or (n < S and seq[-1] != eos):
+                continue  # EOS ends a sequence; shorter ones must end in EOS
+            z, _ = _hf(hf, prompt + list(seq))
+            logp = sum(float(z[len(prompt) - 1 + i][t] - np.logaddexp.reduce(z[len(prompt) - 1 + i]))
+                       for i, t in enumerate(seq))
+            if logp / n ** lp > best:
+                best, best_seq = logp / n ** lp, list(seq)
+    assert tr.clean_ids() == best_seq
+    assert np.max(tr.arrays["beam_final"]) == pytest.approx(best, abs=1e-4)
+
+
+@pytest.mark.parametrize("draft_layers", [1, 2])
+def test_speculative_past_the_window_equals_greedy(draft_layers):
+    from tempo_jax.engine import GenerationConfig, generate
+
+    _, cfg, params = tiny_gemma(2)
+    prompt = IDS[:5]
+    greedy = generate(params, cfg, prompt, GenerationConfig(method="greedy", max_steps=14, min_steps=14))
+    spec = generate(params, cfg, prompt, GenerationConfig(method="speculative", max_steps=14, min_steps=14,
+                                                          draft_len=3, draft_layers=draft_layers))
+    assert spec.clean_ids() == greedy.clean_ids()
