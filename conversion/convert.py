@@ -11,9 +11,27 @@ from conversion.hf import PICKLE_SUFFIXES
 from conversion.store import write_converted
 
 
+class _FirstTensorBar:
+    """A progress bar that appears with the first tensor read, so that a checkpoint refused on its
+    config leaves one error line and no bar."""
+
+    def __init__(self, **kw):
+        self.kw, self.bar = kw, None
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=None, **self.kw)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def read_checkpoint(src, dtype=np.float32, progress: bool = False):
     """Read ``src`` (HF folder or ``.gguf`` file) -> ``(cfg, params, tokenizer or None)``."""
-    from tqdm.auto import tqdm
 
     src = Path(src)
     if src.suffix in PICKLE_SUFFIXES:
@@ -22,7 +40,7 @@ def read_checkpoint(src, dtype=np.float32, progress: bool = False):
             "Convert it to safetensors first (with torch and transformers: "
             "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(out, safe_serialization=True)) "
             "and pass that folder.")
-    bar = tqdm(total=None, desc=f"converting {src.name}", unit="tensor", disable=not progress)
+    bar = _FirstTensorBar(desc=f"converting {src.name}", unit="tensor", disable=not progress)
     try:
         if src.is_dir():
             from conversion.hf import load_hf_folder
