@@ -110,23 +110,31 @@ def test_shared_positions_and_a_window_over_positions_equal_hf():
     assert np.all(sliding[:, 7, :3] == 0) and np.all(sliding[:, 7, 3:6] > 0)  # member at 6: 3..5, itself
 
 
-def test_tempo_sets_equal_hf_forward_of_the_same_slots():
-    """A TEMPO run with sets of several members (isolated, shared positions, past the window):
-    rebuilt as one HF forward over the slots (tokens, positions and visibility from the trace's slot
-    maps), the mixture of each set's next-token distributions gives the next set's probabilities."""
+@pytest.mark.parametrize("siblings, positions", [("isolated", "shared"), ("full", "shared"),
+                                                  ("visible", "distinct"), ("reverse", "shared")])
+def test_tempo_sets_equal_hf_forward_of_the_same_slots(siblings, positions):
+    """A TEMPO run with sets of several members (past the window), for sibling rules and positions
+    variants: rebuilt as one HF forward over the slots (tokens, positions and visibility from the
+    trace's slot maps and the rule's ``sees``), the mixture of each set's next-token distributions
+    gives the next set's probabilities."""
     from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.engine.siblings import SiblingRule
 
     hf, cfg, params = tiny_gemma(0)
     prompt = IDS[:6]
-    tr = generate(params, cfg, prompt, GenerationConfig(max_steps=6, threshold=0.05, max_width=4))
+    tr = generate(params, cfg, prompt, GenerationConfig(max_steps=6, threshold=0.05, max_width=4,
+                                                        siblings=siblings, positions=positions))
     a = tr.arrays
     assert a["set_n"].max() > 1 and len(prompt) + tr.n_steps > cfg.sliding_window + 2
     n = int(a["n_written"])
-    step, pos = a["slot_step"][:n], a["slot_pos"][:n]
+    step, pos, member = a["slot_step"][:n], a["slot_pos"][:n], a["slot_member"][:n]
     k = np.arange(n)
-    # a prompt slot sees the prompt causally; a member sees the prompt, earlier steps and itself
+    # a prompt slot sees the prompt causally; a member sees the prompt, earlier steps, itself and
+    # the siblings its rule lets it see
+    sib = (step[None, :] == step[:, None]) & np.asarray(SiblingRule.check(siblings).sees(member[:, None],
+                                                                                         member[None, :]))
     allowed = np.where(step[:, None] < 0, (step[None, :] < 0) & (k[None, :] <= k[:, None]),
-                       (step[None, :] < step[:, None]) | (k[None, :] == k[:, None]))
+                       (step[None, :] < step[:, None]) | (k[None, :] == k[:, None]) | sib)
     logits, _ = _hf_masked(hf, a["slot_token"][:n], pos.astype(np.int64), allowed, cfg.sliding_window)
     p = torch.softmax(torch.from_numpy(logits).double(), -1).numpy()
     checked = 0

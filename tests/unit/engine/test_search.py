@@ -58,8 +58,11 @@ def test_tree_invariants_budget_and_determinism(tiny_model):
     assert small.forward_tokens <= 11 and small.completion_tokens <= 8
 
 
-def test_tree_attention_gives_each_branch_its_own_distribution(tiny_model):
-    hf, cfg, params = tiny_model
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_tree_attention_gives_each_branch_its_own_distribution(tiny_model, family):
+    from tinymodel import tiny_gemma
+
+    hf, cfg, params = tiny_model if family == "llama" else tiny_gemma(0)
     res = search(params, cfg, PROMPT, MCTSConfig(budget=30, max_steps=6, rollout_len=2,
                                                  threshold=0.05, max_width=4))
     checked = 0

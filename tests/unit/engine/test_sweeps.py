@@ -78,15 +78,12 @@ def _cli(*args, **env):
                             stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow  # several seconds: not in the fast unit suite
-def test_vmapped_equals_one_by_one(setup):
+def _equal_one_by_one(ref, model, grid):
+    """Every world of the sweep ``ref`` equals one ``generate`` run with the world's settings."""
     from tempo_jax.engine import generate
     from tempo_jax.interventions import ablate_heads
 
-    ref, model, spec = setup["ref"], setup["model"], setup["spec"]
     cfg, params = model.cfg, model.params
-    grid = expand(spec, cfg, [list(p) for p in spec.prompts])
-    assert ref.world_shape() == grid.shape == (2, 2, 2, 2, 3, 1)
     c = grid.coords
     for b in range(grid.n_worlds):
         ix = grid.index(b)
@@ -103,6 +100,14 @@ def test_vmapped_equals_one_by_one(setup):
         slots = tr.arrays["slots"]
         pruned = np.where(slots >= 0, tr.arrays["pruned_at"][np.clip(slots, 0, None)], -1)
         np.testing.assert_array_equal(ref.flat("pruned_at")[b][:n], pruned)
+
+
+@pytest.mark.slow  # several seconds: not in the fast unit suite
+def test_vmapped_equals_one_by_one(setup):
+    ref, model, spec = setup["ref"], setup["model"], setup["spec"]
+    grid = expand(spec, model.cfg, [list(p) for p in spec.prompts])
+    assert ref.world_shape() == grid.shape == (2, 2, 2, 2, 3, 1)
+    _equal_one_by_one(ref, model, grid)
     # the summary and the store on disk
     assert (ref.flat("set_n") > 1).any() and (ref.flat("pruned_at") >= 0).any()
     assert "## heads" in (setup["root"] / "ref" / "summary.md").read_text()
@@ -130,6 +135,34 @@ def test_eight_simulated_devices_equal_one(setup):
     assert r.returncode == 0, r.stderr[-3000:]
     # the model axis splits matmuls, so floats may differ in the last bits; selections may not
     assert_same(setup["ref"], load_results(out), exact=False)
+
+
+@pytest.mark.slow  # several seconds: not in the fast unit suite
+def test_gemma_sweep_equals_one_by_one_and_eight_devices(tmp_path):
+    """The same on a tiny Gemma 3 (a 4-position window, crossed by the prompt and the steps)."""
+    from conversion.store import save_converted
+    from tempo_jax.loading import load_model
+    from tinymodel import tiny_gemma
+
+    _, cfg, params = tiny_gemma(0)
+    folder = save_converted(tmp_path / "gemma", cfg, params)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({**SPEC, "model": str(folder), "prompts": [[5, 9, 13, 17, 21, 8]],
+                                         "thresholds": [0.05], "heads": [[], [[0, 1]]]}))
+    model, spec = load_model(str(folder), verbose=False), SweepSpec.from_yaml(spec_file)
+    ref = run_sweep(spec, tmp_path / "ref", model=model, progress=False)
+    grid = expand(spec, model.cfg, [list(p) for p in spec.prompts])
+    assert grid.n_worlds == 8 and (ref.flat("set_n") > 1).any()
+    _equal_one_by_one(ref, model, grid)
+    r = _py(f"""
+        import dataclasses, jax
+        assert jax.device_count() == 8, jax.devices()
+        from tempo_jax.sweeps import SweepSpec, run_sweep
+        spec = dataclasses.replace(SweepSpec.from_yaml({str(spec_file)!r}), mesh={{"data": 4, "model": 2}})
+        run_sweep(spec, {str(tmp_path / "dev8")!r}, progress=False)
+        """, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same(ref, load_results(tmp_path / "dev8"), exact=False)
 
 
 @pytest.mark.slow  # several seconds: not in the fast unit suite

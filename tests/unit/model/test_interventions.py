@@ -100,11 +100,13 @@ def test_interventions_vmap_over_worlds():
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.slow  # several seconds: not in the fast unit suite
-def test_engine_applies_interventions():
+def test_engine_applies_interventions(family):
     from tempo_jax.engine import GenerationConfig, generate
+    from tinymodel import tiny_gemma
 
-    _, cfg, params = tiny(0)
+    _, cfg, params = tiny(0) if family == "llama" else tiny_gemma(0)
     g = GenerationConfig(max_steps=4, threshold=0.05, max_width=4)
     plain = generate(params, cfg, [5, 9, 13], g)
     all_heads = [(l, h) for l in range(cfg.num_layers) for h in range(cfg.num_heads)]
