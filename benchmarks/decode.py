@@ -22,6 +22,7 @@ Compile time (lowering + XLA compile of the decode step) is reported separately.
 
     python benchmarks/decode.py                 # default model vs HF vs the bandwidth limit
     python benchmarks/decode.py --no-hf         # JAX half only (torch is never imported)
+    python benchmarks/decode.py --model gemma3-270m   # Gemma 3 270M (LM head 640 x 262,144)
     python benchmarks/decode.py --shape llama3.2-3b   # random bf16 Llama-3.2-3B shape (for a GPU)
 
 The last line holds key=value figures, e.g.
@@ -146,11 +147,14 @@ def make_step(cfg: ModelConfig, capacity: int):
     taps = M.TapsSpec(attn=True)
     slots_k = jnp.arange(capacity)
 
+    key_pos = slots_k.astype(jnp.float32)[None] if cfg.has_window else None  # slot = position
+
     def step(params, tok, cur, cache):
         positions = cur.astype(jnp.float32).reshape(1, 1)
         slots = cur.reshape(1, 1)
         mask = (slots_k <= cur)[None, None, :]
-        logits, cache, tapped = M.forward(params, cfg, tok, positions, slots, mask, cache, taps)
+        logits, cache, tapped = M.forward(params, cfg, tok, positions, slots, mask, cache, taps,
+                                          key_pos=key_pos)
         return greedy(logits, cfg), cur + 1, cache, tapped["attn"]
 
     return jax.jit(step, donate_argnums=(3,))
@@ -159,11 +163,13 @@ def make_step(cfg: ModelConfig, capacity: int):
 def make_prefill(cfg: ModelConfig, capacity: int, t: int):
     taps = M.TapsSpec(attn=True)
 
+    key_pos = jnp.arange(capacity, dtype=jnp.float32)[None] if cfg.has_window else None
+
     def prefill(params, tokens, cache):
         positions = jnp.arange(t, dtype=jnp.float32)[None]
         slots = jnp.arange(t)[None]
         logits, cache, tapped = M.forward(params, cfg, tokens, positions, slots,
-                                          M.causal_mask(1, t, capacity), cache, taps)
+                                          M.causal_mask(1, t, capacity), cache, taps, key_pos=key_pos)
         return greedy(logits, cfg), cache, tapped["attn"]
 
     return jax.jit(prefill, donate_argnums=(2,))
@@ -221,6 +227,9 @@ def main(argv=None):
     ap.add_argument("--shape", choices=["default", "llama3.2-3b"], default="default",
                     help="default: the default model (SmolLM2-135M-Instruct) in float32; "
                          "llama3.2-3b: Llama-3.2-3B shape with random bfloat16 weights (no HF)")
+    ap.add_argument("--model", default=None,
+                    help="a named model (smollm2-135m, gemma3-270m) or a converted folder, HF folder or "
+                         ".gguf file (default: the default model; with --shape default)")
     ap.add_argument("--steps", type=int, default=64, help="decode steps per timed pass")
     ap.add_argument("--repeats", type=int, default=7,
                     help="rounds: one timed pass per layout (and HF), then a bandwidth probe")
@@ -246,7 +255,7 @@ def main(argv=None):
         from tempo_jax.loading import load_model
 
         dtype = jnp.dtype(args.dtype or "float32")
-        lm = load_model(dtype=dtype, verbose=True)
+        lm = load_model(args.model, dtype=dtype, verbose=True)
         cfg, params = lm.cfg, lm.params
         prompt_ids = chat_prompt_ids(lm.tokenizer, args.prompt)
         cache_dtype = dtype

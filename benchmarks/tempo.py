@@ -19,7 +19,7 @@ Weights: ``--layout unstacked`` (default) runs every setting on ``model.unstack_
 decode layout: per-layer buffers, fused products; longer compiles), ``stacked`` on the layout
 loading gives (a ``lax.scan`` over layers). The ratios compare settings within one layout.
 
-    python benchmarks/tempo.py [--steps 64] [--rounds 5] [--no-hf] [--layout stacked]
+    python benchmarks/tempo.py [--model gemma3-270m] [--steps 64] [--rounds 5] [--no-hf] [--layout stacked]
 
 Last line: key=value figures (steps_per_s, first_step_s, mean_set, max_set, greedy_steps_per_s,
 tau099_steps_per_s, device_steps_per_s, tau099_vs_greedy, tau01_vs_greedy, device_vs_host,
@@ -48,6 +48,8 @@ def hf_tokens_per_s(cfg, params, prompt_ids, steps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None,
+                    help="a named model (smollm2-135m, gemma3-270m) or a model path (default: the default model)")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5,
                     help="interleaved timing rounds (rates: best; ratios: median over rounds)")
@@ -64,7 +66,7 @@ def main() -> None:
 
     import jax.numpy as jnp
 
-    m = load_model(dtype=jnp.dtype(args.dtype))
+    m = load_model(args.model, dtype=jnp.dtype(args.dtype))
     params = unstack_layers(m.params) if args.layout == "unstacked" else m.params
     ids = m.tokenizer(PROMPT).input_ids
     S = args.steps
@@ -103,7 +105,7 @@ def main() -> None:
     steps_per_s = best["tau01"]
     sizes = tr.arrays["set_n"]
     hf = None if args.no_hf else hf_tokens_per_s(m.cfg, m.params, ids, S)
-    print(f"\ndevice: {jax.devices()[0].device_kind}   prompt: {PROMPT!r}   steps: {tr.n_steps}   "
+    print(f"\nmodel: {m.cfg.name}   device: {jax.devices()[0].device_kind}   prompt: {PROMPT!r}   steps: {tr.n_steps}   "
           f"{args.rounds} interleaved rounds (steps/s: best round); {args.layout} weights")
     print(f"{'':44s}{'steps/s':>10s}   ratio: median of per-round ratios [min, max]")
     cell = lambda a, b, what: f"{med(a, b):.2f}x {what} [{span(a, b)[0]:.2f}, {span(a, b)[1]:.2f}]"
@@ -128,6 +130,7 @@ def main() -> None:
           "device_vs_host": f"{med('device', 'tau01'):.2f}"}
     if hf is not None:
         kv.update(hf_tokens_per_s=f"{hf:.3f}", speedup_vs_hf=f"{steps_per_s / hf:.2f}")
+    kv["model"] = m.cfg.name
     kv["dtype"] = args.dtype
     kv["layout"] = args.layout
     print(" ".join(f"{k}={v}" for k, v in kv.items()))

@@ -212,6 +212,11 @@ def load_hf_folder(folder, dtype=np.float32, progress=None) -> tuple[ModelConfig
     return cfg, params_from_state(cfg, get, dtype, progress)
 
 
+def _int_if_whole(x: float) -> float | int:
+    """``x`` as an int when it is one to float32 precision (HF's config types it int)."""
+    return int(round(x)) if abs(x - round(x)) < 1e-4 * max(1.0, abs(x)) else x
+
+
 def _gemma3_config(cfg: ModelConfig) -> dict:
     """A Gemma 3 text ``config.json`` dict for our Gemma 3 config."""
     if cfg.rope_scaling is not None and cfg.rope_scaling.kind != "linear":
@@ -228,7 +233,7 @@ def _gemma3_config(cfg: ModelConfig) -> dict:
             "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
             "max_position_embeddings": cfg.max_position_embeddings, "bos_token_id": cfg.bos_token_id,
             "eos_token_id": (eos[0] if len(eos) == 1 else eos) if eos else None,
-            "query_pre_attn_scalar": round((cfg.query_scale or cfg.head_dim ** -0.5) ** -2, 6),
+            "query_pre_attn_scalar": _int_if_whole((cfg.query_scale or cfg.head_dim ** -0.5) ** -2),
             "sliding_window": cfg.sliding_window,
             "layer_types": [f"{t}_attention" for t in (cfg.layer_types or ("full",) * cfg.num_layers)],
             "rope_parameters": {"full_attention": full,

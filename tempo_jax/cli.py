@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tempo-jax", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    model_help = "default (SmolLM2-135M-Instruct), a converted folder, an HF folder or a .gguf"
+    from tempo_jax.named_models import MODEL_HELP as model_help
 
     g = sub.add_parser("generate", help="TEMPO generation (the main job)", epilog=GENERATE_EXAMPLES,
                        formatter_class=HelpFormatter)

@@ -33,10 +33,11 @@ def load_model(spec: str | None = None, dtype=jnp.float32, verbose: bool = True)
     from tempo_jax.named_models import ensure_model, named
 
     model = named(spec)
-    if model is not None and not Path(str(spec)).exists():
+    if model is not None and (spec is None or not Path(spec).exists()):  # an existing path wins
         folder = ensure_model(model, verbose)
         cfg, params = load_converted(folder, dtype)
         return LoadedModel(cfg, params, load_tokenizer(folder), model.id_prefix + cfg.name)
+    assert spec is not None
     path = Path(spec)
     if path.is_dir() and looks_converted(path):
         cfg, params = load_converted(path, dtype)

@@ -49,6 +49,8 @@ MODELS = {m.name: m for m in (
                "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", "~240 MB"),
 )}
 DEFAULT = "smollm2-135m"
+MODEL_HELP = ("a named model (smollm2-135m, the default: SmolLM2-135M-Instruct; gemma3-270m: Gemma 3 "
+              "270M, fetched on first use), a converted folder, an HF folder or a .gguf")
 
 
 def named(spec: str | None) -> NamedModel | None:

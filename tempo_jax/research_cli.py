@@ -4,6 +4,8 @@ experiments/research/README.md)."""
 
 from __future__ import annotations
 
+from tempo_jax.named_models import MODEL_HELP
+
 DEFAULT_PROJECT = "experiments.research"
 HTML_OUT = "runs/research/FINDINGS.html"  # generated page, kept out of the source tree (relative to the cwd)
 
@@ -35,7 +37,7 @@ def add_parser(sub) -> None:
     run.add_argument("--prompt-file", default=None, help="JSONL (corpus schema) or text, one prompt a line")
     run.add_argument("--out", default=None, help="results folder (default: experiments/results/ID)")
     run.add_argument("--force", action="store_true", help="overwrite results of another model or corpus")
-    run.add_argument("--model", default=None, help="default model, a converted folder, HF folder or .gguf")
+    run.add_argument("--model", default=None, help=MODEL_HELP)
     run.add_argument("--seed", type=int, default=None, help="override the design's seed")
     rep = rs.add_parser("report", help="regenerate experiments/FINDINGS.md from all results",
                         formatter_class=HelpFormatter)

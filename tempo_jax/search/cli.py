@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from tempo_jax.named_models import MODEL_HELP
+
 
 def add_parser(sub) -> None:
     from tempo_jax.cli_help import HelpFormatter  # each default shown once; none for None or a switch
@@ -19,7 +21,7 @@ def add_parser(sub) -> None:
                        epilog='example: tempo-jax search "The capital of France is" --budget 64 '
                               '--contains Paris --out runs/mcts')
     s.add_argument("prompt", help="the prompt text")
-    s.add_argument("--model", default=None, help="default model, a converted folder, HF folder or .gguf")
+    s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--budget", type=int, default=64, help="forward tokens the search may spend")
     s.add_argument("--threshold", type=float, default=0.1, help="TEMPO threshold of an expansion")
     s.add_argument("--max-width", type=int, default=4, help="children per expansion at most")

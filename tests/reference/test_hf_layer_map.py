@@ -35,6 +35,10 @@ CONFIGS = {
         BASE, num_kv_heads=1, qkv_bias=True, rope_theta=1000.0, rms_norm_eps=1e-6,
         rope_scaling=RopeScaling("linear", 2.0)),
     "gqa-attention-bias": dataclasses.replace(BASE, qkv_bias=True, o_bias=True, eos_token_ids=(2, 5)),
+    "gemma3-window": dataclasses.replace(
+        BASE, num_kv_heads=1, tie_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, family="gemma3",
+        embed_scale=8.0, norm_offset=1.0, qk_norm=True, sandwich_norms=True, query_scale=256 ** -0.5,
+        mlp_act="gelu_tanh", sliding_window=4, layer_types=("sliding", "full"), local_rope_theta=1e4),
 }
 IDS = list(CONFIGS)
 
@@ -127,6 +131,7 @@ def test_hf_model_from_to_hf_gives_our_logits(name):
     pos = np.arange(t)[None]
     logits, _, _ = forward(jax.tree_util.tree_map(jnp.asarray, params), cfg,
                            jnp.asarray(ids[None], jnp.int32), jnp.asarray(pos, jnp.float32),
-                           jnp.asarray(pos, jnp.int32), causal_mask(1, t, t), init_cache(cfg, 1, t))
+                           jnp.asarray(pos, jnp.int32), causal_mask(1, t, t), init_cache(cfg, 1, t),
+                           key_pos=jnp.asarray(pos, jnp.float32) if cfg.has_window else None)
     assert ref.shape == (t, cfg.vocab_size) and ref.std() > 0.3
     np.testing.assert_allclose(np.asarray(logits[0]), ref, atol=1e-4, rtol=0)
