@@ -133,3 +133,28 @@ def test_config_field_not_implemented_is_one_line(tmp_path):
     src = _hf_folder(tmp_path / "hf", final_logit_softcapping=30.0)
     assert_user_error(_run(CLI + ["convert", str(src), str(tmp_path / "out")]), "final_logit_softcapping")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_two_analysis_scripts(converted, tmp_path):
+    """experiments/analysis: per-step attention metrics over prompts, then statistics over prompts."""
+    import importlib.util
+
+    from repo import ROOT
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "analysis" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    pf = tmp_path / "prompts.txt"
+    pf.write_text(f"{PROMPT}\nw7 w8 w30 w31 w32\nw40 w41 w42 w43 w44\n")
+    out = tmp_path / "res"
+    assert load("analyze_attention_mech_interp").main(
+        ["--prompt-file", str(pf), "--max-tokens", "6", "--threshold", "0.05", "--max-width", "4",
+         "--output-dir", str(out), "--model", str(converted), "--no-plots"]) == 0
+    with np.load(out / "metrics.npz") as z:
+        assert z["par_per_token"].shape[0] == 3 and z["par_per_token"].shape[2:] == (3, 4)  # L=3, H=4
+    assert load("statistical_confidence_analysis").main(["--data-dir", str(out), "--n-boot", "200"]) == 0
+    st = json.loads((out / "stats.json").read_text())
+    assert st["unit"] == "prompt" and len(st["rows"]) == 4  # 3 layers + overall
