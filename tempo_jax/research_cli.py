@@ -39,6 +39,16 @@ def add_parser(sub) -> None:
     run.add_argument("--force", action="store_true", help="overwrite results of another model or corpus")
     run.add_argument("--model", default=None, help=MODEL_HELP)
     run.add_argument("--seed", type=int, default=None, help="override the design's seed")
+    reg = rs.add_parser("register", help="register a confirmatory design: power from a dev pilot, a hash "
+                                         "of its code; commit the file before the first result",
+                        formatter_class=HelpFormatter)
+    reg.add_argument("id", help="experiment id (its design's split must be confirmatory)")
+    reg.add_argument("--pilot", required=True, metavar="DIR",
+                     help="a result folder of the same experiment on the dev split (`run ID --quick --out DIR`): "
+                          "its per-prompt SDs give the powered n")
+    reg.add_argument("--amend", default=None, metavar="REASON",
+                     help="change an existing registration; the reason, date and whether a confirmatory "
+                          "result had been seen are recorded")
     rep = rs.add_parser("report", help="regenerate experiments/FINDINGS.md from all results",
                         formatter_class=HelpFormatter)
     rep.add_argument("--results", default=None,
@@ -65,6 +75,13 @@ def main(args) -> int:
         for exp_id, mod in sorted(project.registry().items()):
             d = mod.DESIGN
             print(f"{exp_id:8s} questions {', '.join(d.questions):12s} {d.title}")
+        return 0
+    if args.research_command == "register":
+        from tempo_jax.research import registration
+
+        path = registration.register(project, args.id, Path(args.pilot), amend=args.amend)
+        print(registration.power_summary(path))
+        print(f"wrote {path}; commit it before the first confirmatory result")
         return 0
     if args.research_command == "report":
         res = Path(args.results) if args.results else project.results

@@ -27,6 +27,7 @@ class Hypothesis:
     expect: str
     family: str = "primary"
     margin: float | None = None  # overrides the design's margin for this hypothesis
+    sesoi: float | None = None  # smallest effect of interest, column units (None: the margin); power
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Design:
     seed: int = 0
     caveats: tuple[str, ...] = ()
     config: dict = dataclasses.field(default_factory=dict)  # experiment parameters (recorded)
+    exploratory: bool = False  # a confirmatory-split design below its powered n runs only if declared so
 
     def check(self) -> None:
         """One-line ValueErrors for a malformed design (before any compute)."""
@@ -90,6 +92,7 @@ class TestResult:
     verdict: str = ""
     margin: float = float("nan")
     note: str = ""
+    post_hoc: bool = False  # added to the registration after a confirmatory result was seen
 
 
 @dataclasses.dataclass

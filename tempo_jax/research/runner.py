@@ -15,6 +15,7 @@ from tempo_jax.destinations import check_folder_destination, staged_replace
 from tempo_jax.errors import Interrupted, UsageError, user_input
 from tempo_jax.research.design import Context, Design, Output
 from tempo_jax.research.provenance import git_state, json_safe, params_hash, versions, write_csv
+from tempo_jax.research import registration
 from tempo_jax.research.registry import Project
 from tempo_jax.research.render import default_answer, summary_md, write_findings
 from tempo_jax.research.statistics import evaluate
@@ -71,6 +72,9 @@ def run_experiment(project: Project, exp_id: str, *, quick: bool = False, prompt
     mod = project.get(exp_id)
     design: Design = mod.DESIGN
     design.check()
+    registered = None
+    if design.split in registration.CONFIRMATORY and not quick and prompt_file is None:
+        registered = registration.check_run(project, exp_id, mod)  # refuses before any compute
     prompts, src = select_prompts(project, design, quick, prompt_file)
     if out is not None:
         dest = Path(out)
@@ -102,6 +106,8 @@ def run_experiment(project: Project, exp_id: str, *, quick: bool = False, prompt
         try:
             output: Output = mod.run(ctx)
             tests = evaluate(design, output)
+            for t in tests:
+                t.post_hoc = registered is not None and t.hypothesis in registered["post_hoc"]
         except KeyboardInterrupt as e:
             if isinstance(e, Interrupted):
                 raise
@@ -119,7 +125,8 @@ def run_experiment(project: Project, exp_id: str, *, quick: bool = False, prompt
                            "n_prompts": len(prompts), "genres": genres, "seed": seed, "quick": quick,
                            "prompt_ids": [p.id for p in prompts], "versions": versions(),
                            "run_seconds": round(elapsed, 1),
-                           "command": command_line(exp_id, quick, prompt_file, project.package)},
+                           "command": command_line(exp_id, quick, prompt_file, project.package),
+                           "registration": registered},
             "tests": [dataclasses.asdict(t) for t in tests],
             "answer": mod.answer(tests, design) if hasattr(mod, "answer") else default_answer(tests, design),
             "notes": output.notes,
