@@ -1,10 +1,21 @@
-"""Generation-quality measures on traces (NumPy; the model only in :func:`self_perplexity`).
+"""Generation-quality measures on traces (NumPy; a model only in :func:`self_perplexity` and
+:func:`cross_perplexity`).
 
-Three groups, chosen by the corpus genre (``experiments/corpus``):
+Measures that do not come from the model under test (gold answers, the human reference text,
+parsing, another model family) are the quality outcomes; :func:`self_perplexity` (the model under
+test scoring its own text, which favours its own greedy choices by construction) is named as such
+and is never a primary quality measure.
+
+Groups, chosen by the corpus genre (``experiments/corpus``):
   - facts (cloze prompt, gold answer + aliases): rank/probability of the gold answer's first token
     in the step-0 distribution, whether it is in the step-0 set, whether the clean path says it;
   - code (signature + docstring prompt, true next lines as reference): does the text still parse,
-    did the generation add a complete line, does its first line match the reference's;
+    did the generation add a complete line, does its first line match the reference's, how many
+    of the reference's lines it reproduces in order (:func:`reference_lines_matched`);
+  - prose (a fortune's opening, the rest of the fortune as reference): chrF of the continuation
+    against the human continuation (:func:`chrf`, sacrebleu);
+  - cross-model: the continuation's negative log-likelihood per UTF-8 byte under a model of
+    ANOTHER family (:func:`cross_perplexity`; Gemma 3 scores SmolLM2's text and the reverse);
   - every genre: distinct-n, repeated n-grams, self-perplexity, number of paths through the
     lattice, embedding diversity of the parallel sets.
 
@@ -134,6 +145,60 @@ def next_line_match(generated_text: str, reference_text: str) -> dict[str, float
             "similarity": float(difflib.SequenceMatcher(None, a, b, autojunk=False).ratio())}
 
 
+def reference_lines_matched(generated_text: str, reference_text: str) -> float:
+    """Share of the reference's non-blank lines that the generation reproduces exactly (stripped),
+    in order from its first non-blank line; 1.0: every reference line, NaN: an empty reference."""
+    ref = [ln.strip() for ln in reference_text.split("\n") if ln.strip()]
+    gen = [ln.strip() for ln in generated_text.split("\n") if ln.strip()]
+    if not ref:
+        return float("nan")
+    k = 0
+    while k < min(len(ref), len(gen)) and ref[k] == gen[k]:
+        k += 1
+    return k / len(ref)
+
+
+# --- prose ------------------------------------------------------------------------------------
+def chrf(generated_text: str, reference_text: str) -> float:
+    """Sentence chrF (sacrebleu's ``CHRF``: character 1- to 6-grams, beta 2, whitespace ignored) of
+    the continuation against the human continuation, 0-100; NaN for an empty reference."""
+    from sacrebleu.metrics import CHRF
+
+    if not reference_text.strip():
+        return float("nan")
+    return float(CHRF().sentence_score(generated_text.strip(), [reference_text.strip()]).score)
+
+
+# --- another model ----------------------------------------------------------------------------
+def cross_perplexity(scorer, prompt_text: str, continuation_text: str, bucket: int = 32) -> dict[str, float]:
+    """The continuation's likelihood under ``scorer`` (a loaded model of ANOTHER family than the one
+    that wrote it: cfg, params, tokenizer), given the prompt, after re-tokenising both texts with the
+    scorer's own tokenizer: ``nll_bytes`` = total negative log-likelihood (nats) / UTF-8 bytes of
+    the continuation (comparable across tokenizers), ``ppl_tokens`` = exp(mean NLL per scorer
+    token), ``n_tokens``. NaN for an empty continuation."""
+    import jax.numpy as jnp
+
+    tok = scorer.tokenizer
+    p = list(tok(prompt_text).input_ids)
+    c = list(tok(continuation_text, add_special_tokens=False).input_ids)
+    nan = float("nan")
+    if not c or not continuation_text:
+        return {"nll_bytes": nan, "ppl_tokens": nan, "n_tokens": 0.0}
+    if not p:
+        raise ValueError("cross_perplexity needs a prompt that tokenizes to at least one id")
+    seq = p + c
+    t = -(-len(seq) // bucket) * bucket
+    tokens = np.zeros(t, np.int32)
+    tokens[:len(seq)] = seq
+    targets = np.zeros(t, np.int32)
+    targets[:len(seq) - 1] = seq[1:]
+    lp = np.asarray(_logprob_fn()(scorer.params, scorer.cfg, jnp.asarray(tokens), jnp.asarray(targets)),
+                    np.float64)
+    nll = -lp[len(p) - 1: len(seq) - 1]
+    return {"nll_bytes": float(nll.sum() / len(continuation_text.encode("utf-8"))),
+            "ppl_tokens": float(math.exp(nll.mean())), "n_tokens": float(len(c))}
+
+
 # --- every genre ------------------------------------------------------------------------------
 def _ngrams(token_ids, n: int) -> list[tuple]:
     ids = [int(t) for t in token_ids]
@@ -255,7 +320,7 @@ def _continuation_text(tokenizer, prompt_ids, cont_ids) -> str:
 
 
 def measure(trace, *, genre: str, reference: str, aliases=(), tokenizer, prompt_text: str,
-            params=None, cfg=None, embed=None, eos_ids=(), dist0=None) -> dict[str, float]:
+            params=None, cfg=None, embed=None, eos_ids=(), dist0=None, scorer=None) -> dict[str, float]:
     """The measures that apply to ``genre``, as a flat dict of floats (bools as 0.0/1.0).
 
     The continuation is :func:`clean_continuation_ids` (``eos_ids``), its text decoded after the
@@ -263,9 +328,11 @@ def measure(trace, *, genre: str, reference: str, aliases=(), tokenizer, prompt_
       facts: ``gold_rank``, ``gold_prob`` (only with ``dist0``, the step-0 distribution [V]),
       ``coverage_any``, ``coverage_alive`` (step 0), ``correct`` (gold = ``reference``);
       code: ``parses`` (prompt_text + continuation), ``adds_line``, ``next_line_exact``,
-      ``next_line_sim`` (against ``reference``);
+      ``next_line_sim``, ``ref_lines`` (against ``reference``);
+      prose: ``chrf`` (against ``reference``, the human continuation);
       every genre: ``distinct_2``, ``repeat_3``, ``log10_paths``, ``diversity`` (with ``embed``),
-      ``self_ppl`` (with ``params`` and ``cfg``).
+      ``self_ppl`` (with ``params`` and ``cfg``: self-perplexity, never a primary quality measure),
+      ``cross_nll_bytes`` and ``cross_ppl`` (with ``scorer``, a model of another family).
     """
     if genre not in GENRES:
         raise ValueError(f"unknown genre {genre!r}; allowed: {', '.join(GENRES)}")
@@ -287,6 +354,9 @@ def measure(trace, *, genre: str, reference: str, aliases=(), tokenizer, prompt_
         nl = next_line_match(text, reference)
         out["next_line_exact"] = float(nl["exact"])
         out["next_line_sim"] = float(nl["similarity"])
+        out["ref_lines"] = reference_lines_matched(text, reference)
+    elif genre == "prose":
+        out["chrf"] = chrf(text, reference)
     out["distinct_2"] = distinct_n(cont, 2)
     out["repeat_3"] = repeated_ngram_rate(cont, 3)
     out["log10_paths"] = log10_paths(trace)
@@ -294,4 +364,7 @@ def measure(trace, *, genre: str, reference: str, aliases=(), tokenizer, prompt_
         out["diversity"] = set_embedding_diversity(trace, embed)
     if params is not None and cfg is not None:
         out["self_ppl"] = self_perplexity(params, cfg, trace.prompt_ids, cont)
+    if scorer is not None:
+        cross = cross_perplexity(scorer, prompt_text, text)
+        out["cross_nll_bytes"], out["cross_ppl"] = cross["nll_bytes"], cross["ppl_tokens"]
     return out

@@ -133,6 +133,19 @@ class Context:
         return tqdm(it, desc=f"{self.design.id} {desc}".strip(), total=total, leave=False)
 
     cache_dir: Path | None = None
+    _scorer: Any = None
+
+    @property
+    def scorer(self):
+        """A model of the OTHER family than the one under test, for cross-model quality measures
+        (``quality.cross_perplexity``): Gemma 3 270M scores the Llama family's text and SmolLM2-135M
+        scores Gemma's; loaded on first use."""
+        if self._scorer is None:
+            from tempo_jax.loading import load_model
+
+            other = "smollm2-135m" if self.model.cfg.family == "gemma3" else "gemma3-270m"
+            self._scorer = load_model(other, verbose=False)
+        return self._scorer
 
     def map(self, fn: Callable, desc: str = "prompts"):
         """``(prompt, fn(prompt))`` for every prompt, with progress. Each result is cached on disk
@@ -165,11 +178,12 @@ class Context:
         return path
 
 
-def quality_of(m, prompt, trace) -> dict[str, float]:
+def quality_of(m, prompt, trace, scorer=None) -> dict[str, float]:
     """:func:`tempo_jax.quality.measure` of a corpus prompt's trace under loaded model ``m``
-    (references, aliases and genre from the corpus record; EOS ids from the model)."""
+    (references, aliases and genre from the corpus record; EOS ids from the model); with
+    ``scorer`` (``Context.scorer``: another family) the cross-model measures too."""
     from tempo_jax import quality
 
     return quality.measure(trace, genre=prompt.genre, reference=prompt.reference,
                            aliases=prompt.aliases, tokenizer=m.tokenizer, prompt_text=prompt.prompt,
-                           params=m.params, cfg=m.cfg, eos_ids=m.cfg.eos_token_ids or ())
+                           params=m.params, cfg=m.cfg, eos_ids=m.cfg.eos_token_ids or (), scorer=scorer)

@@ -223,14 +223,14 @@ def test_measure_every_genre_on_a_tempo_run(run_tiny):
     assert "gold_rank" not in g and g["coverage_any"] == g["correct"] == 0.0
 
     c = q.measure(tr, genre="code", reference="    return x\n", prompt_text="def f(x):\n", **common)
-    assert set(c) == every | {"parses", "adds_line", "next_line_exact", "next_line_sim"}
+    assert set(c) == every | {"parses", "adds_line", "next_line_exact", "next_line_sim", "ref_lines"}
     # word-level text has no newline: prompt alone parses (colon rule), no line added
     assert c["parses"] == 1.0 and c["adds_line"] == 0.0 and c["next_line_exact"] == 0.0
     assert 0.0 <= c["next_line_sim"] < 1.0
 
     for genre in ("prose", "custom"):
         m = q.measure(tr, genre=genre, reference="w4", prompt_text="w5", **common)
-        assert set(m) == every
+        assert set(m) == every | ({"chrf"} if genre == "prose" else set())
     cont = q.clean_continuation_ids(tr, cfg.eos_token_ids)
     assert m["self_ppl"] == pytest.approx(q.self_perplexity(params, cfg, tr.prompt_ids, cont))
     assert m["log10_paths"] == pytest.approx(np.log10(tr.arrays["set_n"]).sum())  # no pruning
@@ -239,10 +239,49 @@ def test_measure_every_genre_on_a_tempo_run(run_tiny):
         assert np.isfinite(m[k]), k
     assert all(isinstance(v, float) for v in m.values())
     bare = q.measure(tr, genre="prose", reference="", tokenizer=tok, prompt_text="")
-    assert set(bare) == {"distinct_2", "repeat_3", "log10_paths"}
+    assert set(bare) == {"distinct_2", "repeat_3", "log10_paths", "chrf"} and math.isnan(bare["chrf"])
 
 
 def test_measure_unknown_genre(run_tiny):
     _, _, tr, _ = run_tiny
     with pytest.raises(ValueError, match="allowed: prose, code, facts, custom"):
         q.measure(tr, genre="poetry", reference="", tokenizer=WordTok(), prompt_text="")
+
+
+def test_reference_lines_matched():
+    ref = "    y = x + 1\n\n    return y\n"
+    assert q.reference_lines_matched("    y = x + 1\n    return y\n    pass\n", ref) == 1.0
+    assert q.reference_lines_matched("\n  y = x + 1\n    return 0\n", ref) == 0.5  # stripped, in order
+    assert q.reference_lines_matched("    return y\n    y = x + 1\n", ref) == 0.0  # order matters
+    assert q.reference_lines_matched("", ref) == 0.0
+    assert math.isnan(q.reference_lines_matched("x", "  \n"))
+
+
+def test_chrf_hand_computed():
+    """sacrebleu's chrF (character 1..6-grams, beta 2, averaged over the orders both sides have):
+    hyp "ab" vs ref "abc": unigrams P 2/2, R 2/3; bigrams P 1/1, R 1/2; no hyp 3-grams. Mean P 1,
+    mean R 7/12, F2 = 5 P R / (4 P + R) = 7/11."""
+    assert q.chrf("ab", "abc") == pytest.approx(700 / 11)
+    assert q.chrf("a b", "abc") == pytest.approx(700 / 11)  # whitespace is not a character n-gram
+    assert q.chrf(" the cat sat on the mat", "the cat sat on the mat") == pytest.approx(100.0)
+    assert q.chrf("xyz", "the cat") == 0.0
+    assert math.isnan(q.chrf("anything", " "))
+
+
+@pytest.mark.slow  # several seconds: not in the fast unit suite
+def test_cross_perplexity_equals_the_scorers_own_logits(tmp_path):
+    """Scored by a model loaded with its own tokenizer ("w5 w9" -> [5, 9]): the NLL of the
+    re-tokenised continuation from the HF reference's log-softmax, per UTF-8 byte and per token."""
+    from tempo_jax.loading import load_model
+    from tinymodel import save_tiny_with_tokenizer
+
+    scorer = load_model(str(save_tiny_with_tokenizer(tmp_path / "m", seed=1)), verbose=False)
+    hf, _, _ = tiny(1)
+    z = full_logits(hf, [5, 9, 12, 7]).astype(np.float64)
+    lp = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
+    nll = -(lp[1, 12] + lp[2, 7])
+    got = q.cross_perplexity(scorer, "w5 w9", " w12 w7")
+    assert got["n_tokens"] == 2.0
+    assert got["nll_bytes"] == pytest.approx(nll / len(" w12 w7"), rel=1e-5)
+    assert got["ppl_tokens"] == pytest.approx(math.exp(nll / 2), rel=1e-5)
+    assert math.isnan(q.cross_perplexity(scorer, "w5", "")["nll_bytes"])
