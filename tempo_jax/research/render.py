@@ -31,19 +31,85 @@ def default_answer(tests: list[TestResult], design: Design) -> str:
                      for t in prim)
 
 
-def tests_table(tests: list[dict], family: str | None = None, limit: int | None = None) -> str:
-    """A markdown table of stored tests (one family, at most ``limit`` rows)."""
+def tests_table(tests: list[dict], family: str | None = None, limit: int | None = None,
+                stability: dict[str, float] | None = None) -> str:
+    """A markdown table of stored tests (one family, at most ``limit`` rows); with ``stability``
+    (column -> share of prompt resamples keeping the verdict) a stability column."""
     rows = [t for t in tests if family is None or t["family"] == family]
-    lines = ["| test | column | n | estimate [95% CI] | d_z | p (adj) | TOST p (adj) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    stab = stability is not None
+    lines = ["| test | column | n | estimate [95% CI] | d_z | p (adj) | TOST p (adj) | verdict |"
+             + (" stability |" if stab else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if stab else "")]
     for t in rows[:limit]:
         name = t["hypothesis"] + (" (post hoc)" if t.get("post_hoc") else "")
+        cell = ""
+        if stability is not None:
+            v = stability.get(t["column"], float("nan"))
+            shown = math.floor(v * 100) / 100 if np.isfinite(v) else v  # 0.797 shows as 0.79, not 0.80
+            cell = " n/a |" if not np.isfinite(v) else f" {shown:.2f}{' fragile' if v < FRAGILE else ''} |"
         lines.append(f"| {name} | `{t['column']}` | {t['n']} | {fmt(t['estimate'])} "
                      f"[{fmt(t['lo'])}, {fmt(t['hi'])}] | {fmt(t['d_z'], '.2f')} | {fmt(t['p_adj'])} | "
-                     f"{fmt(t['p_tost_adj'])} | {t['verdict']} |")
+                     f"{fmt(t['p_tost_adj'])} | {t['verdict']} |" + cell)
     if limit is not None and len(rows) > limit:
-        lines.append(f"| ... | {len(rows) - limit} more in result.json | | | | | | |")
+        lines.append(f"| ... | {len(rows) - limit} more in result.json | | | | | | |" + (" |" if stab else ""))
     return "\n".join(lines)
+
+
+FRAGILE = 0.8  # below this share of prompt resamples keeping the verdict, a verdict is fragile
+
+
+def _rows(folder: Path) -> list[dict]:
+    import csv
+
+    path = folder / "rows.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _floats(rows: list[dict], column: str) -> np.ndarray:
+    out = []
+    for r in rows:
+        try:
+            out.append(float(r.get(column) or "nan"))
+        except ValueError:
+            out.append(float("nan"))
+    return np.asarray(out, np.float64)
+
+
+def primary_extras(result: dict, folder: Path) -> tuple[dict[str, float], list[str]]:
+    """For the primary tests of a stored result whose per-prompt rows are on disk: the stability of
+    each verdict (:func:`statistics.stability`) and a per-genre table (mean [95% t CI] (n) per
+    genre). Tests computed elsewhere than from a rows.csv column get no entry."""
+    from tempo_jax.research.statistics import stability
+
+    rows = _rows(folder)
+    prim = [t for t in result["tests"] if t["family"] == "primary"]
+    if not rows or not prim:
+        return {}, []
+    d = result["design"]
+    genres = sorted({r.get("genre", "") for r in rows} - {""})
+    stab, lines = {}, []
+    for t in prim:
+        if t["column"] not in rows[0] or t.get("note"):
+            continue
+        vals = _floats(rows, t["column"])
+        stab[t["column"]] = stability(vals, {k: (np.nan if v is None else v) for k, v in t.items()},
+                                      d["alpha"], seed=d.get("seed", 0))
+        cells = []
+        for g in genres:
+            v = vals[[r.get("genre") == g for r in rows]]
+            v = v[np.isfinite(v)]
+            if len(v) >= 2:
+                lo, hi = S.t_ci(v)
+                cells.append(f"{fmt(v.mean())} [{fmt(lo)}, {fmt(hi)}] ({len(v)})")
+            else:
+                cells.append(f"{fmt(v.mean()) if len(v) else 'n/a'} ({len(v)})")
+        lines.append(f"| {t['hypothesis']} | `{t['column']}` | " + " | ".join(cells) + " |")
+    if lines:
+        lines = ["| test | column | " + " | ".join(genres) + " |",
+                 "|---|---|" + "---|" * len(genres)] + lines
+    return stab, lines
 
 
 def summary_md(result: dict) -> str:
@@ -166,17 +232,26 @@ def write_findings(project: Project, results_dir: Path | None = None, path: Path
            "tell at this n* (neither). Paired p-values are sign-flip permutation p-values from 4,999 "
            "random sign vectors (the smallest possible raw two-sided p is 4e-4; 2 / 2^n by exact "
            "enumeration when n <= 12), then corrected within each "
-           "declared family; CIs are BCa bootstrap over prompts unless a test's note says otherwise.", ""]
+           "declared family; CIs are BCa bootstrap over prompts unless a test's note says otherwise. "
+           "Stability: the share of 1,000 prompt-bootstrap resamples in which a primary verdict keeps its "
+           "kind (paired t test and TOST on each resample, with the correction the test received); "
+           "below 0.8 it is marked fragile. Each result states its model.", ""]
     for r in results:
         d, prov = r["design"], r["provenance"]
         rel = Path(os.path.relpath(results_dir / r["id"], path.parent)).as_posix()  # links resolve from FINDINGS.md
         out += [f"## {r['id']} — {r['title']} (questions {', '.join(r['questions'])})", "",
                 f"**Answer.** {r['answer']}", "",
-                f"n = {prov['n_prompts']} prompts, {prov['split']} split, genres {', '.join(prov['genres'])}; "
+                f"Model {prov['model']}; n = {prov['n_prompts']} prompts, {prov['split']} split, genres "
+                f"{', '.join(prov['genres'])}; "
                 f"primary metric: {d['primary_metric']}; margin +-{fmt(d['margin'])} ({d['margin_note']}). "
                 f"Files: [summary]({rel}/summary.md), [result.json]({rel}/result.json), "
                 f"[per-prompt rows]({rel}/rows.csv).", "",
-                tests_table(r["tests"], "primary"), ""]
+                ]
+        stab, per_genre = primary_extras(r, results_dir / r["id"])
+        out += [tests_table(r["tests"], "primary", stability=stab), ""]
+        if per_genre:
+            out += ["Per genre (mean [95% t CI] (n) of each primary test's per-prompt values):", "",
+                    *per_genre, ""]
         if line := registration_line(prov):
             out += [line, ""]
         figs = sorted((results_dir / r["id"]).glob("fig_*.png"))

@@ -62,3 +62,43 @@ def evaluate(design: Design, out: Output) -> list[TestResult]:
     for t in tests:
         t.verdict = verdict(t, design.alpha)
     return tests
+
+
+def category(estimate: float, p_adj: float, p_tost_adj: float, alpha: float) -> str:
+    """The verdict's kind: "differs +", "differs -", "no effect" or "cannot tell" (as :func:`verdict`)."""
+    if p_adj < alpha:
+        return "differs +" if estimate > 0 else "differs -"
+    if p_tost_adj < alpha:
+        return "no effect"
+    return "cannot tell"
+
+
+def stability(values, t: dict, alpha: float, n_resamples: int = 1000, seed: int = 0) -> float:
+    """Share of prompt-bootstrap resamples (prompts drawn with replacement, same n) in which the test
+    ``t`` (a stored test: estimate, p, p_adj, p_tost, p_tost_adj, margin) keeps its kind of verdict.
+    Each resample is tested with the paired t test and TOST (fast stand-ins for the sign-flip test)
+    and its p multiplied by the family correction the test received (p_adj / p), so the resamples
+    face the same bar. NaN when the test has fewer than 3 finite values. Below 0.8: fragile."""
+    d = np.asarray(values, np.float64)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n < 3 or not np.isfinite(t.get("p_adj", np.nan)):
+        return float("nan")
+    from scipy import stats as st
+
+    want = category(t["estimate"], t["p_adj"], t["p_tost_adj"], alpha)
+    ratio = lambda adj, raw: adj / raw if raw and np.isfinite(raw) and raw > 0 else 1.0
+    k, k_tost = ratio(t["p_adj"], t["p"]), ratio(t["p_tost_adj"], t["p_tost"])
+    rng = np.random.default_rng(seed)
+    r = d[rng.integers(0, n, (n_resamples, n))]
+    mean, sd = r.mean(1), r.std(1, ddof=1)
+    se = np.where(sd > 0, sd / np.sqrt(n), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(sd > 0, 2 * st.t.sf(np.abs(mean / se), n - 1), np.where(mean != 0, 0.0, 1.0))
+        m = t["margin"]
+        p_tost = np.where(sd > 0, np.maximum(st.t.sf((mean + m) / se, n - 1), st.t.cdf((mean - m) / se, n - 1)),
+                          np.where(np.abs(mean) < m, 0.0, 1.0))
+    p_adj, p_tost_adj = np.minimum(1.0, p * k), np.minimum(1.0, p_tost * k_tost)
+    kinds = np.where(p_adj < alpha, np.where(mean > 0, "differs +", "differs -"),
+                     np.where(p_tost_adj < alpha, "no effect", "cannot tell"))
+    return float((kinds == want).mean())
