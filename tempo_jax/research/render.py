@@ -241,7 +241,7 @@ def write_findings(project: Project, results_dir: Path | None = None, path: Path
         rel = Path(os.path.relpath(results_dir / r["id"], path.parent)).as_posix()  # links resolve from FINDINGS.md
         out += [f"## {r['id']} — {r['title']} (questions {', '.join(r['questions'])})", "",
                 f"**Answer.** {r['answer']}", "",
-                f"Model {prov['model']}; n = {prov['n_prompts']} prompts, {prov['split']} split, genres "
+                f"Model {prov.get('model', 'not recorded')}; n = {prov['n_prompts']} prompts, {prov['split']} split, genres "
                 f"{', '.join(prov['genres'])}; "
                 f"primary metric: {d['primary_metric']}; margin +-{fmt(d['margin'])} ({d['margin_note']}). "
                 f"Files: [summary]({rel}/summary.md), [result.json]({rel}/result.json), "

@@ -37,8 +37,7 @@ def select_prompts(project: Project, design: Design, quick: bool, prompt_file: s
         # a smoke run never sees the split the findings are reported on: --quick reads dev
         n, split = (design.quick_n, "dev") if quick else (design.n_per_genre, design.split)
         prompts = corpus.load(split=split, genres=list(design.genres), limit_per_genre=n)
-        src = {"corpus": project.corpus_name, "corpus_hash": corpus.corpus_hash(),
-               "split": split}
+        src = {"corpus": project.corpus_name, "corpus_hash": corpus.corpus_hash(split), "split": split}
     if not prompts:
         raise UsageError(f"{design.id}: no prompt selected (genres {', '.join(design.genres)})")
     return prompts, src

@@ -191,3 +191,25 @@ def test_load_prompt_file_bad_inputs(tmp_path):
     blank.write_text('{"prompt": "  "}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="has no usable prompt: every record's 'prompt' is empty"):
         load_prompt_file(blank)
+
+
+def test_confirm_split_is_disjoint_canonical_and_loads_by_name(raw_records):
+    """confirm.jsonl: never overlaps dev/test (ids nor prompts), matches its manifest entry, spreads
+    code over modules and cities over countries, and is read only when asked for by name."""
+    data = corpus.CONFIRM_PATH.read_bytes()
+    rows = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    entry = corpus.manifest()["confirm"]
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() == corpus.corpus_hash("confirm")
+    assert corpus.corpus_hash() == corpus.corpus_hash("test") != corpus.corpus_hash("confirm")
+    assert entry["records"] == len(rows) and {r["split"] for r in rows} == {"confirm"}
+    assert dict(Counter(r["genre"] for r in rows)) == entry["counts"]
+    assert all(n >= 250 for n in entry["counts"].values())  # room for powered designs per genre
+    assert not {r["id"] for r in rows} & {r["id"] for r in raw_records}
+    assert not {r["prompt"] for r in rows} & {r["prompt"] for r in raw_records}
+    assert max(Counter(r["source"]["file"] for r in rows if r["genre"] == "code").values()) <= 3
+    assert max(Counter(r["reference"] for r in rows if r["relation"] == "city_country").values()) <= 3
+    for r in rows:
+        assert all(r["source"].get(k) for k in SOURCE_KEYS), r["id"]
+    got = load(split="confirm", genres=["facts"])
+    assert len(got) == entry["counts"]["facts"] and {p.split for p in got} == {"confirm"}
+    assert {p.split for p in load()} == {"dev", "test"}  # split=None: dev and test only
