@@ -76,6 +76,23 @@ def probe_forward(params, mcfg: ModelConfig, cache: KVCache, plen, members, prob
             "member_top": jnp.argmax(logits[:, 0], -1)}
 
 
+def _worlds(P: int, n: int, deltas: np.ndarray, probe_gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """member positions ``[D,n]`` (every delta, then the natural world) and probe positions ``[D]``."""
+    i = np.arange(n, dtype=np.float32)
+    member_pos = np.concatenate([P + deltas[:, None] * i[None], np.full((1, n), float(P))])
+    probe_pos = np.concatenate([np.full(len(deltas), float(P + probe_gap)), [P + 1.0]])
+    return member_pos.astype(np.float32), probe_pos.astype(np.float32)
+
+
+def _collect(out: dict, r: dict) -> None:
+    ma = np.moveaxis(np.asarray(r["member_attn"], np.float64), 0, 2)  # [D,H,L,n]
+    ma = np.swapaxes(ma, 1, 2)  # [D,L,H,n]
+    out["per_set"].append(ma.sum(-1))
+    out["per_token"].append(ma.mean(-1))
+    out["sink"].append(np.swapaxes(np.asarray(r["sink"], np.float64), 0, 1))  # [D,L,H]
+    out["kl"].append(np.asarray(r["kl"], np.float64))
+
+
 def measure_prompt(params, mcfg: ModelConfig, ids, ns, deltas, probe_gap: int) -> dict:
     """All conditions for one prompt.
 
@@ -99,19 +116,65 @@ def measure_prompt(params, mcfg: ModelConfig, ids, ns, deltas, probe_gap: int) -
     out = {k: [] for k in ("per_token", "per_set", "sink", "kl")}
     deltas = np.asarray(deltas, np.float32)
     for n in ns:
-        i = np.arange(n, dtype=np.float32)
-        member_pos = np.concatenate([P + deltas[:, None] * i[None], np.full((1, n), float(P))])
-        probe_pos = np.concatenate([np.full(len(deltas), float(P + probe_gap)), [P + 1.0]])
+        member_pos, probe_pos = _worlds(P, n, deltas, probe_gap)
         r = jax.device_get(probe_forward(params, mcfg, cache, jnp.int32(P), jnp.asarray(top[:n]),
-                                         jnp.int32(probe_tok), jnp.asarray(member_pos, jnp.float32),
-                                         jnp.asarray(probe_pos, jnp.float32), n=n))
-        ma = np.moveaxis(np.asarray(r["member_attn"], np.float64), 0, 2)  # [D,H,L,n]
-        ma = np.swapaxes(ma, 1, 2)  # [D,L,H,n]
-        out["per_set"].append(ma.sum(-1))
-        out["per_token"].append(ma.mean(-1))
-        out["sink"].append(np.swapaxes(np.asarray(r["sink"], np.float64), 0, 1))  # [D,L,H]
-        out["kl"].append(np.asarray(r["kl"], np.float64))
+                                         jnp.int32(probe_tok), jnp.asarray(member_pos),
+                                         jnp.asarray(probe_pos), n=n))
+        _collect(out, r)
     res = {k: np.stack(v) for k, v in out.items()}
     res["probe_token"] = probe_tok
     res["top_mass"] = np.asarray([dist[top[:n]].sum() for n in ns])
+    return res
+
+
+@functools.partial(jax.jit, static_argnames=("mcfg", "capacity"))
+def prompt_states(params, mcfg: ModelConfig, prompts, plens, capacity: int):
+    """:func:`prompt_state` of B prompts ``[B,Pb]`` (lengths ``plens[B]``) in one program ->
+    (``dist[B,V]``, cache with a leading prompt axis)."""
+    return jax.vmap(lambda p, n: prompt_state(params, mcfg, p, n, capacity))(prompts, plens)
+
+
+@functools.partial(jax.jit, static_argnames=("mcfg", "n"))
+def probe_forwards(params, mcfg: ModelConfig, caches: KVCache, plens, members, probe_tokens,
+                   member_pos, probe_pos, n: int):
+    """:func:`probe_forward` of B prompts (every argument with a leading prompt axis) in one program."""
+    one = lambda c, p, m, t, mp, pp: probe_forward(params, mcfg, c, p, m, t, mp, pp, n=n)
+    return jax.vmap(one)(caches, plens, members, probe_tokens, member_pos, probe_pos)
+
+
+def measure_prompts(params, mcfg: ModelConfig, ids_list, ns, deltas, probe_gap: int) -> list[dict]:
+    """:func:`measure_prompt` of several prompts at once: padded to one bucket and run as one
+    compiled program per step (prefill, probe token, each set size) with the prompts as a batch
+    axis. The same numbers as one prompt at a time, up to float32 summation order."""
+    n_max = max(ns)
+    if probe_gap <= (n_max - 1) * max(deltas):
+        raise ValueError(f"probe_gap {probe_gap} must exceed (max n - 1) * max delta")
+    lens = [len(ids) for ids in ids_list]
+    pb = -(-max(lens) // BUCKET) * BUCKET
+    prompts = np.zeros((len(ids_list), pb), np.int32)
+    for b, ids in enumerate(ids_list):
+        prompts[b, :len(ids)] = ids
+    plens = jnp.asarray(lens, jnp.int32)
+    dist, caches = prompt_states(params, mcfg, jnp.asarray(prompts), plens, pb + n_max + 2)
+    dist = np.asarray(dist)
+    top = np.argsort(-dist, axis=-1, kind="stable")[:, :n_max].astype(np.int32)  # [B,n_max]
+    P = np.asarray(lens, np.float32)
+    first = probe_forwards(params, mcfg, caches, plens, jnp.asarray(top[:, :1]), jnp.asarray(top[:, 0]),
+                           jnp.asarray(P[:, None, None]), jnp.asarray(P[:, None] + 1.0), n=1)
+    probe_tok = np.asarray(first["member_top"][:, 0]).astype(np.int32)
+    deltas = np.asarray(deltas, np.float32)
+    outs = [{k: [] for k in ("per_token", "per_set", "sink", "kl")} for _ in ids_list]
+    for n in ns:
+        worlds = [_worlds(p, n, deltas, probe_gap) for p in lens]
+        r = jax.device_get(probe_forwards(
+            params, mcfg, caches, plens, jnp.asarray(top[:, :n]), jnp.asarray(probe_tok),
+            jnp.asarray(np.stack([w[0] for w in worlds])), jnp.asarray(np.stack([w[1] for w in worlds])), n=n))
+        for b, out in enumerate(outs):
+            _collect(out, {k: v[b] for k, v in r.items()})
+    res = []
+    for b, out in enumerate(outs):
+        one = {k: np.stack(v) for k, v in out.items()}
+        one["probe_token"] = int(probe_tok[b])
+        one["top_mass"] = np.asarray([dist[b, top[b, :n]].sum() for n in ns])
+        res.append(one)
     return res

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from tempo_jax.research import Design, Hypothesis, Output, TestResult
-from experiments.research.position_probe import measure_prompt
+from experiments.research.position_probe import measure_prompts
 from tempo_jax import stats as S
 
 NS = (1, 2, 3, 5, 10, 20)
@@ -84,9 +84,11 @@ def run(ctx) -> Output:
     nat = len(DELTAS)  # the natural world (probe at P + 1)
     i1, i20 = NS.index(1), NS.index(20)
     sums = {k: [] for k in ("tok", "set")}
-    measure = lambda p: measure_prompt(m.params, m.cfg, m.tokenizer(p.prompt).input_ids, NS, DELTAS,
-                                       PROBE_GAP)
-    for p, r in ctx.map(measure):
+    # several prompts per compiled program (position_probe.measure_prompts; the same numbers as
+    # measure_prompt one prompt at a time, benchmarks/research.py times both)
+    measure = lambda ps: measure_prompts(m.params, m.cfg, [m.tokenizer(p.prompt).input_ids for p in ps], NS,
+                                         DELTAS, PROBE_GAP)
+    for p, r in ctx.map_batched(measure, batch=8):
         tok, st, kl = r["per_token"], r["per_set"], r["kl"]  # [n, world, L, H], [n, world]
         mt, ms = tok.mean((2, 3)), st.mean((2, 3))  # [n, world]
         row = {"prompt_id": p.id, "genre": p.genre, "probe_token": r["probe_token"]}

@@ -168,6 +168,57 @@ class Context:
                 tmp.replace(path)
             yield p, r
 
+    def map_batched(self, fn_batch: Callable, batch: int = 8, desc: str = "prompts"):
+        """Like :meth:`map`, but the prompts not yet cached are computed ``batch`` at a time by
+        ``fn_batch(list of prompts) -> list of results`` (one compiled program over a batch axis);
+        each result is cached as its batch finishes, and pairs come out in prompt order."""
+        import pickle
+
+        from tqdm.auto import tqdm
+
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        missing = object()
+
+        def path_of(p):
+            if self.cache_dir is None:
+                return None
+            return self.cache_dir / (hashlib.sha256(p.id.encode()).hexdigest()[:20] + ".pkl")
+
+        results: list = []
+        pending: list[int] = []
+
+        def run_pending():
+            got = fn_batch([self.prompts[i] for i in pending])
+            if len(got) != len(pending):
+                raise ValueError(f"fn_batch returned {len(got)} results for {len(pending)} prompts")
+            for i, r in zip(pending, got):
+                results[i] = r
+                path = path_of(self.prompts[i])
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_bytes(pickle.dumps(r))
+                    tmp.replace(path)
+            pending.clear()
+
+        bar = tqdm(total=len(self.prompts), desc=f"{self.design.id} {desc}".strip(), leave=False)
+        nxt = 0  # the next prompt to hand out
+        for i, p in enumerate(self.prompts):
+            path = path_of(p)
+            if path is not None and path.exists():
+                results.append(pickle.loads(path.read_bytes()))
+            else:
+                results.append(missing)
+                pending.append(i)
+            if len(pending) == batch or (i == len(self.prompts) - 1 and pending):
+                run_pending()
+            while nxt <= i and results[nxt] is not missing:
+                bar.update(1)
+                yield self.prompts[nxt], results[nxt]
+                nxt += 1
+        bar.close()
+
     def figure(self, fig, name: str) -> Path:
         """Save a matplotlib figure as ``fig_<name>.png`` in the results folder and close it."""
         import matplotlib.pyplot as plt

@@ -241,8 +241,8 @@ def write_findings(project: Project, results_dir: Path | None = None, path: Path
         rel = Path(os.path.relpath(results_dir / r["id"], path.parent)).as_posix()  # links resolve from FINDINGS.md
         out += [f"## {r['id']} — {r['title']} (questions {', '.join(r['questions'])})", "",
                 f"**Answer.** {r['answer']}", "",
-                f"Model {prov.get('model', 'not recorded')}; n = {prov['n_prompts']} prompts, {prov['split']} split, genres "
-                f"{', '.join(prov['genres'])}; "
+                f"Model {prov.get('model', 'not recorded')}; n = {prov['n_prompts']} prompts, "
+                f"{prov['split']} split, genres {', '.join(prov['genres'])}; "
                 f"primary metric: {d['primary_metric']}; margin +-{fmt(d['margin'])} ({d['margin_note']}). "
                 f"Files: [summary]({rel}/summary.md), [result.json]({rel}/result.json), "
                 f"[per-prompt rows]({rel}/rows.csv).", "",

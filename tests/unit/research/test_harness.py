@@ -367,3 +367,28 @@ def test_refresh_equivalence_reverts_zero_spread_equivalence(tmp_path):
 def test_findings_order_is_natural():
     ids = ["rep1.1", "rq10.1", "rq1.3", "rq1.1b", "rq1.1", "rq2.1", "rq9.2"]
     assert sorted(ids, key=H.natural) == ["rq1.1", "rq1.1b", "rq1.3", "rq2.1", "rq9.2", "rq10.1", "rep1.1"]
+
+
+def test_map_batched_computes_uncached_prompts_in_batches_and_resumes(tmp_path):
+    prompts = [types.SimpleNamespace(id=f"p{i}", genre="prose", prompt=str(i)) for i in range(5)]
+    design = toy_design()
+    ctx = R.Context(design=design, prompts=prompts, out_dir=tmp_path, seed=0, quick=False)
+    ctx.cache_dir = tmp_path / "cache"
+    calls = []
+
+    def fn(batch):
+        calls.append([p.id for p in batch])
+        return [int(p.prompt) ** 2 for p in batch]
+
+    got = list(ctx.map_batched(fn, batch=2))
+    assert [(p.id, r) for p, r in got] == [(f"p{i}", i * i) for i in range(5)]
+    assert calls == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+    # an interrupted run resumes: only the prompts without a cached result are computed again
+    for f in sorted(ctx.cache_dir.glob("*.pkl"))[:2]:
+        f.unlink()
+    calls.clear()
+    again = list(ctx.map_batched(fn, batch=3))
+    assert [r for _, r in again] == [i * i for i in range(5)]
+    assert len(calls) == 1 and len(calls[0]) == 2
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        list(ctx.map_batched(fn, batch=0))
