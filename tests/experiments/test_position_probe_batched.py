@@ -9,14 +9,14 @@ import pytest
 
 from experiments.research.position_probe import measure_prompt, measure_prompts
 
-NS, DELTAS, GAP = (1, 2, 3), (0.0, 0.5, 1.0), 6
+NS, DELTAS, GAP = (1, 3), (0.0, 1.0), 6
 
 
 @pytest.mark.slow  # several seconds: not in the fast unit suite
 def test_batched_equals_one_by_one(tiny_model):
     _, cfg, params = tiny_model
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(4, cfg.vocab_size, n).tolist() for n in (5, 12, 40)]  # buckets 32 and 64
+    prompts = [rng.integers(4, cfg.vocab_size, n).tolist() for n in (5, 40)]  # buckets 32 and 64
     batched = measure_prompts(params, cfg, prompts, NS, DELTAS, GAP)
     for ids, got in zip(prompts, batched):
         want = measure_prompt(params, cfg, ids, NS, DELTAS, GAP)

@@ -38,6 +38,7 @@ def test_rq1_quick_run_writes_results_with_provenance(default_model, tmp_path):
     assert res["answer"].endswith(".")
 
 
+@pytest.mark.heavy  # about a minute: outside the default run (python -m pytest -m heavy)
 def test_rq3_quick_run(default_model, tmp_path):
     out = harness.run_experiment("rq3.1", quick=True, out=tmp_path / "rq3", loaded_model=default_model)
     res = json.loads((out / "result.json").read_text())

@@ -34,6 +34,8 @@ def test_generate_command_writes_trace(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # compiles the unstacked layout of the real model (half a minute); the layouts are
+# compared on every engine path by tests/unit/model/test_unstacked_layout.py and the golden traces
 def test_generate_layout_unstacked_prints_the_same_run(tmp_path, capsys):
     args = ["generate", "--prompt", "The cat sat on the", "--max-steps", "5", "--threshold", "0.05",
             "--max-width", "2", "--no-colour"]
