@@ -32,25 +32,33 @@ def default_answer(tests: list[TestResult], design: Design) -> str:
 
 
 def tests_table(tests: list[dict], family: str | None = None, limit: int | None = None,
-                stability: dict[str, float] | None = None) -> str:
+                stability: dict[str, float] | None = None,
+                simultaneous: dict[str, tuple[float, float]] | None = None) -> str:
     """A markdown table of stored tests (one family, at most ``limit`` rows); with ``stability``
-    (column -> share of prompt resamples keeping the verdict) a stability column."""
+    (column -> share of prompt resamples keeping the verdict) a stability column, with
+    ``simultaneous`` (column -> CI adjusted for the family) a simultaneous-CI column."""
     rows = [t for t in tests if family is None or t["family"] == family]
     stab = stability is not None
+    sim = simultaneous is not None
     lines = ["| test | column | n | estimate [95% CI] | d_z | p (adj) | TOST p (adj) | verdict |"
-             + (" stability |" if stab else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if stab else "")]
+             + (" simultaneous CI |" if sim else "") + (" stability |" if stab else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if sim else "") + ("---|" if stab else "")]
     for t in rows[:limit]:
         name = t["hypothesis"] + (" (post hoc)" if t.get("post_hoc") else "")
         cell = ""
+        if simultaneous is not None:
+            lo, hi = simultaneous.get(t["column"], (float("nan"), float("nan")))
+            cell += f" [{fmt(lo)}, {fmt(hi)}] |" if np.isfinite(lo) else " n/a |"
         if stability is not None:
             v = stability.get(t["column"], float("nan"))
             shown = math.floor(v * 100) / 100 if np.isfinite(v) else v  # 0.797 shows as 0.79, not 0.80
-            cell = " n/a |" if not np.isfinite(v) else f" {shown:.2f}{' fragile' if v < FRAGILE else ''} |"
+            cell += " n/a |" if not np.isfinite(v) else f" {shown:.2f}{' fragile' if v < FRAGILE else ''} |"
         lines.append(f"| {name} | `{t['column']}` | {t['n']} | {fmt(t['estimate'])} "
                      f"[{fmt(t['lo'])}, {fmt(t['hi'])}] | {fmt(t['d_z'], '.2f')} | {fmt(t['p_adj'])} | "
                      f"{fmt(t['p_tost_adj'])} | {t['verdict']} |" + cell)
     if limit is not None and len(rows) > limit:
-        lines.append(f"| ... | {len(rows) - limit} more in result.json | | | | | | |" + (" |" if stab else ""))
+        lines.append(f"| ... | {len(rows) - limit} more in result.json | | | | | | |" + (" |" if stab else "")
+                     + (" |" if sim else ""))
     return "\n".join(lines)
 
 
@@ -77,25 +85,29 @@ def _floats(rows: list[dict], column: str) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
-def primary_extras(result: dict, folder: Path) -> tuple[dict[str, float], list[str]]:
+def primary_extras(result: dict, folder: Path) -> tuple[dict[str, float], dict[str, tuple[float, float]], list[str]]:
     """For the primary tests of a stored result whose per-prompt rows are on disk: the stability of
-    each verdict (:func:`statistics.stability`) and a per-genre table (mean [95% t CI] (n) per
-    genre). Tests computed elsewhere than from a rows.csv column get no entry."""
-    from tempo_jax.research.statistics import stability
+    each verdict (:func:`statistics.stability`), a simultaneous CI (:func:`statistics.simultaneous_ci`)
+    and a per-genre table (mean [95% t CI] (n) per genre). Tests computed elsewhere than from a
+    rows.csv column get no entry."""
+    from tempo_jax.research.statistics import simultaneous_ci, stability
 
     rows = _rows(folder)
     prim = [t for t in result["tests"] if t["family"] == "primary"]
     if not rows or not prim:
-        return {}, []
+        return {}, {}, []
     d = result["design"]
     genres = sorted({r.get("genre", "") for r in rows} - {""})
-    stab, lines = {}, []
+    stab, sim, lines = {}, {}, []
+    method = d["families"].get("primary", "holm")
+    rejected = sum(1 for t in prim if t.get("p_adj") is not None and t["p_adj"] < d["alpha"])
     for t in prim:
         if t["column"] not in rows[0] or t.get("note"):
             continue
         vals = _floats(rows, t["column"])
         stab[t["column"]] = stability(vals, {k: (np.nan if v is None else v) for k, v in t.items()},
                                       d["alpha"], seed=d.get("seed", 0))
+        sim[t["column"]] = simultaneous_ci(vals, len(prim), method, rejected, d["alpha"])
         cells = []
         for g in genres:
             v = vals[[r.get("genre") == g for r in rows]]
@@ -109,7 +121,7 @@ def primary_extras(result: dict, folder: Path) -> tuple[dict[str, float], list[s
     if lines:
         lines = ["| test | column | " + " | ".join(genres) + " |",
                  "|---|---|" + "---|" * len(genres)] + lines
-    return stab, lines
+    return stab, sim, lines
 
 
 def summary_md(result: dict) -> str:
@@ -235,7 +247,10 @@ def write_findings(project: Project, results_dir: Path | None = None, path: Path
            "declared family; CIs are BCa bootstrap over prompts unless a test's note says otherwise. "
            "Stability: the share of 1,000 prompt-bootstrap resamples in which a primary verdict keeps its "
            "kind (paired t test and TOST on each resample, with the correction the test received); "
-           "below 0.8 it is marked fragile. Each result states its model.", ""]
+           "below 0.8 it is marked fragile. The simultaneous CI is a t interval at the level the family's "
+           "correction implies (Holm: Bonferroni, 1 - alpha / k for k tests; Benjamini-Hochberg: the "
+           "false-coverage-rate level 1 - R alpha / k for R rejections), so it excludes 0 whenever the "
+           "Bonferroni-corrected t test would reject. Each result states its model.", ""]
     for r in results:
         d, prov = r["design"], r["provenance"]
         rel = Path(os.path.relpath(results_dir / r["id"], path.parent)).as_posix()  # links resolve from FINDINGS.md
@@ -247,8 +262,8 @@ def write_findings(project: Project, results_dir: Path | None = None, path: Path
                 f"Files: [summary]({rel}/summary.md), [result.json]({rel}/result.json), "
                 f"[per-prompt rows]({rel}/rows.csv).", "",
                 ]
-        stab, per_genre = primary_extras(r, results_dir / r["id"])
-        out += [tests_table(r["tests"], "primary", stability=stab), ""]
+        stab, sim, per_genre = primary_extras(r, results_dir / r["id"])
+        out += [tests_table(r["tests"], "primary", stability=stab, simultaneous=sim), ""]
         if per_genre:
             out += ["Per genre (mean [95% t CI] (n) of each primary test's per-prompt values):", "",
                     *per_genre, ""]

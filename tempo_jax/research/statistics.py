@@ -102,3 +102,13 @@ def stability(values, t: dict, alpha: float, n_resamples: int = 1000, seed: int 
     kinds = np.where(p_adj < alpha, np.where(mean > 0, "differs +", "differs -"),
                      np.where(p_tost_adj < alpha, "no effect", "cannot tell"))
     return float((kinds == want).mean())
+
+
+def simultaneous_ci(values, k: int, method: str, rejected: int, alpha: float = 0.05) -> tuple[float, float]:
+    """A t interval of the mean of ``values`` at the level a family of ``k`` tests corrected by
+    ``method`` implies: Holm -> Bonferroni (1 - alpha / k); "fdr_bh" -> the Benjamini-Yekutieli
+    false-coverage-rate level 1 - R alpha / k (``rejected`` = R, at least 1). NaNs for < 2 values."""
+    from tempo_jax import stats as S
+
+    level = alpha * (max(int(rejected), 1) if method == "fdr_bh" else 1) / max(int(k), 1)
+    return S.t_ci(values, 1 - level)

@@ -53,3 +53,18 @@ def test_tight_null_stays_no_effect_and_correction_is_applied():
 def test_too_few_values_give_nan():
     assert np.isnan(stability([1.0, 2.0], _test(np.array([1.0, 2.0, 3.5]), 0.1), 0.05))
     assert stability(np.array([1.0, 2.0, np.nan, 3.5]), _test(np.array([1.0, 2.0, 3.5]), 0.1), 0.05) >= 0
+
+
+def test_simultaneous_ci_levels():
+    """Holm families get Bonferroni intervals (1 - alpha / k), BH families the false-coverage-rate
+    level 1 - R alpha / k; both are the t interval at that level, wider than the 95% one."""
+    from tempo_jax.research.statistics import simultaneous_ci
+
+    x = np.random.default_rng(2).normal(0.3, 1.0, 50)
+    t99 = st.t.interval(0.99, 49, loc=x.mean(), scale=st.sem(x))
+    np.testing.assert_allclose(simultaneous_ci(x, 5, "holm", 3), t99, rtol=1e-10)
+    np.testing.assert_allclose(simultaneous_ci(x, 10, "fdr_bh", 2), t99, rtol=1e-10)
+    np.testing.assert_allclose(simultaneous_ci(x, 10, "fdr_bh", 0),
+                               st.t.interval(0.995, 49, loc=x.mean(), scale=st.sem(x)), rtol=1e-10)
+    lo95, hi95 = st.t.interval(0.95, 49, loc=x.mean(), scale=st.sem(x))
+    assert t99[0] < lo95 and hi95 < t99[1]
