@@ -9,8 +9,8 @@ tests/experiments/  this repository's research experiments and corpus
 tests/reference/    tests against independent references: HF transformers in torch float32, HF's GGUF
                     loader, the real default model
 All but the ``heavy`` ones run by default (`python -m pytest -q`); `-m heavy` runs those (minutes
-each: the real Gemma 3 270M against HF, the README walk, an rq3.1 quick run, the unstacked
-layout through the CLI). `-m "not slow"` leaves out the tests of more than a few
+each: the real Gemma 3 270M against HF, the README walk, and on the default model an rq3.1 quick
+run, the unstacked layout's pinned traces and CLI run, a second speculative setting). `-m "not slow"` leaves out the tests of more than a few
 seconds (every test that uses the ``default_model`` fixture is marked here; the others carry
 ``@pytest.mark.slow``); `python -m pytest -q tests/unit -m "not slow"` is the fast unit suite (tiny
 random models and hand-computed cases, about 2 minutes on 2 cores). `-m "not reference"` leaves out

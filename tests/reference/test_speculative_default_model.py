@@ -14,7 +14,7 @@ PROMPTS = ["The cat sat on the",
            "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"]  # ends on EOS early
 
 
-@pytest.mark.parametrize("k,g", [(22, 3), (10, 2)])
+@pytest.mark.parametrize("k,g", [(22, 3), pytest.param(10, 2, marks=pytest.mark.heavy)])
 def test_speculative_equals_greedy_on_the_default_model(default_model, k, g):
     m = default_model
     for prompt in PROMPTS:

@@ -34,6 +34,8 @@ def test_traces_equal_pinned(default_model):
     assert_pinned(traces(default_model), atol=2e-6, rtol=2e-5)
 
 
+@pytest.mark.heavy  # compiles the unstacked layout of the real model (40 s); in the default run the
+# layouts are compared on every engine path on tiny models (tests/unit/model/test_unstacked_layout.py)
 def test_unstacked_layout_gives_the_pinned_traces(default_model):
     """The decode layout (model.unstack_layers: per-layer weights, fused q/k/v and gate/up) runs
     the same engine: identical tokens, sets and pruning; floats within 5e-5 (the fused products
