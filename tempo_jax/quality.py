@@ -176,7 +176,6 @@ def cross_perplexity(scorer, prompt_text: str, continuation_text: str, bucket: i
     scorer's own tokenizer: ``nll_bytes`` = total negative log-likelihood (nats) / UTF-8 bytes of
     the continuation (comparable across tokenizers), ``ppl_tokens`` = exp(mean NLL per scorer
     token), ``n_tokens``. NaN for an empty continuation."""
-    import jax.numpy as jnp
 
     tok = scorer.tokenizer
     p = list(tok(prompt_text).input_ids)
@@ -186,15 +185,7 @@ def cross_perplexity(scorer, prompt_text: str, continuation_text: str, bucket: i
         return {"nll_bytes": nan, "ppl_tokens": nan, "n_tokens": 0.0}
     if not p:
         raise ValueError("cross_perplexity needs a prompt that tokenizes to at least one id")
-    seq = p + c
-    t = -(-len(seq) // bucket) * bucket
-    tokens = np.zeros(t, np.int32)
-    tokens[:len(seq)] = seq
-    targets = np.zeros(t, np.int32)
-    targets[:len(seq) - 1] = seq[1:]
-    lp = np.asarray(_logprob_fn()(scorer.params, scorer.cfg, jnp.asarray(tokens), jnp.asarray(targets)),
-                    np.float64)
-    nll = -lp[len(p) - 1: len(seq) - 1]
+    nll = _continuation_nll(scorer.params, scorer.cfg, p, c, bucket)
     return {"nll_bytes": float(nll.sum() / len(continuation_text.encode("utf-8"))),
             "ppl_tokens": float(math.exp(nll.mean())), "n_tokens": float(len(c))}
 
@@ -246,19 +237,12 @@ def _logprob_fn():
     return jax.jit(f, static_argnums=1)
 
 
-def self_perplexity(params, cfg, prompt_ids, continuation_ids, bucket: int = 32) -> float:
-    """Self-perplexity: perplexity of the continuation c under the SAME model given the prompt p,
-    ``exp(-1/|c| sum_i log P(c_i | p, c_<i))``, from one causal forward over p + c (padded with id
-    0 to a multiple of ``bucket`` so few lengths compile; padding comes after the real tokens and
-    the mask is causal, so it changes nothing). NaN for an empty continuation; the prompt needs at
-    least one token."""
+def _continuation_nll(params, cfg, p: list[int], c: list[int], bucket: int) -> np.ndarray:
+    """-log P(c_i | p, c_<i) for each continuation token ``[len(c)]`` (float64), from one causal
+    forward over p + c padded with id 0 to a multiple of ``bucket`` (padding after the real tokens
+    under a causal mask changes nothing; few lengths compile)."""
     import jax.numpy as jnp
 
-    p, c = [int(t) for t in prompt_ids], [int(t) for t in continuation_ids]
-    if not c:
-        return float("nan")
-    if not p:
-        raise ValueError("self_perplexity needs at least one prompt token to condition on")
     seq = p + c
     t = -(-len(seq) // bucket) * bucket
     tokens = np.zeros(t, np.int32)
@@ -266,8 +250,22 @@ def self_perplexity(params, cfg, prompt_ids, continuation_ids, bucket: int = 32)
     targets = np.zeros(t, np.int32)
     targets[:len(seq) - 1] = seq[1:]  # logits at i predict token i+1
     lp = np.asarray(_logprob_fn()(params, cfg, jnp.asarray(tokens), jnp.asarray(targets)), np.float64)
-    nll = -lp[len(p) - 1: len(seq) - 1]
-    return float(math.exp(nll.mean()))
+    return -lp[len(p) - 1: len(seq) - 1]
+
+
+def self_perplexity(params, cfg, prompt_ids, continuation_ids, bucket: int = 32) -> float:
+    """Self-perplexity: perplexity of the continuation c under the SAME model given the prompt p,
+    ``exp(-1/|c| sum_i log P(c_i | p, c_<i))``, from one causal forward over p + c (padded with id
+    0 to a multiple of ``bucket`` so few lengths compile; padding comes after the real tokens and
+    the mask is causal, so it changes nothing). NaN for an empty continuation; the prompt needs at
+    least one token."""
+
+    p, c = [int(t) for t in prompt_ids], [int(t) for t in continuation_ids]
+    if not c:
+        return float("nan")
+    if not p:
+        raise ValueError("self_perplexity needs at least one prompt token to condition on")
+    return float(math.exp(_continuation_nll(params, cfg, p, c, bucket).mean()))
 
 
 def _alive_members(step: dict) -> list[dict]:

@@ -154,19 +154,31 @@ class Context:
         import pickle
 
         for p in self.progress(self.prompts, desc):
-            path = None
-            if self.cache_dir is not None:
-                path = self.cache_dir / (hashlib.sha256(p.id.encode()).hexdigest()[:20] + ".pkl")
-                if path.exists():
-                    yield p, pickle.loads(path.read_bytes())
-                    continue
+            path = self._cache_path(p)
+            if path is not None and path.exists():
+                yield p, pickle.loads(path.read_bytes())
+                continue
             r = fn(p)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(pickle.dumps(r))
-                tmp.replace(path)
+            self._store(p, r)
             yield p, r
+
+    def _cache_path(self, p) -> Path | None:
+        """Where prompt ``p``'s result is cached (None: no cache)."""
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / (hashlib.sha256(p.id.encode()).hexdigest()[:20] + ".pkl")
+
+    def _store(self, p, r) -> None:
+        """Cache result ``r`` of prompt ``p`` atomically (a temporary file renamed)."""
+        import pickle
+
+        path = self._cache_path(p)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(r))
+        tmp.replace(path)
 
     def map_batched(self, fn_batch: Callable, batch: int = 8, desc: str = "prompts"):
         """Like :meth:`map`, but the prompts not yet cached are computed ``batch`` at a time by
@@ -180,11 +192,6 @@ class Context:
             raise ValueError(f"batch must be >= 1, got {batch}")
         missing = object()
 
-        def path_of(p):
-            if self.cache_dir is None:
-                return None
-            return self.cache_dir / (hashlib.sha256(p.id.encode()).hexdigest()[:20] + ".pkl")
-
         results: list = []
         pending: list[int] = []
 
@@ -194,18 +201,13 @@ class Context:
                 raise ValueError(f"fn_batch returned {len(got)} results for {len(pending)} prompts")
             for i, r in zip(pending, got):
                 results[i] = r
-                path = path_of(self.prompts[i])
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_bytes(pickle.dumps(r))
-                    tmp.replace(path)
+                self._store(self.prompts[i], r)
             pending.clear()
 
         bar = tqdm(total=len(self.prompts), desc=f"{self.design.id} {desc}".strip(), leave=False)
         nxt = 0  # the next prompt to hand out
         for i, p in enumerate(self.prompts):
-            path = path_of(p)
+            path = self._cache_path(p)
             if path is not None and path.exists():
                 results.append(pickle.loads(path.read_bytes()))
             else:

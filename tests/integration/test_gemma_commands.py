@@ -104,7 +104,12 @@ def test_other_methods(converted, tmp_path, method):
 
 
 def test_forward_and_search(converted, tmp_path, capsys):
+    capsys.readouterr()
     assert _main("forward", "--model", converted, "--prompt", PROMPT) == 0
+    printed = capsys.readouterr().out
+    # every layer reported; the sliding layers (window 4) cannot see the first token of 6
+    assert "next-token top-10" in printed and all(f"layer  {i}" in printed for i in range(3))
+    assert printed.count("first-token 0.000") >= 2
     assert _main("search", "--model", converted, "--budget", 12, "--max-steps", 6,
                  "--out", tmp_path / "search", PROMPT) == 0
     found = json.loads((tmp_path / "search" / "search.json").read_text())
