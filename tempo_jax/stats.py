@@ -116,15 +116,25 @@ def d_z(diffs) -> float:
 cohens_d_paired = d_z  # the older name
 
 
-def tost(diffs, margin: float, alpha: float = 0.05) -> dict:
+def tost(diffs, margin: float, alpha: float = 0.05, bound: float | None = None) -> dict:
     """Equivalence of the mean difference to 0 within ``(-margin, margin)``: two one-sided t tests
     (statsmodels ``DescrStatsW.ttost_mean``) -> ``{p, equivalent, ci_lo, ci_hi, margin, n}``.
     ``p`` is the larger one-sided p; ``equivalent`` = p < alpha, the same decision as the
-    (1 - 2 alpha) t interval (ci_lo, ci_hi) lying inside the margin."""
+    (1 - 2 alpha) t interval (ci_lo, ci_hi) lying inside the margin.
+
+    Differences identical on every prompt have no t statistic. What they show about the mean
+    depends on how large one prompt's difference could be: with ``bound`` (the largest possible
+    ``|difference|`` of one prompt, in the column's units: 1 for differences of 0/1 outcomes or of
+    proportions) the mean reaches the margin only if at least a share ``margin / bound`` of prompts
+    differ, and p is the exact chance ``(1 - margin / bound)^n`` of seeing none of n prompts differ.
+    Without a bound (logits, nats, log ratios) a rare prompt could move the mean by any amount, so
+    identical values support no equivalence claim: p = 1."""
     from statsmodels.stats.weightstats import DescrStatsW
 
     if margin is None or not np.isfinite(margin) or margin <= 0:
         raise ValueError(f"an equivalence margin must be > 0, got {margin}")
+    if bound is not None and not bound > 0:
+        raise ValueError(f"a bound on |difference| must be > 0, got {bound}")
     d = _clean(diffs)
     n = len(d)
     out = {"p": float("nan"), "equivalent": False, "ci_lo": float("nan"), "ci_hi": float("nan"),
@@ -132,12 +142,8 @@ def tost(diffs, margin: float, alpha: float = 0.05) -> dict:
     if n < 2:
         return out
     if np.ptp(d) == 0:
-        # No spread, so no t statistic. Equal values over n prompts still say little at small n
-        # (nine 0/1 differences that are all 0): p is the exact binomial chance (1 - m)^n of seeing
-        # no prompt differ if a fraction m of prompts differed by one unit. Exact for differences
-        # of 0/1 outcomes, conservative for columns whose steps are smaller than 1.
-        inside = bool(abs(d[0]) < margin)
-        p = float(max(0.0, 1.0 - margin) ** n) if inside else 1.0
+        inside = bool(abs(d[0]) < margin) and bound is not None
+        p = float(max(0.0, 1.0 - margin / bound) ** n) if inside else 1.0  # type: ignore[operator]
         return {**out, "p": p, "equivalent": bool(p < alpha),
                 "ci_lo": float(d[0]), "ci_hi": float(d[0])}
     p, _, _ = DescrStatsW(d).ttost_mean(-margin, margin)
@@ -175,12 +181,12 @@ def correct(pvalues, method: str = "holm", alpha: float = 0.05) -> Corrected:
 
 
 def summarize_paired(diffs, n_boot: int = 9999, ci: float = 0.95, seed: int = 0,
-                     margin: float | None = None, alpha: float = 0.05) -> dict:
+                     margin: float | None = None, alpha: float = 0.05, bound: float | None = None) -> dict:
     """Everything reported for one paired contrast over prompts (one difference per prompt, NaNs
     dropped): ``n``, ``mean``, ``sd``, ``d_z`` (alias ``d``), BCa bootstrap CI (``lo``, ``hi``),
     t CI (``t_lo``, ``t_hi``), two-sided sign-flip p (``p``, alias ``p_signflip``; ``exact``),
     two-sided one-sample t-test p (``p_t``); with ``margin`` also the TOST p (``p_tost``), the
-    verdict ``equivalent`` (p_tost < alpha, uncorrected) and ``margin``."""
+    verdict ``equivalent`` (p_tost < alpha, uncorrected) and ``margin`` (``bound``: see :func:`tost`)."""
     d = _clean(diffs)
     b = bootstrap_ci(d, n_boot=n_boot, ci=ci, seed=seed)
     sf = sign_flip_test(d, n_perm=n_boot, seed=seed)
@@ -193,7 +199,7 @@ def summarize_paired(diffs, n_boot: int = 9999, ci: float = 0.95, seed: int = 0,
            "t_lo": t_lo, "t_hi": t_hi, "p": sf["p"], "p_signflip": sf["p"], "exact": sf["exact"],
            "p_t": p_t, "ci": ci}
     if margin is not None:
-        t = tost(d, margin, alpha)
+        t = tost(d, margin, alpha, bound)
         out.update(p_tost=t["p"], equivalent=t["equivalent"], margin=float(margin))
     return out
 

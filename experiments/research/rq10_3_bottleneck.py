@@ -375,7 +375,7 @@ DESIGN = Design(
                    "band*_logj", "<0", family="bands", margin=LOG15),
         Hypothesis("BP", "removing one band's member edges lowers the last-layer probe's forced-choice "
                          "accuracy on q1 (same out-of-fold probes, cut residuals)", "band*_afc_drop", "<0",
-                   family="bands_probe"),
+                   family="bands_probe", bound=1.0),
     ),
     # Precomputed in run, per-column paired tests with Student t CIs (cheap for large families):
     # probe_q1 / probe_q2 = forced-choice accuracy - 0.5 per layer (> 0, margin 0.05, BH); table

@@ -50,7 +50,7 @@ DESIGN = Design(
         Hypothesis("R", "repeated 3-gram rate, boost - none (within +-0.05)", "rep3_boost_*", "=0",
                    family="secondary", margin=0.05),
         Hypothesis("F", "facts accuracy, boost - none (within +-0.1)", "correct_boost_*", "=0",
-                   family="secondary", margin=0.10),
+                   family="secondary", margin=0.10, bound=1.0),
         Hypothesis("K", "code parse rate, boost - none (within +-0.1)", "parses_boost_*", "=0",
                    family="secondary", margin=0.10),
     ),

@@ -57,7 +57,7 @@ DESIGN = Design(
         Hypothesis("P2", "the search's runner-up table changes self-perplexity by less than +-10% vs "
                          "all-isolated", "lppl_runner_isolated", "=0"),
         Hypothesis("F", "facts: clean-path accuracy changes by less than 10 points", "correct_*",
-                   "=0", family="facts", margin=0.10),
+                   "=0", family="facts", margin=0.10, bound=1.0),
         Hypothesis("C", "code: parse rate changes by less than 10 points", "parses_*", "=0",
                    family="code", margin=0.10),
         Hypothesis("H", "a head gives a visible sibling more attention per token than an earlier "

@@ -45,10 +45,10 @@ for c, what in (("lik", "the continuation likelihood"), ("gold", "the gold answe
                 ("parse", "parse validity (code)")):
     _H += [Hypothesis(f"G_{g}_{c}", f"{g} layers' pruning score agrees with {what} differently from "
                                     "all layers", f"d_{g}_{c}", ">0" if (g, c) in (
-                          ("late", "gold"), ("early", "parse"), ("late", "lik")) else "=0")
+                          ("late", "gold"), ("early", "parse"), ("late", "lik")) else "=0", bound=1.0)
            for g in GROUPS]
     _H.append(Hypothesis(f"F_{c}", f"dev-fitted layer weights agree with {what} better than all "
-                                   "layers on test", f"d_fitted_{c}", ">0"))
+                                   "layers on test", f"d_fitted_{c}", ">0", bound=1.0))
     _H.append(Hypothesis(f"C_{c}", f"all-layers pruning score agrees with {what} above chance (0.5)",
                          f"all_vs_chance_{c}", ">0", family="reference"))
     _H.append(Hypothesis(f"P_{c}", f"all-layers pruning score agrees with {what} more than the "

@@ -34,7 +34,7 @@ DESIGN = Design(
     hypotheses=(
         Hypothesis("F", "the pruned fraction changes by less than 5 points", "dpruned_*", "=0"),
         Hypothesis("G", "facts: gold retention at step 0 changes by less than 10 points",
-                   "dgold_*", "=0", family="facts", margin=0.10),
+                   "dgold_*", "=0", family="facts", margin=0.10, bound=1.0),
         Hypothesis("P", "self-perplexity changes by less than +-10%", "lppl_*", "=0",
                    family="quality", margin=float(np.log(1.1))),
         Hypothesis("K", "alive members per step change by less than 0.1", "dkept_*", "=0",

@@ -55,7 +55,7 @@ DESIGN = Design(
         Hypothesis("K", "cluster ratio (clusters per distinct token) of TEMPO minus the other "
                         "decoder's", "clus_*", "<0", family="clusters", margin=0.10),
         Hypothesis("V", "facts: gold first token among the tokens explored in steps 0-2, TEMPO "
-                        "minus the other decoder", "cov_*", ">0", family="coverage", margin=0.10),
+                        "minus the other decoder", "cov_*", ">0", family="coverage", margin=0.10, bound=1.0),
     ),
     margin=0.05,
     margin_note="0.05 cosine distance for spread; 0.10 for cluster ratio; 10 points for coverage",

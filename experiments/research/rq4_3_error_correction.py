@@ -56,9 +56,9 @@ DESIGN = Design(
         Hypothesis("F2", "facts: TEMPO with pruning recovers more often than greedy",
                    "d_recover_prune", ">0"),
         Hypothesis("C1", "code: TEMPO parses more often than greedy after an unmatched bracket is "
-                         "forced", "d_parse_tempo", ">0"),
+                         "forced", "d_parse_tempo", ">0", bound=1.0),
         Hypothesis("C2", "code: TEMPO with pruning parses more often than greedy",
-                   "d_parse_prune", ">0"),
+                   "d_parse_prune", ">0", bound=1.0),
         Hypothesis("A1", "with pruning, the clean path leaves the forced member at step 0 (it is "
                          "pruned) on some prompts", "avoid_prune", ">0", family="mechanism"),
         Hypothesis("V1", "facts: the gold's first token is a member of some later set more often "

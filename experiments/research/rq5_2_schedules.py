@@ -96,7 +96,7 @@ DESIGN = Design(
         Hypothesis("R", "repeated 3-gram rate within +-0.05 of constant 0.1's", "rep3_*", "=0",
                    family="diversity", margin=0.05),
         Hypothesis("F", "facts: clean-path accuracy within +-10 points of constant 0.1's",
-                   "correct_*", "=0", family="quality", margin=0.10),
+                   "correct_*", "=0", family="quality", margin=0.10, bound=1.0),
         Hypothesis("K", "code: parse rate within +-10 points of constant 0.1's", "parses_*", "=0",
                    family="quality", margin=0.10),
         Hypothesis("L", "the dev-learned schedule beats constant 0.1 on the declared objective J",

@@ -55,7 +55,7 @@ DESIGN = Design(
                          "output token than TEMPO (tau 0.1): log ratio > 0", "lcost_spec_vs_tempo",
                    ">0", family="efficiency", margin=float(np.log(1.1))),
         Hypothesis("H3", "speculative output equals greedy output (per-prompt mismatch = 0 within "
-                         "0.05)", "mismatch", "=0", family="identity", margin=0.05),
+                         "0.05)", "mismatch", "=0", family="identity", margin=0.05, bound=1.0),
     ),
     # precomputed over judged steps (prompt-cluster bootstrap, tests H1 and H4 in run()):
     # primary H1: draft rejection is more likely where TEMPO branches, AUROC of TEMPO's set size on

@@ -43,7 +43,7 @@ DESIGN = Design(
         Hypothesis("D", "direction does not matter: reverse vs visible self-perplexity within +-10%",
                    "lppl_reverse_visible", "=0"),
         Hypothesis("F", "facts: clean-path accuracy changes by less than 10 points vs isolated",
-                   "correct_*", "=0", family="facts", margin=0.10),
+                   "correct_*", "=0", family="facts", margin=0.10, bound=1.0),
         Hypothesis("C", "code: parse rate changes by less than 10 points vs isolated", "parses_*",
                    "=0", family="code", margin=0.10),
         Hypothesis("S", "mean set size changes by less than 0.2 members vs isolated", "setsize_*",

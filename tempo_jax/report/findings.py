@@ -6,6 +6,7 @@ linking every h2 (its h3s nested)."""
 from __future__ import annotations
 
 import base64
+import glob
 import html
 import os
 import re
@@ -179,11 +180,13 @@ def write_findings_html(findings_md, results_dir, out=None) -> Path:
     for part in parts:
         m = re.match(r"## (\S+)", part)
         details = None
-        if m:
-            summary = results_dir / m.group(1) / "summary.md"
-            if summary.exists():
-                text = re.sub(r"(?m)^# .*\n", "", summary.read_text(), count=1)
-                details = markdown(text, summary.parent, out.parent, shift=1)  # its "##" under the experiment
+        if m:  # the experiment's summary on each model it ran on (ID/, then ID@MODEL/)
+            summaries = [results_dir / m.group(1) / "summary.md",
+                         *sorted(results_dir.glob(f"{glob.escape(m.group(1))}@*/summary.md"))]
+            parts_html = [markdown(re.sub(r"(?m)^# .*\n", "", f.read_text(), count=1), f.parent, out.parent,
+                                   shift=1)  # its "##" under the experiment
+                          for f in summaries if f.exists()]
+            details = "\n".join(parts_html) or None
         main = heading_ids(markdown(part, base, out.parent), used, headings)
         sections.append({"html": main, "details": details and heading_ids(details, used, headings)})
     page = _env().get_template("findings.html.j2").render(

@@ -28,6 +28,8 @@ class Hypothesis:
     family: str = "primary"
     margin: float | None = None  # overrides the design's margin for this hypothesis
     sesoi: float | None = None  # smallest effect of interest, column units (None: the margin); power
+    bound: float | None = None  # largest possible |difference| of one prompt (1: 0/1 outcomes, shares);
+    # the equivalence test of differences identical on every prompt needs it (stats.tost)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,7 @@ class TestResult:
     margin: float = float("nan")
     note: str = ""
     post_hoc: bool = False  # added to the registration after a confirmatory result was seen
+    unit: str = "prompt"  # what one resampled value is: "prompt", or e.g. "prompt (hierarchical: heads)"
 
 
 @dataclasses.dataclass

@@ -184,11 +184,12 @@ def register(project, exp_id: str, pilot: Path, amend: str | None = None) -> Pat
 
 
 def result_seen(project, exp_id: str) -> bool:
-    """Whether a confirmatory result of ``exp_id`` exists (committed or in the results folder)."""
-    res = project.results / exp_id / "result.json"
-    if not res.exists():
-        return False
-    return (json.loads(res.read_text()).get("provenance") or {}).get("split") in CONFIRMATORY
+    """Whether a confirmatory result of ``exp_id`` exists on any model (committed or in the results
+    folder: ``ID`` and ``ID@MODEL``)."""
+    for res in [project.results / exp_id / "result.json", *project.results.glob(f"{exp_id}@*/result.json")]:
+        if res.exists() and (json.loads(res.read_text()).get("provenance") or {}).get("split") in CONFIRMATORY:
+            return True
+    return False
 
 
 def _git(root: Path, *args) -> str:

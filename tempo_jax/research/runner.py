@@ -43,6 +43,16 @@ def select_prompts(project: Project, design: Design, quick: bool, prompt_file: s
     return prompts, src
 
 
+def result_folder(exp_id: str, model: str | None) -> str:
+    """The committed results folder's name: ``ID`` for the default model (and a model given by
+    path), ``ID@NAME`` for another named model (``rq1.1c@gemma3-270m``), so one experiment keeps a
+    result per model family side by side."""
+    from tempo_jax.named_models import DEFAULT, named
+
+    m = named(model)
+    return exp_id if m is None or m.name == DEFAULT else f"{exp_id}@{m.name}"
+
+
 def check_existing(dest: Path, model_id: str, p_hash: str, corpus_hash: str | None, force: bool) -> None:
     """Refuse to replace a result of another model or corpus unless ``force``."""
     old = dest / "result.json"
@@ -80,12 +90,12 @@ def run_experiment(project: Project, exp_id: str, *, quick: bool = False, prompt
     elif quick or prompt_file is not None:
         dest = project.runs / f"{exp_id}-{'quick' if quick else 'custom'}"
     else:
-        dest = project.results / exp_id
+        dest = project.results / result_folder(exp_id, model)
     check_folder_destination(dest, "--out")
     if dest.exists() and any(dest.iterdir()) and not (dest / "result.json").exists():
         raise UsageError(f"--out {dest} is not empty and holds no experiment result (no result.json); "
                          "give a new or empty folder, or an earlier result folder to replace")
-    official = dest.resolve() == (project.results / exp_id).resolve()
+    official = dest.resolve() == (project.results / result_folder(exp_id, model)).resolve()
     if official and (quick or prompt_file is not None):
         raise UsageError("quick or prompt-file runs may not overwrite the committed results; give --out")
     seed = design.seed if seed is None else seed

@@ -14,7 +14,7 @@ from tempo_jax.research.design import Design, Hypothesis, Output, TestResult
 def paired_test(h: Hypothesis, column: str, values, margin: float, seed: int) -> TestResult:
     d = np.asarray(values, np.float64)
     d = d[np.isfinite(d)]
-    r = S.summarize_paired(d, n_boot=4999, seed=seed, margin=margin)
+    r = S.summarize_paired(d, n_boot=4999, seed=seed, margin=margin, bound=h.bound)
     return TestResult(hypothesis=h.name, column=column, family=h.family, expect=h.expect, n=r["n"],
                       estimate=r["mean"], lo=r["lo"], hi=r["hi"], p=r["p"], p_tost=r["p_tost"],
                       d_z=r["d_z"], margin=margin)
@@ -73,12 +73,14 @@ def category(estimate: float, p_adj: float, p_tost_adj: float, alpha: float) -> 
     return "cannot tell"
 
 
-def stability(values, t: dict, alpha: float, n_resamples: int = 1000, seed: int = 0) -> float:
+def stability(values, t: dict, alpha: float, n_resamples: int = 1000, seed: int = 0,
+              bound: float | None = None) -> float:
     """Share of prompt-bootstrap resamples (prompts drawn with replacement, same n) in which the test
     ``t`` (a stored test: estimate, p, p_adj, p_tost, p_tost_adj, margin) keeps its kind of verdict.
     Each resample is tested with the paired t test and TOST (fast stand-ins for the sign-flip test)
     and its p multiplied by the family correction the test received (p_adj / p), so the resamples
-    face the same bar. NaN when the test has fewer than 3 finite values. Below 0.8: fragile."""
+    face the same bar; a resample without spread gets :func:`stats.tost`'s rule (``bound``). NaN
+    when the test has fewer than 3 finite values. Below 0.8: fragile."""
     d = np.asarray(values, np.float64)
     d = d[np.isfinite(d)]
     n = len(d)
@@ -97,7 +99,8 @@ def stability(values, t: dict, alpha: float, n_resamples: int = 1000, seed: int 
         p = np.where(sd > 0, 2 * st.t.sf(np.abs(mean / se), n - 1), np.where(mean != 0, 0.0, 1.0))
         m = t["margin"]
         p_tost = np.where(sd > 0, np.maximum(st.t.sf((mean + m) / se, n - 1), st.t.cdf((mean - m) / se, n - 1)),
-                          np.where(np.abs(mean) < m, 0.0, 1.0))
+                          np.where((np.abs(mean) < m) & (bound is not None),
+                                   max(0.0, 1.0 - m / (bound or 1.0)) ** n, 1.0))
     p_adj, p_tost_adj = np.minimum(1.0, p * k), np.minimum(1.0, p_tost * k_tost)
     kinds = np.where(p_adj < alpha, np.where(mean > 0, "differs +", "differs -"),
                      np.where(p_tost_adj < alpha, "no effect", "cannot tell"))

@@ -179,10 +179,17 @@ def test_cluster_corr_detects_relation():
 
 def test_tost_zero_spread_needs_enough_prompts():
     # nine prompts whose 0/1 outcome never changed: (1 - 0.1)^9 = 0.387, not evidence of equivalence
-    few = S.tost(np.zeros(9), 0.10)
+    few = S.tost(np.zeros(9), 0.10, bound=1.0)
     assert few["p"] == pytest.approx(0.9 ** 9) and not few["equivalent"]
     # thirty such prompts: 0.9^30 = 0.042 < 0.05
-    many = S.tost(np.zeros(30), 0.10)
+    many = S.tost(np.zeros(30), 0.10, bound=1.0)
     assert many["p"] == pytest.approx(0.9 ** 30) and many["equivalent"]
-    # a constant difference outside the margin is never equivalent
+    # the same rule in other units: a margin of 0.2 percentage points on a 0..100 scale is a share
+    # 0.2 / 100 of prompts, not 0.2 of them
+    assert S.tost(np.zeros(30), 0.2, bound=100.0)["p"] == pytest.approx((1 - 0.002) ** 30)
+    # without a bound (a log ratio, logits) identical values support no equivalence at any n
+    unbounded = S.tost(np.zeros(10_000), 0.10)
+    assert unbounded["p"] == 1.0 and not unbounded["equivalent"]
+    with pytest.raises(ValueError, match="bound"):
+        S.tost(np.zeros(5), 0.1, bound=0.0)
     assert S.tost(np.full(50, 0.2), 0.10)["p"] == 1.0

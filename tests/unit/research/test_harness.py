@@ -392,3 +392,46 @@ def test_map_batched_computes_uncached_prompts_in_batches_and_resumes(tmp_path):
     assert len(calls) == 1 and len(calls[0]) == 2
     with pytest.raises(ValueError, match="batch must be >= 1"):
         list(ctx.map_batched(fn, batch=0))
+
+
+def test_result_folder_per_model_family():
+    assert runner.result_folder("rq1.1c", None) == "rq1.1c"
+    assert runner.result_folder("rq1.1c", "smollm2-135m") == "rq1.1c"
+    assert runner.result_folder("rq1.1c", "gemma3-270m") == "rq1.1c@gemma3-270m"
+    assert runner.result_folder("rq1.1c", "/some/converted/folder") == "rq1.1c"
+
+
+def _stored(eid, model, split, verdicts):
+    """A stored result whose primary tests have the given (column, expect, estimate, p_adj, p_tost_adj)."""
+    design = json.loads(json.dumps(dataclasses.asdict(toy_design(id=eid))))
+    tests = []
+    for col, expect, est, p, pt in verdicts:
+        t = dataclasses.asdict(R.TestResult(col.upper(), col, "primary", expect, 40, est, est - 0.1, est + 0.1,
+                                            p, pt, p_adj=p, p_tost_adj=pt, margin=MARGIN))
+        t["verdict"] = render.verdict(R.TestResult(**t), 0.05)
+        tests.append(t)
+    prov = {"n_prompts": 40, "split": split, "genres": ["prose"], "model": model}
+    return {"id": eid, "questions": ["9.9"], "title": eid, "design": design, "provenance": prov,
+            "tests": tests, "answer": f"answer {eid} on {model}"}
+
+
+def test_findings_show_each_model_and_where_predictions_hold(tmp_path):
+    """One experiment on two model families: one heading, a section per model, and per primary
+    test whether its registered prediction holds on both, one (which) or neither; confirmatory
+    results come before the exploratory record."""
+    both = [("eff", ">0", 0.5, 0.001, 1.0), ("null", "=0", 0.01, 1.0, 0.001), ("mixed", "<0", -0.4, 0.01, 1.0),
+            ("none", "<0", 0.3, 0.01, 1.0)]
+    other = [("eff", ">0", 0.6, 0.002, 1.0), ("null", "=0", 0.02, 1.0, 0.003), ("mixed", "<0", -0.1, 0.3, 0.4),
+             ("none", "<0", 0.0, 0.6, 0.5)]
+    for folder, model, rows in (("rq7.7", "default:SmolLM2", both), ("rq7.7@gemma3-270m", "gemma3-270m:g", other)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "result.json").write_text(json.dumps(_stored("rq7.7", model, "confirm", rows)))
+    (tmp_path / "rq1.9").mkdir()
+    (tmp_path / "rq1.9" / "result.json").write_text(json.dumps(_stored("rq1.9", "default:SmolLM2", "test", both)))
+    text = H.write_findings(tmp_path, tmp_path / "FINDINGS.md").read_text()
+    assert text.count("## rq7.7 ") == 1 and "### On default:SmolLM2" in text and "### On gemma3-270m:g" in text
+    assert text.index("# Confirmatory results") < text.index("## rq7.7 ") < text.index("# Exploratory record") \
+        < text.index("## rq1.9 ")
+    holds = {line.split("|")[2].strip(" `"): line.split("|")[-2].strip()
+             for line in text.splitlines() if line.startswith("| ") and line.count("|") == 6 and "`" in line}
+    assert holds == {"eff": "both", "null": "both", "mixed": "one (default:SmolLM2)", "none": "neither"}

@@ -68,3 +68,13 @@ def test_simultaneous_ci_levels():
                                st.t.interval(0.995, 49, loc=x.mean(), scale=st.sem(x)), rtol=1e-10)
     lo95, hi95 = st.t.interval(0.95, 49, loc=x.mean(), scale=st.sem(x))
     assert t99[0] < lo95 and hi95 < t99[1]
+
+
+def test_resamples_without_spread_follow_the_bounded_tost_rule():
+    """Forty 0/1 outcomes that never changed: "no effect within 0.1" (0.9^40 = 0.015) in every
+    resample when the column is bounded by 1; with no bound identical values prove nothing."""
+    zeros = np.zeros(40)
+    stored = {"estimate": 0.0, "p": 1.0, "p_adj": 1.0, "p_tost": 0.9 ** 40, "p_tost_adj": 0.9 ** 40,
+              "margin": 0.1}
+    assert stability(zeros, stored, 0.05, bound=1.0) == 1.0
+    assert stability(zeros, stored, 0.05, bound=None) == 0.0
