@@ -43,9 +43,10 @@ def add_parser(sub) -> None:
                                          "of its code; commit the file before the first result",
                         formatter_class=HelpFormatter)
     reg.add_argument("id", help="experiment id (its design's split must be confirmatory)")
-    reg.add_argument("--pilot", required=True, metavar="DIR",
+    reg.add_argument("--pilot", required=True, metavar="DIR", action="append",
                      help="a result folder of the same experiment on the dev split (`run ID --quick --out DIR`): "
-                          "its per-prompt SDs give the powered n")
+                          "its per-prompt SDs give the powered n; repeat it for a pilot on each model family "
+                          "(every pilot's n must be reached)")
     reg.add_argument("--amend", default=None, metavar="REASON",
                      help="change an existing registration; the reason, date and whether a confirmatory "
                           "result had been seen are recorded")
@@ -79,7 +80,7 @@ def main(args) -> int:
     if args.research_command == "register":
         from tempo_jax.research import registration
 
-        path = registration.register(project, args.id, Path(args.pilot), amend=args.amend)
+        path = registration.register(project, args.id, [Path(p) for p in args.pilot], amend=args.amend)
         print(registration.power_summary(path))
         print(f"wrote {path}; commit it before the first confirmatory result")
         return 0

@@ -117,18 +117,23 @@ def power_table(design: Design, pilot_rows: list[dict], n: int) -> list[dict]:
     return out
 
 
-def _read_pilot(pilot: Path) -> list[dict]:
+def _read_pilot(pilot: Path, exp_id: str) -> tuple[str, list[dict]]:
+    """(the pilot's model, its per-prompt rows), or a one-line refusal."""
     import csv
 
     res, rows = pilot / "result.json", pilot / "rows.csv"
     if not res.exists() or not rows.exists():
         raise UsageError(f"--pilot {pilot}: not a result folder (needs result.json and rows.csv)")
-    split = (json.loads(res.read_text()).get("provenance") or {}).get("split")
+    stored = json.loads(res.read_text())
+    if stored.get("id") != exp_id:
+        raise UsageError(f"--pilot {pilot}: a result of {stored.get('id')!r}, not of {exp_id}")
+    split = (stored.get("provenance") or {}).get("split")
     if split != "dev":
         raise UsageError(f"--pilot {pilot}: a pilot must run on the dev split (it ran on {split!r}); "
                          "use `tempo-jax research run ID --quick --out DIR`")
     with open(rows, newline="") as f:
-        return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return (str(stored["provenance"].get("model", "")),
+                [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)])
 
 
 def _num(v):
@@ -138,8 +143,10 @@ def _num(v):
         return v
 
 
-def register(project, exp_id: str, pilot: Path, amend: str | None = None) -> Path:
-    """Write (or amend) the registration of ``exp_id``; refuses what a registration cannot be."""
+def register(project, exp_id: str, pilot: Path | list[Path], amend: str | None = None) -> Path:
+    """Write (or amend) the registration of ``exp_id`` from one dev pilot per model family it will
+    run on (the power table has a row per pilot and test; every row's n must be reached); refuses
+    what a registration cannot be."""
     mod = project.get(exp_id)
     design: Design = mod.DESIGN
     design.check()
@@ -152,7 +159,12 @@ def register(project, exp_id: str, pilot: Path, amend: str | None = None) -> Pat
         raise UsageError(f"{exp_id} is registered ({path.name}); a change is an amendment: give --amend REASON")
     if old is None and amend is not None:
         raise UsageError(f"{exp_id} is not registered yet; register it first (without --amend)")
-    table = power_table(design, _read_pilot(Path(pilot)), n_used(design, project))
+    pilots = [Path(p) for p in (pilot if isinstance(pilot, (list, tuple)) else [pilot])]
+    n = n_used(design, project)
+    table = []
+    for p in pilots:
+        model, rows = _read_pilot(p, exp_id)
+        table += [{**row, "pilot_model": model} for row in power_table(design, rows, n)]
     for row in table:
         if not row["can_reject"]:
             raise UsageError(f"{exp_id}: test {row['hypothesis']} ({row['column']}) can never reject: the "
@@ -168,7 +180,7 @@ def register(project, exp_id: str, pilot: Path, amend: str | None = None) -> Pat
     today = datetime.date.today().isoformat()
     reg = {"id": exp_id, "registered": today, "design": json_safe(dataclasses.asdict(design)),
            "module_hash": combined_hash(files), "files": files, "power": json_safe(table),
-           "pilot": str(pilot), "amendments": [], "post_hoc": []}
+           "pilot": [str(p) for p in pilots], "amendments": [], "post_hoc": []}
     if old is not None:
         seen = result_seen(project, exp_id)
         before = {h["name"] for h in old["design"]["hypotheses"]}
@@ -225,8 +237,8 @@ def check_run(project, exp_id: str, mod) -> dict:
                          f"({short[0]['column']} needs n={short[0]['n_needed']}); amend it")
     return {"commit": commit, "module_hash": reg["module_hash"], "post_hoc": reg.get("post_hoc", []),
             "amendments": len(reg.get("amendments", [])),
-            "power": [{k: r[k] for k in ("hypothesis", "column", "n_needed", "n_used", "pilot_sd")}
-                      for r in reg["power"]]}
+            "power": [{k: r.get(k) for k in ("hypothesis", "column", "pilot_model", "n_needed", "n_used",
+                                              "pilot_sd")} for r in reg["power"]]}
 
 
 def registration_line(prov: dict) -> str:
@@ -234,7 +246,8 @@ def registration_line(prov: dict) -> str:
     reg = prov.get("registration")
     if not reg:
         return ""
-    need = "; ".join(f"{r['column']} {r['n_needed']} / {r['n_used']}" for r in reg.get("power", []))
+    need = "; ".join(f"{r['column']}{' (' + r['pilot_model'] + ')' if r.get('pilot_model') else ''} "
+                     f"{r['n_needed']} / {r['n_used']}" for r in reg.get("power", []))
     post = ", ".join(reg.get("post_hoc", [])) or "none"
     return (f"Registered before this result at commit {reg['commit'][:10]} ({reg['amendments']} "
             f"amendment(s)); tests added after a result (post hoc): {post}. n needed for 80% power / "
@@ -244,12 +257,15 @@ def registration_line(prov: dict) -> str:
 def power_summary(path: Path) -> str:
     """The registration's power table as markdown (n needed vs n used per test)."""
     reg = json.loads(Path(path).read_text())
-    lines = [f"{reg['id']}: power at 80%, corrected alpha per family (pilot {reg['pilot']})",
-             "| test | column | expect | pilot SD (n) | smallest effect | alpha | n diff | n TOST | n used | p floor |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    pilots = reg["pilot"] if isinstance(reg["pilot"], list) else [reg["pilot"]]
+    lines = [f"{reg['id']}: power at 80%, corrected alpha per family (pilots {', '.join(pilots)})",
+             "| test | column | pilot model | expect | pilot SD (n) | smallest effect | alpha | n diff | n TOST "
+             "| n used | p floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reg["power"]:
         lines.append(f"| {r['hypothesis']}{' (post hoc)' if r['hypothesis'] in reg['post_hoc'] else ''} | "
-                     f"`{r['column']}` | {r['expect']} | {r['pilot_sd']:.3g} ({r['pilot_n']}) | "
+                     f"`{r['column']}` | {r.get('pilot_model', '')} | {r['expect']} | "
+                     f"{r['pilot_sd']:.3g} ({r['pilot_n']}) | "
                      f"{r['smallest_effect']:.3g} | {r['alpha_corrected']:.3g} | {r['n_difference']} | "
                      f"{r['n_tost']} | {r['n_used']} | {r['p_floor']:.2g} |")
     for a in reg["amendments"]:

@@ -177,7 +177,26 @@ def test_underpowered_designs_and_tests_that_cannot_reject(repo, tmp_path):
 def test_a_pilot_must_come_from_the_dev_split(repo, tmp_path):
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "result.json").write_text(json.dumps({"provenance": {"split": "confirm"}}))
+    (fake / "result.json").write_text(json.dumps({"id": "toyc", "provenance": {"split": "confirm"}}))
     (fake / "rows.csv").write_text("prompt_id,eff,null\na,1,0\nb,2,0\n")
     with pytest.raises(UsageError, match="dev split"):
         registration.register(repo.project, "toyc", fake)
+    (fake / "result.json").write_text(json.dumps({"id": "other", "provenance": {"split": "dev"}}))
+    with pytest.raises(UsageError, match="a result of 'other', not of toyc"):
+        registration.register(repo.project, "toyc", fake)
+
+
+def test_one_pilot_per_model_family_and_every_n_must_be_reached(repo, tmp_path):
+    """Two pilots (one per family): a power row per pilot and test, each naming its model; the
+    design is refused when the noisier pilot's n is out of reach although the other's is not."""
+    quiet = pilot(repo, tmp_path)
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    stored = json.loads((quiet / "result.json").read_text())
+    stored["provenance"]["model"] = "gemma3-270m:toy"
+    (noisy / "result.json").write_text(json.dumps(stored))
+    (noisy / "rows.csv").write_text("prompt_id,eff,null\na,40,0\nb,-40,0.1\nc,35,-0.1\n")
+    with pytest.raises(UsageError, match="underpowered"):
+        registration.register(repo.project, "toyc", [quiet, noisy])
+    reg = json.loads(registration.register(repo.project, "toyc", [quiet]).read_text())
+    assert {r["pilot_model"] for r in reg["power"]} == {"toy:model"}
