@@ -62,10 +62,14 @@ def probe_forward(params, mcfg: ModelConfig, cache: KVCache, plen, members, prob
     tokens = jnp.concatenate([members, jnp.stack([probe_token, probe_token])])
     pos = jnp.concatenate([member_pos, jnp.stack([probe_pos, probe_pos], 1)], axis=1)
     slots = plen + jnp.arange(t)
+    key_pos = None
+    if mcfg.has_window:  # sliding-window layers need every slot's position: prompt slot i at i
+        base = jnp.where(alive, k, 0).astype(jnp.float32)
+        key_pos = jax.vmap(lambda p: jax.lax.dynamic_update_slice(base, p, (plen,)))(pos)  # [D,K]
     big = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (x.shape[0], d) + x.shape[2:]), cache)
     logits, _, taps = forward(params, mcfg, jnp.broadcast_to(tokens, (d, t)), pos,
                               jnp.broadcast_to(slots, (d, t)), jnp.broadcast_to(mask, (d, t, K)),
-                              big, TapsSpec(attn=True))
+                              big, TapsSpec(attn=True), key_pos=key_pos)
     a = taps["attn"][:, :, :, n, :]  # probe row [L,D,H,K]
     member_attn = jax.vmap(lambda row: jax.lax.dynamic_slice_in_dim(row, plen, n, axis=-1),
                            in_axes=1, out_axes=1)(a)

@@ -296,7 +296,8 @@ HOLDS = {"<0": "differs -", ">0": "differs +", "=0": "no effect"}
 
 def holds_table(members: list[dict]) -> list[str]:
     """Per primary test of an experiment run on several models: each model's verdict and whether
-    the registered prediction (``expect``) holds on all, some or none of them."""
+    the registered prediction (``expect``: "<0" / ">0" a significant difference that way, "=0" a
+    significant TOST at the margin) holds on all, some or none of them."""
     from tempo_jax.research.statistics import category
 
     names = [_model_name(r) for r in members]
@@ -313,9 +314,12 @@ def holds_table(members: list[dict]) -> list[str]:
             if t is None or t["p_adj"] is None or t["p_tost_adj"] is None:
                 cells.append("not run")
                 continue
-            kind = category(t["estimate"], t["p_adj"], t["p_tost_adj"], r["design"]["alpha"])
+            alpha = r["design"]["alpha"]
+            kind = category(t["estimate"], t["p_adj"], t["p_tost_adj"], alpha)
             cells.append(t["verdict"])
-            if HOLDS.get(t["expect"]) == kind:
+            # "=0" predicts equivalence within the margin: it holds when the TOST rejects, even
+            # beside a significant difference that lies inside the margin
+            if HOLDS.get(t["expect"]) == kind or (t["expect"] == "=0" and t["p_tost_adj"] < alpha):
                 held.append(name)
         run = sum(x != "not run" for x in cells)
         if run == 2:
