@@ -2,7 +2,7 @@
 
 The unit is the prompt and every declared test is one-sample on the per-prompt differences ``d``:
 
-* the difference test (two-sided, paired t: ``statsmodels``' ``TTestPower``) needs
+* the difference test (two-sided, paired t; noncentral t power as ``statsmodels``' ``TTestPower``) needs
   :func:`n_for_difference` prompts to detect a true mean ``effect`` (the smallest effect of interest)
   with the given power;
 * the equivalence test (TOST at ``+-margin``) needs :func:`n_for_tost` prompts to conclude "no effect"
@@ -33,18 +33,47 @@ def family_alpha(alpha: float, k: int) -> float:
 
 def n_for_difference(sd: float, effect: float, alpha: float, power: float = 0.8) -> int:
     """Prompts for a two-sided paired t test to detect a mean difference ``effect`` with ``power``."""
-    from statsmodels.stats.power import TTestPower
-
     if not effect:
         raise ValueError("the smallest effect of interest must be nonzero")
     if not sd > 0:  # no spread: any n >= 2 detects a nonzero mean
         return 2
     es = abs(effect) / sd
-    solver = TTestPower()
-    if solver.power(effect_size=es, nobs=2, alpha=alpha, alternative="two-sided") >= power:
-        return 2
-    n = solver.solve_power(effect_size=es, alpha=alpha, power=power, alternative="two-sided")
-    return int(math.ceil(float(np.squeeze(n))))
+    return _first_n(lambda n: t_power(es, n, alpha), power)
+
+
+def t_power(es: float, n: int, alpha: float) -> float:
+    """Power of the two-sided one-sample t test at standardized effect ``es`` with ``n`` values: the
+    noncentral t tail beyond the critical value (scipy ``nct``, the same as statsmodels'
+    ``TTestPower.power``); where ``nct`` returns NaN (a huge noncentrality at few df) the same tail
+    by quadrature over the chi-square variance: E_V[Phi(nc - t sqrt(V/df)) + Phi(-nc - t sqrt(V/df))]."""
+    from scipy.integrate import quad
+
+    df, nc = n - 1, es * math.sqrt(n)
+    t = st.t.ppf(1 - alpha / 2, df)
+    p = st.nct.sf(t, df, nc) + st.nct.cdf(-t, df, nc)
+    if np.isfinite(p):
+        return float(p)
+    tail = lambda v: (st.norm.sf(t * math.sqrt(v / df) - nc) + st.norm.cdf(-t * math.sqrt(v / df) - nc)) \
+        * st.chi2.pdf(v, df)  # noqa: E731
+    return float(min(1.0, quad(tail, 0, np.inf, limit=200)[0]))
+
+
+def _first_n(pw, power: float) -> int:
+    """The smallest n >= 2 with ``pw(n) >= power`` for a power function increasing in n (doubling,
+    then bisection; ``N_MAX + 1``: beyond reach). statsmodels' ``solve_power`` root finder can fail to
+    converge (it returns NaN), so the search is done here."""
+    lo, hi = 2, 2
+    while pw(hi) < power:
+        if hi > N_MAX:
+            return N_MAX + 1
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pw(mid) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def tost_power(n: int, sd: float, margin: float, alpha: float, true_effect: float = 0.0) -> float:
@@ -65,18 +94,7 @@ def n_for_tost(sd: float, margin: float, alpha: float, power: float = 0.8, true_
         raise ValueError("the equivalence margin must be > 0")
     if abs(true_effect) >= margin:
         return N_MAX + 1
-    lo, hi = 2, 2
-    while tost_power(hi, sd, margin, alpha, true_effect) < power:
-        if hi > N_MAX:
-            return N_MAX + 1
-        lo, hi = hi, hi * 2
-    while lo < hi:  # power grows with n: the first n that reaches it
-        mid = (lo + hi) // 2
-        if tost_power(mid, sd, margin, alpha, true_effect) >= power:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return _first_n(lambda n: tost_power(n, sd, margin, alpha, true_effect), power)
 
 
 def p_floor(n: int, n_perm: int = 4999, exact_max: int = 12) -> float:

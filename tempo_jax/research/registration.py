@@ -3,7 +3,8 @@
 hash of the experiment module and every repository module it imports), to be committed before the
 first confirmatory result. A run on a confirmatory split (:data:`CONFIRMATORY`) refuses, one line
 each, a dirty tree, a missing or uncommitted registration, a module whose hash differs from the
-registered one, and an underpowered design that is not declared exploratory. A later change is an
+registered one, and a design whose primary tests are underpowered and that is not declared
+exploratory (secondary families get a power row too, for the record, but do not block). A later change is an
 amendment (reason, date, whether a confirmatory result had been seen); a hypothesis added after a
 result was seen is listed in ``post_hoc`` and its tests are labelled so in result.json and FINDINGS.
 """
@@ -170,7 +171,7 @@ def register(project, exp_id: str, pilot: Path | list[Path], amend: str | None =
             raise UsageError(f"{exp_id}: test {row['hypothesis']} ({row['column']}) can never reject: the "
                              f"smallest p at n={row['n_used']} is {row['p_floor']:.3g} > corrected alpha "
                              f"{row['alpha_corrected']:.3g}")
-    short = [r for r in table if not r["powered"]]
+    short = [r for r in table if not r["powered"] and r["family"] == "primary"]  # secondary: reported
     if short and not design.exploratory:
         r = short[0]
         raise UsageError(f"{exp_id}: underpowered: {r['hypothesis']} ({r['column']}) needs n={r['n_needed']} "
@@ -231,7 +232,7 @@ def check_run(project, exp_id: str, mod) -> dict:
         changed = sorted(f for f in set(files) | set(reg["files"]) if files.get(f) != reg["files"].get(f))
         raise UsageError(f"{exp_id}: the experiment's code differs from its registration ({', '.join(changed[:3])}"
                          f"{' ...' if len(changed) > 3 else ''}); register an amendment with --amend REASON")
-    short = [r for r in reg["power"] if not r["powered"]]
+    short = [r for r in reg["power"] if not r["powered"] and r["family"] == "primary"]
     if short and not reg["design"].get("exploratory"):
         raise UsageError(f"{exp_id}: the registration records an underpowered design "
                          f"({short[0]['column']} needs n={short[0]['n_needed']}); amend it")

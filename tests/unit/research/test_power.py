@@ -68,3 +68,15 @@ def test_family_alpha_and_bad_inputs():
         P.n_for_difference(1.0, 0.0, 0.05)
     with pytest.raises(ValueError, match="margin"):
         P.n_for_tost(1.0, 0.0, 0.05)
+
+
+def test_power_where_the_library_root_finder_and_nct_fail():
+    """A very precise column in a large family (sd 0.05, effect log 1.1, alpha 0.05/30): statsmodels'
+    solve_power does not converge there and its power is NaN at some n; the search here gives the
+    smallest n whose simulated power reaches 80%. At 2 values and a huge effect (scipy's nct returns
+    NaN) the quadrature matches a simulation."""
+    rng = np.random.default_rng(1)
+    n = P.n_for_difference(sd=0.05, effect=0.0953, alpha=0.05 / 30)
+    assert n == 10
+    assert _sim_t_power(n, 0.0953, 0.05, 0.05 / 30, rng) > 0.85 and _sim_t_power(n - 1, 0.0953, 0.05, 0.05 / 30, rng) < 0.82
+    assert abs(P.t_power(95.3, 2, 0.0017) - _sim_t_power(2, 95.3, 1.0, 0.0017, rng)) < 0.03

@@ -200,3 +200,19 @@ def test_one_pilot_per_model_family_and_every_n_must_be_reached(repo, tmp_path):
         registration.register(repo.project, "toyc", [quiet, noisy])
     reg = json.loads(registration.register(repo.project, "toyc", [quiet]).read_text())
     assert {r["pilot_model"] for r in reg["power"]} == {"toy:model"}
+
+
+def test_an_underpowered_secondary_test_is_recorded_but_does_not_block(repo, tmp_path):
+    """A secondary test on the noisy column with a tiny smallest effect: its power row says it is
+    underpowered, and the design (whose primary tests are powered) registers."""
+    write_module(repo.pkg, n=None, extra='\n                Hypothesis("S", "tiny", "eff", ">0", family="more", '
+                                          'sesoi=0.01),')
+    text = (repo.pkg / "rq_toy.py").read_text().replace('exploratory=False)', 'exploratory=False, '
+                                                        'families={"primary": "holm", "more": "holm"})')
+    (repo.pkg / "rq_toy.py").write_text(text)
+    importlib.invalidate_caches()
+    if "toyreg.rq_toy" in sys.modules:
+        importlib.reload(sys.modules["toyreg.rq_toy"])
+    reg = json.loads(registration.register(repo.project, "toyc", pilot(repo, tmp_path)).read_text())
+    powered = {r["hypothesis"]: r["powered"] for r in reg["power"]}
+    assert powered == {"E": True, "N": True, "S": False}
