@@ -74,7 +74,7 @@ DESIGN = Design(
     families={"primary": "holm", "controls": "holm", "budget": "holm", "layers": "fdr_bh",
               "layers_spread": "fdr_bh"},
     split="confirm",
-    n_per_genre=None,
+    n_per_genre=100,  # 300 prompts: the pilots' largest powered n for a primary test is 61
     quick_n=10,
     caveats=(
         "Forced one-step sets of isolated siblings with a probe 20 positions later: a controlled "
