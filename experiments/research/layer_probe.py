@@ -54,22 +54,36 @@ def write_set(params, mcfg: ModelConfig, cache: KVCache, plen, members, n: int):
     mask = step_mask(alive, slot_step, 0, plen, n, n, jnp.zeros((1, 1), jnp.int32))[0, 0]  # [n,K]
     pos = jnp.full((1, n), plen, jnp.float32)
     slots = (plen + jnp.arange(n))[None]
-    logits, cache, _ = forward(params, mcfg, members[None], pos, slots, mask[None], cache)
+    logits, cache, _ = forward(params, mcfg, members[None], pos, slots, mask[None], cache,
+                               key_pos=_key_pos(mcfg, K, plen, plen + n, plen))
     return logits[0, 0], cache
+
+
+def _key_pos(mcfg: ModelConfig, K: int, plen, end, pos_after):
+    """Sliding-window models only: every slot's position ``[1,K]`` (prompt slot i at i, the set's
+    slots ``plen..end-1`` at ``plen``, slot ``end`` at ``pos_after``); None for other models."""
+    if not mcfg.has_window:
+        return None
+    k = jnp.arange(K)
+    kp = jnp.where(k < plen, k, jnp.where(k < end, plen, jnp.where(k == end, pos_after, 0)))
+    return kp.astype(jnp.float32)[None]
 
 
 @functools.partial(jax.jit, static_argnames=("mcfg", "lens"))
 def probe_worlds(params, mcfg: ModelConfig, cache: KVCache, token, pos, slot, mask, bias, lens: bool):
-    """The probe token at ``pos`` / ``slot`` in B worlds: ``mask[B,L,1,1,K]``, ``bias[B,L,1,K]``.
+    """The probe token at ``pos`` / ``slot`` in B worlds (the set at position ``pos - 1`` in the slots
+    from the prompt's end to ``slot - 1``): ``mask[B,L,1,1,K]``, ``bias[B,L,1,K]``.
     Returns ``logp[B,V]`` (final log-probs), ``attn[L,B,H,K]`` and, if ``lens``, the logit-lens
     log-probs of worlds 0 and B-1 per layer ``lens[L,2,V]``."""
     b = max(mask.shape[0], bias.shape[0])
     mask = jnp.broadcast_to(mask, (b,) + mask.shape[1:])
     big = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (x.shape[0], b) + x.shape[2:]), cache)
+    kp = _key_pos(mcfg, cache.capacity, pos - 1, slot, pos)  # members at P = pos - 1 in slots P..slot-1
     logits, _, taps = forward(params, mcfg, jnp.full((b, 1), token, jnp.int32),
                               jnp.full((b, 1), pos, jnp.float32), jnp.full((b, 1), slot, jnp.int32),
                               mask, big, TapsSpec(attn=True, resid=lens),
-                              interventions=Interventions(attn_bias=bias))
+                              interventions=Interventions(attn_bias=bias),
+                              key_pos=None if kp is None else jnp.broadcast_to(kp, (b, kp.shape[1])))
     out = {"logp": jax.nn.log_softmax(logits[:, 0]), "attn": taps["attn"][:, :, :, 0, :]}
     if lens:
         r = taps["resid"][:, jnp.array([0, b - 1]), 0]  # [L,2,E]

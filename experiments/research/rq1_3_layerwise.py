@@ -28,7 +28,13 @@ from tempo_jax import stats as S
 
 N_SET = 5
 EPS = 1e-4  # nats, added to KLs before logs (a KL below it counts as no change)
-THIRDS = ((0, 10), (10, 20), (20, 30))
+THIRDS = ((0, 10), (10, 20), (20, 30))  # SmolLM2's 30 layers; thirds(L) in general
+
+
+def thirds(L: int) -> tuple[tuple[int, int], ...]:
+    """Early, middle and late layer ranges of an L-layer model (THIRDS for L = 30)."""
+    a, b = L // 3, 2 * L // 3
+    return ((0, a), (a, b), (b, L))
 LOG15 = float(np.log(1.5))
 
 DESIGN = Design(
@@ -97,7 +103,7 @@ def run(ctx) -> Output:
     for p, r in ctx.map(one):
         row = {"prompt_id": p.id, "genre": p.genre, "probe_token": r.probe_token, "kl_full": r.kl_full}
         f = 1 - r.kl_edges / r.kl_full if r.kl_full > EPS else np.full(L + 1, np.nan)
-        (a, b), (c, d), (e, g) = THIRDS
+        (a, b), (c, d), (e, g) = thirds(L)
         row["deliv_early"], row["deliv_mid"], row["deliv_late"] = f[b] - f[a], f[d] - f[c], f[g] - f[e]
         row["deliv_early_minus_late"] = row["deliv_early"] - row["deliv_late"]
         lb = np.log(np.maximum(r.kl_boost, 0) + EPS)
