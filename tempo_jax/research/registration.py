@@ -242,17 +242,20 @@ def check_run(project, exp_id: str, mod) -> dict:
                                               "pilot_sd")} for r in reg["power"]]}
 
 
-def registration_line(prov: dict) -> str:
-    """How FINDINGS and summary.md state a result's registration (empty when it has none)."""
+def registration_line(prov: dict, design: dict | None = None) -> str:
+    """How FINDINGS and summary.md state a result's registration (empty when it has none); with the
+    stored ``design``, n needed vs used is given for the primary tests only."""
     reg = prov.get("registration")
     if not reg:
         return ""
+    primary = None if design is None else {h["name"] for h in design["hypotheses"] if h["family"] == "primary"}
+    rows = [r for r in reg.get("power", []) if primary is None or r["hypothesis"] in primary]
     need = "; ".join(f"{r['column']}{' (' + r['pilot_model'] + ')' if r.get('pilot_model') else ''} "
-                     f"{r['n_needed']} / {r['n_used']}" for r in reg.get("power", []))
+                     f"{r['n_needed']} / {r['n_used']}" for r in rows)
     post = ", ".join(reg.get("post_hoc", [])) or "none"
     return (f"Registered before this result at commit {reg['commit'][:10]} ({reg['amendments']} "
             f"amendment(s)); tests added after a result (post hoc): {post}. n needed for 80% power / "
-            f"n used: {need}.")
+            f"n used{' (primary tests, each pilot)' if primary is not None else ''}: {need}.")
 
 
 def power_summary(path: Path) -> str:

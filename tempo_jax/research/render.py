@@ -138,7 +138,7 @@ def summary_md(result: dict) -> str:
            f"Primary metric: {d['primary_metric']}. Contrast: {d['contrast']}.", ""]
     for fam, method in d["families"].items():
         out += [f"## Family `{fam}` (correction: {method})", "", tests_table(result["tests"], fam, 40), ""]
-    if line := registration_line(prov):
+    if line := registration_line(prov, d):
         out += [line, ""]
     if result.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
@@ -365,7 +365,7 @@ def _entry(r: dict, folder: Path, results_dir: Path, path: Path) -> list[str]:
     if per_genre:
         out += ["Per genre (mean [95% t CI] (n) of each primary test's per-prompt values):", "",
                 *per_genre, ""]
-    if line := registration_line(prov):
+    if line := registration_line(prov, d):
         out += [line, ""]
     figs = sorted(folder.glob("fig_*.png"))
     if figs:
