@@ -216,3 +216,23 @@ def test_an_underpowered_secondary_test_is_recorded_but_does_not_block(repo, tmp
     reg = json.loads(registration.register(repo.project, "toyc", pilot(repo, tmp_path)).read_text())
     powered = {r["hypothesis"]: r["powered"] for r in reg["power"]}
     assert powered == {"E": True, "N": True, "S": False}
+
+
+def test_a_confirmatory_design_from_an_exploratory_one():
+    """experiments/research/confirm.py: one primary test, the other former primaries secondary, the
+    confirm split, and an unknown primary refused."""
+    from experiments.research.confirm import confirmatory
+    from tempo_jax.research import Design, Hypothesis
+
+    base = Design(id="x", questions=("9.9",), title="x", primary_metric="m", contrast="c",
+                  hypotheses=(Hypothesis("A", "a", "a", ">0"), Hypothesis("B", "b", "b", "=0"),
+                              Hypothesis("L", "l", "L*", "<0", family="layers")),
+                  margin=0.1, margin_note="u", metrics=("a", "b", "L*"),
+                  families={"primary": "holm", "layers": "fdr_bh"}, caveats=("One model (X).", "kept"))
+    d = confirmatory(base, id="xc", title="xc", primary="B", n_per_genre=40, sesoi=0.2)
+    d.check()
+    assert [(h.name, h.family) for h in d.hypotheses] == [("A", "secondary"), ("B", "primary"), ("L", "layers")]
+    assert d.hypotheses[1].sesoi == 0.2 and d.split == "confirm" and d.n_per_genre == 40
+    assert d.caveats == ("kept",) and d.families["secondary"] == "holm"
+    with pytest.raises(ValueError, match="no hypothesis 'Z'"):
+        confirmatory(base, id="xc", title="xc", primary="Z", n_per_genre=40)

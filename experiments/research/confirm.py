@@ -1,0 +1,32 @@
+"""A confirmatory design from an exploratory one whose instrument and per-prompt statistics stand:
+the same ``run``, ONE primary test (the others demoted to a ``secondary`` family), the confirm split,
+an n chosen from the dev pilots' power analysis, and both model families."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tempo_jax.research import Design
+
+
+def confirmatory(base: Design, *, id: str, title: str, primary: str, n_per_genre: int,
+                 sesoi: float | None = None, caveats: tuple[str, ...] = (), quick_n: int = 10) -> Design:
+    """``base`` with hypothesis ``primary`` (its name) the only primary test (``sesoi``: its smallest
+    effect of interest), every other former primary in family ``secondary`` (Holm), the ``confirm``
+    split, ``n_per_genre`` prompts per genre; caveats naming one model are dropped, ``caveats`` added."""
+    names = [h.name for h in base.hypotheses]
+    if primary not in names:
+        raise ValueError(f"{base.id} has no hypothesis {primary!r}; it has {', '.join(names)}")
+    hyps = []
+    for h in base.hypotheses:
+        if h.name == primary:
+            hyps.append(dataclasses.replace(h, family="primary", sesoi=h.sesoi if sesoi is None else sesoi))
+        elif h.family == "primary":
+            hyps.append(dataclasses.replace(h, family="secondary"))
+        else:
+            hyps.append(h)
+    fams = {"primary": "holm", "secondary": "holm", **{k: v for k, v in base.families.items() if k != "primary"}}
+    kept = tuple(c for c in base.caveats if not c.startswith("One model"))
+    return dataclasses.replace(base, id=id, title=title, hypotheses=tuple(hyps), families=fams, split="confirm",
+                               n_per_genre=n_per_genre, quick_n=quick_n, caveats=kept + caveats,
+                               exploratory=False)
