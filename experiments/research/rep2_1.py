@@ -71,6 +71,11 @@ def run(ctx) -> Output:
                          f"{o['iso']:.3f} vs visible {o['vis']:.3f}."])
 
 
+def registered_equivalent(t: dict, alpha: float) -> bool:
+    """Whether a stored "=0" test's equivalence (TOST, corrected) holds."""
+    return t.get("p_tost_adj") is not None and t["p_tost_adj"] < alpha
+
+
 def replication(result: dict, folder) -> dict:
     by = {t["column"]: t for t in result["tests"]}
     with open(folder / "table_original_prompt.csv") as f:
@@ -86,8 +91,9 @@ def replication(result: dict, folder) -> dict:
         text = (f"RQ 2.1 (n = {rq['provenance']['n_prompts']}): per-token attention to earlier parallel "
                 f"members, visible vs isolated {pct(t['estimate'])} [{pct(t['lo'])}, {pct(t['hi'])}] "
                 f"({t['verdict']})")
-        sound = ("holds" if t["verdict"].startswith("no effect") else
-                 "does not hold" if t["verdict"].startswith("differs") else "cannot tell")
+        # rq2.1 calls its attention contrasts descriptive (its registered question is quality), so
+        # this contrast cannot make the claim "hold" in a sound design
+        sound = "descriptive"
     return {
         "finding": "2.1 isolation barely changes attention to prior parallel tokens (~10%)",
         "original": f"original prompt: ratio isolated {o['orig_iso']:.2f} vs visible {o['orig_vis']:.2f}; "
@@ -95,10 +101,10 @@ def replication(result: dict, folder) -> dict:
         "correct": f"original prompt: {o['corr_iso']:.2f} vs {o['corr_vis']:.2f}; {n} test prompts "
                    f"{d(by['corr_d'])}",
         "sound": text,
-        "verdict": R.verdict_line(abs(o["orig_iso"] - o["orig_vis"]) <= MARGIN, None, sound)
-                   + ("; over the test prompts the original procedure's difference is larger than "
-                      "0.10 ratio points" if by["orig_d"]["verdict"].startswith("differs") and
-                      abs(by["orig_d"]["estimate"]) > MARGIN else ""),
+        # the registered test is the test prompts' "= 0 within 0.10" (orig_d), not the one prompt
+        "verdict": R.verdict_line(registered_equivalent(by["orig_d"], result["design"]["alpha"]), None, sound)
+                   + f"; the original prompt alone: |isolated - visible| = {abs(o['orig_iso'] - o['orig_vis']):.2f} "
+                     "(one prompt, descriptive)",
     }
 
 

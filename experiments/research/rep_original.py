@@ -306,7 +306,8 @@ def correct_layer_entropy(run: Run, s: int, drop_sink: bool = False) -> np.ndarr
 def verdict_line(original: bool | None, correct: bool | None, sound: str) -> str:
     """The replication verdict from the three columns. ``original``/``correct``: does the claim
     appear under the original procedure / with the same metric on correct mechanics (None: not
-    applicable); ``sound``: "holds" / "does not hold" / "cannot tell" (the sound design)."""
+    applicable); ``sound``: "holds" / "does not hold" / "cannot tell" / "descriptive" (the sound
+    design; "descriptive": its contrast was never a registered test, so it decides nothing)."""
     parts = []
     if original is not None:
         parts.append("reproduces under the original procedure" if original else
@@ -316,6 +317,8 @@ def verdict_line(original: bool | None, correct: bool | None, sound: str) -> str
     elif sound == "does not hold":
         parts.append("does not hold in the sound design" +
                      (": artefact of the original procedure" if original else ""))
+    elif sound == "descriptive":
+        parts.append("sound design: descriptive only (its contrast is not a registered test)")
     else:
         parts.append("sound design: cannot tell at this n")
     return "; ".join(parts)

@@ -71,6 +71,23 @@ def test_verdict_line():
     assert R.verdict_line(False, None, "holds") == ("does not reproduce under the original procedure; "
                                                      "holds in the sound design")
     assert "cannot tell" in R.verdict_line(None, None, "cannot tell")
+    assert R.verdict_line(True, None, "descriptive").endswith("descriptive only (its contrast is not a registered test)")
+
+
+def test_rep2_1_verdict_follows_its_registered_test():
+    """The original procedure "reproduces" only when the registered test over the test prompts
+    (equivalence within 0.10) says so, whatever the one original prompt shows."""
+    import json
+
+    from experiments.research import PROJECT
+    from experiments.research.rep2_1 import replication
+
+    folder = PROJECT.results / "rep2.1"
+    result = json.loads((folder / "result.json").read_text())
+    row = replication(result, folder)
+    orig = {t["column"]: t for t in result["tests"]}["orig_d"]
+    assert (orig["p_tost_adj"] < 0.05) == row["verdict"].startswith("reproduces")
+    assert "descriptive only" in row["verdict"]
 
 
 def test_cross_fitted_gap_and_kappa():
