@@ -436,3 +436,17 @@ def test_findings_show_each_model_and_where_predictions_hold(tmp_path):
     holds = {line.split("|")[2].strip(" `"): line.split("|")[-2].strip()
              for line in text.splitlines() if line.startswith("| ") and line.count("|") == 6 and "`" in line}
     assert holds == {"eff": "both", "null": "both", "mixed": "one (default:SmolLM2)", "none": "neither"}
+
+
+def test_findings_link_a_confirmatory_result_to_the_exploratory_one_it_supersedes(tmp_path):
+    res = tmp_path / "results"
+    for folder, split in (("rq7.7", "test"), ("rq7.7c", "confirm")):
+        (res / folder).mkdir(parents=True)
+        r = _stored(folder, "default:SmolLM2", split, [("eff", ">0", 0.5, 0.001, 1.0)])
+        (res / folder / "result.json").write_text(json.dumps(r))
+    (tmp_path / "supersedes.json").write_text(json.dumps(
+        {"rq7.7c": {"supersedes": ["rq7.7"], "changed": "the effect holds with a control"}}))
+    project = dataclasses.replace(H.project, folder=tmp_path)
+    text = render.write_findings(project, res, tmp_path / "FINDINGS.md").read_text()
+    assert "**Supersedes** rq7.7 (exploratory). What changed: the effect holds with a control" in text
+    assert text.index("**Supersedes**") < text.index("# Exploratory record") < text.index("**Superseded by** rq7.7c")
