@@ -369,6 +369,9 @@ def _entry(r: dict, folder: Path, results_dir: Path, path: Path) -> list[str]:
            f"primary metric: {d['primary_metric']}; margin +-{fmt(d['margin'])} ({d['margin_note']}). "
            f"Files: [summary]({rel}/summary.md), [result.json]({rel}/result.json), "
            f"[per-prompt rows]({rel}/rows.csv).", ""]
+    if _confirmatory(r) and d.get("exploratory"):
+        out += ["**Exploratory** (declared before it ran): its n is below what the power analysis asked "
+                "for (see n needed / n used below), so a verdict here is not confirmatory.", ""]
     stab, sim, per_genre = primary_extras(r, folder)
     out += [tests_table(r["tests"], "primary", stability=stab, simultaneous=sim), ""]
     methods = [f"{t['hypothesis']} (`{t['column']}`): {t['note']}" for t in r["tests"]
