@@ -25,17 +25,18 @@ def params_hash(params) -> str:
     return h.hexdigest()
 
 
+def git(root: Path, *args) -> str:
+    """``git ARGS`` in ``root``: its stripped stdout, "" when git is missing or fails to run."""
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def git_state(root: Path) -> dict:
     """The commit of the repository at ``root`` and whether tracked files differ from it."""
-    def run(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": run("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    return {"commit": git(root, "rev-parse", "HEAD") or "unknown",
+            "dirty": bool(git(root, "status", "--porcelain", "--untracked-files=no"))}
 
 
 def versions() -> dict[str, str | None]:

@@ -17,13 +17,12 @@ import datetime
 import hashlib
 import importlib.util
 import json
-import subprocess
 from pathlib import Path
 
 from tempo_jax.errors import UsageError
 from tempo_jax.research import power as P
 from tempo_jax.research.design import Design
-from tempo_jax.research.provenance import git_state, json_safe
+from tempo_jax.research.provenance import git, git_state, json_safe
 
 CONFIRMATORY = ("confirm",)
 POWER = 0.8
@@ -205,13 +204,6 @@ def result_seen(project, exp_id: str) -> bool:
     return False
 
 
-def _git(root: Path, *args) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def check_run(project, exp_id: str, mod) -> dict:
     """Refuse a confirmatory run that registration does not cover (one line each); return what
     result.json records: the registration commit, the module hash and the post hoc tests."""
@@ -223,8 +215,8 @@ def check_run(project, exp_id: str, mod) -> dict:
         raise UsageError(f"{exp_id}: no registration ({path.relative_to(project.root)}); run `tempo-jax "
                          f"research register {exp_id} --pilot DIR` and commit it first")
     rel = str(path.resolve().relative_to(project.root.resolve()))
-    commit = _git(project.root, "log", "-n", "1", "--format=%H", "--", rel)
-    if not commit or _git(project.root, "status", "--porcelain", "--", rel):
+    commit = git(project.root, "log", "-n", "1", "--format=%H", "--", rel)
+    if not commit or git(project.root, "status", "--porcelain", "--", rel):
         raise UsageError(f"{exp_id}: the registration {rel} is not committed; commit it before the first result")
     reg = json.loads(path.read_text())
     files = module_files(Path(mod.__file__), project.root)

@@ -156,7 +156,7 @@ def test_an_amendment_after_a_result_labels_its_new_test_post_hoc(repo, tmp_path
     assert labelled == {"E": False, "N": False, "N2": True}
     summary = (repo.project.results / "toyc" / "summary.md").read_text()
     assert "N2 (post hoc)" in summary and "tests added after a result (post hoc): N2" in summary
-    assert "n needed for 80% power / n used: eff " in summary
+    assert "n needed for 80% power / n used (primary tests, each pilot): eff (toy:model) " in summary
     assert "(post hoc)" in registration.power_summary(path)
 
 
