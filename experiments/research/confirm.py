@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 
-from tempo_jax.research import Design
+from tempo_jax.research import Design, Hypothesis
 
 
-def confirmatory(base: Design, *, id: str, title: str, primary: str, n_per_genre: int,
+def confirmatory(base: Design, *, id: str, title: str, primary: str | Hypothesis, n_per_genre: int,
                  sesoi: float | None = None, caveats: tuple[str, ...] = (), quick_n: int = 10) -> Design:
-    """``base`` with hypothesis ``primary`` (its name) the only primary test (``sesoi``: its smallest
-    effect of interest), every other former primary in family ``secondary`` (Holm), the ``confirm``
-    split, ``n_per_genre`` prompts per genre; caveats naming one model are dropped, ``caveats`` added."""
+    """``base`` with hypothesis ``primary`` the only primary test (its name, or a new Hypothesis on
+    one column when a former primary was a glob over several; ``sesoi``: its smallest effect of
+    interest), every other former primary in family ``secondary`` (Holm), the ``confirm`` split,
+    ``n_per_genre`` prompts per genre; caveats naming one model are dropped, ``caveats`` added."""
     names = [h.name for h in base.hypotheses]
+    if isinstance(primary, Hypothesis):
+        new = dataclasses.replace(primary, family="primary", sesoi=primary.sesoi if sesoi is None else sesoi)
+        base = dataclasses.replace(base, hypotheses=(new, *[dataclasses.replace(h, family="secondary")
+                                                            if h.family == "primary" else h
+                                                            for h in base.hypotheses]))
+        primary, names = new.name, names + [new.name]
     if primary not in names:
         raise ValueError(f"{base.id} has no hypothesis {primary!r}; it has {', '.join(names)}")
     hyps = []

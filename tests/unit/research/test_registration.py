@@ -236,3 +236,9 @@ def test_a_confirmatory_design_from_an_exploratory_one():
     assert d.caveats == ("kept",) and d.families["secondary"] == "holm"
     with pytest.raises(ValueError, match="no hypothesis 'Z'"):
         confirmatory(base, id="xc", title="xc", primary="Z", n_per_genre=40)
+    # a new, narrower primary: every former primary becomes secondary
+    d2 = confirmatory(base, id="xc", title="xc", primary=Hypothesis("P", "one layer", "L03", "<0"),
+                      n_per_genre=40, sesoi=0.1)
+    assert [(h.name, h.family) for h in d2.hypotheses][:3] == [("P", "primary"), ("A", "secondary"),
+                                                               ("B", "secondary")]
+    d2.check()
