@@ -17,8 +17,12 @@ RESULTS = sorted(p for p in PROJECT.results.glob("*/result.json")
                  if (json.loads(p.read_text()).get("provenance") or {}).get("split") in CONFIRMATORY)
 
 
-def _git(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=PROJECT.root, capture_output=True, text=True)
+def _git(*args) -> int:
+    """git's exit status in the repository (128 when git itself is missing)."""
+    try:
+        return subprocess.run(["git", *args], cwd=PROJECT.root, capture_output=True, text=True).returncode
+    except OSError:
+        return 128
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=[p.parent.name for p in RESULTS])
@@ -33,11 +37,11 @@ def test_confirmatory_result_matches_its_registration(path):
     assert reg_meta["module_hash"] in hashes
     assert res["design"]["split"] == reg["design"]["split"] == prov["split"]
     assert {t["hypothesis"] for t in res["tests"] if t.get("post_hoc")} <= set(reg["post_hoc"])
-    have = _git("cat-file", "-e", f"{reg_meta['commit']}^{{commit}}").returncode == 0 and \
-        _git("cat-file", "-e", f"{prov['commit']}^{{commit}}").returncode == 0
+    have = _git("cat-file", "-e", f"{reg_meta['commit']}^{{commit}}") == 0 and \
+        _git("cat-file", "-e", f"{prov['commit']}^{{commit}}") == 0
     if not have:
-        pytest.skip("this checkout lacks the history of the registration (a shallow clone)")
-    assert _git("merge-base", "--is-ancestor", reg_meta["commit"], prov["commit"]).returncode == 0, \
+        pytest.skip("this checkout lacks the history of the registration (a shallow clone, or no git)")
+    assert _git("merge-base", "--is-ancestor", reg_meta["commit"], prov["commit"]) == 0, \
         "the registration commit precedes the commit the result ran from"
 
 
