@@ -95,7 +95,6 @@ class TestResult:
     margin: float = float("nan")
     note: str = ""
     post_hoc: bool = False  # added to the registration after a confirmatory result was seen
-    unit: str = "prompt"  # what one resampled value is: "prompt", or e.g. "prompt (hierarchical: heads)"
 
 
 @dataclasses.dataclass

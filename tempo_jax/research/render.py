@@ -262,7 +262,8 @@ def write_findings(project: Project, results_dir: Path | None = None, path: Path
            "uses the exact binomial rule of `stats.tost` with the column's bound on one prompt's "
            "difference (none: no equivalence claim). Each result states its model; an experiment run on "
            "both model families shows each, and whether each primary prediction holds on both, one or "
-           "neither. The unit of a test is the prompt unless its unit column or note says otherwise.", ""]
+           "neither. The unit of a test is the prompt unless the entry's method line (from the test's note) "
+           "says otherwise.", ""]
     if confirm:
         out += ["# Confirmatory results", "",
                 "Registered before they ran (commit named in each entry), on the `confirm` split, which "
