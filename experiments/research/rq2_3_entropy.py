@@ -111,7 +111,8 @@ def high_entropy_heads(m, prompts) -> np.ndarray:
         tok = jnp.asarray([ids + [0] * (BUCKET - t)])
         _, _, taps = run(m.params, m.cfg, tok, jnp.arange(BUCKET, dtype=jnp.float32)[None],
                          jnp.arange(BUCKET)[None], causal_mask(1, BUCKET, BUCKET),
-                         init_cache(m.cfg, 1, BUCKET), TapsSpec(attn=True))
+                         init_cache(m.cfg, 1, BUCKET), TapsSpec(attn=True),
+                         key_pos=jnp.arange(BUCKET, dtype=jnp.float32)[None] if m.cfg.has_window else None)
         a = np.asarray(taps["attn"][:, 0, :, t - 1, :], np.float64)  # [L,H,K]
         ents.append(-(a * np.log(np.where(a > 0, a, 1.0))).sum(-1))
     ent = np.mean(ents, 0)
