@@ -137,6 +137,9 @@ def _read_pilot(pilot: Path, exp_id: str) -> tuple[str, list[dict]]:
 
 
 def _num(v):
+    """A rows.csv cell as a number: "" (a prompt without that value) is NaN; text stays text."""
+    if v == "":
+        return float("nan")
     try:
         return float(v)
     except (TypeError, ValueError):

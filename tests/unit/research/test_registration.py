@@ -242,3 +242,11 @@ def test_a_confirmatory_design_from_an_exploratory_one():
     assert [(h.name, h.family) for h in d2.hypotheses][:3] == [("P", "primary"), ("A", "secondary"),
                                                                ("B", "secondary")]
     d2.check()
+
+
+def test_pilot_cells_without_a_value_are_nan():
+    """A prompt with no value in a column (an empty rows.csv cell) counts as missing, not as text."""
+    import math
+
+    assert math.isnan(registration._num("")) and registration._num("0.5") == 0.5
+    assert registration._num("prose") == "prose"
