@@ -13,7 +13,7 @@ from experiments.research.confirm import confirmatory
 from tempo_jax.research import Output
 
 DESIGN = confirmatory(
-    X.DESIGN, id="rq9.3c", primary="H2", sesoi=0.01, n_per_genre=40,
+    X.DESIGN, id="rq9.3c", primary="H2", sesoi=0.01, n_per_genre=45,  # the pilots ask for 123
     title="Confirmatory: steering a generation toward a prompt span with an attention bias (span vs control)")
 
 
