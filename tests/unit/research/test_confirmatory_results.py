@@ -40,7 +40,7 @@ def test_confirmatory_result_matches_its_registration(path):
     have = _git("cat-file", "-e", f"{reg_meta['commit']}^{{commit}}") == 0 and \
         _git("cat-file", "-e", f"{prov['commit']}^{{commit}}") == 0
     if not have:
-        pytest.skip("this checkout lacks the history of the registration (a shallow clone, or no git)")
+        pytest.skip(reason="this checkout lacks the history of the registration (a shallow clone, or no git)")
     assert _git("merge-base", "--is-ancestor", reg_meta["commit"], prov["commit"]) == 0, \
         "the registration commit precedes the commit the result ran from"
 
