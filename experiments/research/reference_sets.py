@@ -12,6 +12,12 @@ token after the top-1 member (its greedy next token), sits at position c + 1, sl
 the context and the n members. Its attention on each member, mean over layers and heads, is the
 score TEMPO's retroactive pruning uses after one look-ahead step. Every judged set of a prompt is one
 row of a vmapped program.
+
+With ``lookahead=K`` (:func:`judge_sets_lookahead`), K look-ahead queries follow the set instead: query
+i (i = 1..K) is the greedy next token after query i - 1 (query 1: after the top-1 member), at position
+c + i, slot c + W + i - 1, and sees the context, the n members and queries 1..i (TEMPO's clean path
+after the set, siblings isolated). Each query's attention on each member is kept per layer (mean over
+heads), so any window of the first k queries and any weighting of layers is computed offline.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class JudgedSets:
     attn: np.ndarray  # [S,W] look-ahead attention, mean over layers and heads (0 for padding)
     is_ref: np.ndarray  # [S,W] bool: the member is the reference token R[j]
     probe_token: np.ndarray  # [S]
+    steps: np.ndarray | None = None  # [S,K,L,W] with lookahead K: query i's attention per layer (mean over heads)
 
 
 @functools.partial(jax.jit, static_argnames=("mcfg", "capacity"))
@@ -88,14 +95,50 @@ def judge_sets(params, mcfg: ModelConfig, cache: KVCache, cs, members, ns):
     return jax.vmap(lambda c, m, n: _one_set(params, mcfg, cache, c, m, n))(cs, members, ns)
 
 
-def measure(params, mcfg: ModelConfig, prompt_ids, ref_ids, tau: float, width: int, horizon: int) -> JudgedSets:
-    """The judged sets of one prompt along its first ``horizon`` reference tokens."""
+def _lookahead(params, mcfg: ModelConfig, cache: KVCache, c, members, n, K: int):
+    """One judged set at context length ``c`` read by ``K`` greedy look-ahead queries -> (attention of
+    query i on each member per layer ``[K,L,W]``, mean over heads, 0 for padding; query tokens ``[K]``)."""
+    W = members.shape[0]
+    k = jnp.arange(cache.capacity)
+    ctx = k < c
+    slots = c + jnp.arange(W)
+    key_pos = None
+    if mcfg.has_window:  # members at c, query i (slot c + W + i - 1) at c + i
+        key_pos = jnp.where(ctx, k, jnp.where(k < c + W, c, k - W + 1)).astype(jnp.float32)[None]
+    logits, cache, _ = forward(params, mcfg, members[None], jnp.full((1, W), c, jnp.float32), slots[None],
+                               (ctx[None] | (k[None] == slots[:, None]))[None], cache, key_pos=key_pos)
+    tok = jnp.argmax(logits[0, 0]).astype(jnp.int32)
+    seen = ctx | ((k >= c) & (k < c + n))
+    atts, toks = [], []
+    for i in range(K):
+        slot = c + W + i
+        seen = seen | (k == slot)
+        logits, cache, taps = forward(params, mcfg, tok[None, None], jnp.full((1, 1), c + 1.0 + i),
+                                      jnp.full((1, 1), slot), seen[None, None], cache, TapsSpec(attn=True),
+                                      key_pos=key_pos)
+        got = jax.lax.dynamic_slice_in_dim(taps["attn"][:, 0, :, 0, :], c, W, axis=-1).mean(1)  # [L,W]
+        atts.append(jnp.where(jnp.arange(W) < n, got, 0.0))
+        toks.append(tok)
+        tok = jnp.argmax(logits[0, 0]).astype(jnp.int32)
+    return jnp.stack(atts), jnp.stack(toks)
+
+
+@functools.partial(jax.jit, static_argnames=("mcfg", "K"))
+def judge_sets_lookahead(params, mcfg: ModelConfig, cache: KVCache, cs, members, ns, K: int):
+    """:func:`_lookahead` of S sets in one program -> (``[S,K,L,W]``, query tokens ``[S,K]``)."""
+    return jax.vmap(lambda c, m, n: _lookahead(params, mcfg, cache, c, m, n, K))(cs, members, ns)
+
+
+def measure(params, mcfg: ModelConfig, prompt_ids, ref_ids, tau: float, width: int, horizon: int,
+            lookahead: int = 0) -> JudgedSets:
+    """The judged sets of one prompt along its first ``horizon`` reference tokens; ``lookahead`` K > 0
+    reads them with K look-ahead queries (``steps``; ``attn`` is then query 1's, mean over layers)."""
     P = len(prompt_ids)
     ref = list(ref_ids)[:horizon]
     ids = np.asarray(list(prompt_ids) + ref, np.int32)
     T = len(ids)
     tb = -(-T // BUCKET) * BUCKET
-    logits, cache = all_logits(params, mcfg, jnp.asarray(np.pad(ids, (0, tb - T))), tb + width + 1)
+    logits, cache = all_logits(params, mcfg, jnp.asarray(np.pad(ids, (0, tb - T))), tb + width + max(1, lookahead))
     probs = np.asarray(jax.nn.softmax(logits[P - 1:T - 1], -1))  # [J,V]: next-token at c = P + j
     cs, members, ns, pr, ref_in = [], [], [], [], []
     for j, p in enumerate(probs):
@@ -110,9 +153,17 @@ def measure(params, mcfg: ModelConfig, prompt_ids, ref_ids, tau: float, width: i
         ref_in.append((top == ref[j]) & (np.arange(width) < n))
     empty = JudgedSets(*(np.zeros((0,) + s) for s in ((), (), (width,), (width,), (width,), (width,), ())))
     if not cs:
+        if lookahead:
+            empty.steps = np.zeros((0, lookahead, mcfg.num_layers, width))
         return empty
-    attn, probe = jax.device_get(judge_sets(params, mcfg, cache, jnp.asarray(cs, jnp.int32),
-                                            jnp.asarray(np.stack(members)), jnp.asarray(ns, jnp.int32)))
+    args = (params, mcfg, cache, jnp.asarray(cs, jnp.int32), jnp.asarray(np.stack(members)), jnp.asarray(ns, jnp.int32))
+    steps = None
+    if lookahead:
+        steps, qs = jax.device_get(judge_sets_lookahead(*args, K=lookahead))
+        steps = np.asarray(steps, np.float64)
+        attn, probe = steps[:, 0].mean(1), np.asarray(qs)[:, 0]
+    else:
+        attn, probe = jax.device_get(judge_sets(*args))
     return JudgedSets(position=np.asarray(cs) - P, n=np.asarray(ns), tokens=np.stack(members),
                       prob=np.stack(pr), attn=np.asarray(attn, np.float64), is_ref=np.stack(ref_in),
-                      probe_token=np.asarray(probe))
+                      probe_token=np.asarray(probe), steps=steps)
