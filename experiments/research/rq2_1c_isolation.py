@@ -72,26 +72,31 @@ DESIGN = Design(
 )
 
 
-def forced_run(m, prompt_ids, ref_ids, rule: str) -> tuple[np.ndarray, np.ndarray]:
-    """TEMPO along ``ref_ids`` under sibling ``rule``: (NLL of each reference token, set size per step)."""
+def forced_run(m, prompt_ids, ref_ids, rule: str, **overrides) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TEMPO along ``ref_ids`` under sibling ``rule`` (``overrides``: other GenerationConfig fields than
+    GEN's) -> per step: NLL of the reference token, set size, and whether the reference token was in
+    the model's own set before it was forced (probability >= the step's threshold, within the top W)."""
     from tempo_jax.engine import GenerationConfig, generate
 
     steps = len(ref_ids)
-    g = GenerationConfig(**GEN, max_steps=steps, min_steps=steps, siblings=rule)
+    g = GenerationConfig(**(GEN | overrides), max_steps=steps, min_steps=steps, siblings=rule)
     spec, inputs = g.static(), g.inputs(m.cfg)
     nll = np.full(steps, np.nan)
+    covered = np.zeros(steps, bool)
 
     def force(s, st):
         d = np.asarray(st.dist, np.float64)
-        nll[s] = -np.log(max(d[ref_ids[s]], 1e-30))
-        fd = forced_dist(st.dist, int(ref_ids[s]))
+        r = int(ref_ids[s])
+        nll[s] = -np.log(max(d[r], 1e-30))
+        covered[s] = d[r] >= float(inputs.thresholds[s]) and int((d > d[r]).sum()) < g.max_width
+        fd = forced_dist(st.dist, r)
         return st.replace(dist=fd, next_n=spec.selection.count(fd, inputs.thresholds[s]))
 
     tr = generate(m.params, m.cfg, list(prompt_ids), g, inputs=inputs, before_step=force)
     tokens = np.asarray(tr.arrays["tokens"])[:steps, 0]
     if not np.array_equal(tokens, np.asarray(ref_ids)):
         raise RuntimeError(f"the clean path left the reference ({tokens.tolist()} vs {list(ref_ids)})")
-    return nll, np.asarray(tr.arrays["set_n"])[:steps].astype(np.float64)
+    return nll, np.asarray(tr.arrays["set_n"])[:steps].astype(np.float64), covered
 
 
 def single_nll(m, prompt_ids, ref_ids) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""The teacher-forced TEMPO run behind rq2.1c and rq5.1c (``forced_run``): with one member per step it
+is ordinary decoding along the reference, so its NLL equals the one-token-per-position NLL; at step 0
+it scores the prompt's own next-token distribution and its coverage flag follows the threshold; and
+rq5.1c's per-prompt columns on hand-made runs."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.research.rq2_1c_isolation import forced_run, single_nll
+from experiments.research.rq5_1c_thresholds import prompt_row
+
+
+@pytest.mark.parametrize("combine", ["top", "mixture"])
+def test_one_member_per_step_is_ordinary_decoding(combine, tiny_model):
+    _, cfg, params = tiny_model
+    m = types.SimpleNamespace(params=params, cfg=cfg)
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(4, cfg.vocab_size, 9).tolist()
+    ref = rng.integers(4, cfg.vocab_size, 6).tolist()
+    nll, size, covered = forced_run(m, prompt, ref, "isolated", threshold=1.0, combine=combine)
+    np.testing.assert_allclose(nll, single_nll(m, prompt, ref), rtol=1e-4, atol=1e-5)
+    assert np.all(size == 1) and not covered.any()
+
+
+def test_step_zero_scores_the_prompt_distribution(tiny_model):
+    _, cfg, params = tiny_model
+    m = types.SimpleNamespace(params=params, cfg=cfg)
+    rng = np.random.default_rng(4)
+    prompt = rng.integers(4, cfg.vocab_size, 9).tolist()
+    from experiments.research.reference_sets import all_logits
+    import jax.numpy as jnp
+
+    logits, _ = all_logits(params, cfg, jnp.asarray(np.pad(np.asarray(prompt, np.int32), (0, 23))), 32)
+    d = np.asarray(jax.nn.softmax(logits[len(prompt) - 1]), np.float64)
+    order = np.argsort(-d)
+    tau = float(d[order[2]])  # exactly three tokens reach it
+    for ref0, want in ((int(order[1]), True), (int(order[5]), False)):
+        nll, size, covered = forced_run(m, prompt, [ref0, 5, 6], "isolated", threshold=tau, max_width=8)
+        assert nll[0] == pytest.approx(-np.log(d[ref0]), rel=1e-4)
+        assert bool(covered[0]) is want
+        assert size[0] == (3 if want else 4)  # the forced reference joins the model's three candidates
+
+
+def test_prompt_row_by_hand():
+    def r(nll, size, cov):
+        return (np.array(nll), np.array(size, float), np.array(cov, bool))
+
+    runs = {"c005": r([1.0, 3.0], [4, 4], [1, 1]), "c010": r([1.0, 2.0], [2, 2], [1, 0]),
+            "c020": r([0.5, 1.5], [1, 1], [0, 0]), "lin": r([1.0, 1.5], [2, 1], [1, 0])}
+    got = prompt_row(runs)
+    assert got["dnll_c005"] == 0.5 and got["dnll_c020"] == -0.5 and got["dnll_lin"] == -0.25
+    assert got["dnll_lin_c020"] == 0.25 and got["dcov_c005"] == 0.5 and got["dcov_lin_c020"] == 0.5
+    assert got["dsize_c005"] == 2.0 and got["n_tokens"] == 2 and got["nll_c010"] == 1.5
