@@ -1,7 +1,7 @@
-"""The teacher-forced TEMPO run behind rq2.1c and rq5.1c (``forced_run``): with one member per step it
+"""The teacher-forced TEMPO run behind rq2.1c, rq4.3c and rq5.1c (``forced_run``): with one member per step it
 is ordinary decoding along the reference, so its NLL equals the one-token-per-position NLL; at step 0
 it scores the prompt's own next-token distribution and its coverage flag follows the threshold; and
-rq5.1c's per-prompt columns on hand-made runs."""
+the per-prompt columns of rq5.1c and rq4.3c (error choice, membership) on hand-made cases."""
 
 from __future__ import annotations
 
@@ -56,3 +56,21 @@ def test_prompt_row_by_hand():
     assert got["dnll_c005"] == 0.5 and got["dnll_c020"] == -0.5 and got["dnll_lin"] == -0.25
     assert got["dnll_lin_c020"] == 0.25 and got["dcov_c005"] == 0.5 and got["dcov_lin_c020"] == 0.5
     assert got["dsize_c005"] == 2.0 and got["n_tokens"] == 2 and got["nll_c010"] == 1.5
+
+
+def test_rq4_3c_error_and_membership_by_hand():
+    from experiments.research.rq4_3c_recovery import in_set, prompt_row, wrong_first
+
+    d = np.array([0.05, 0.4, 0.3, 0.15, 0.1])
+    assert wrong_first(d, 1) == 2 and wrong_first(d, 2) == 1  # the most probable other token
+    # w = 3 forced above all: ref 1 (0.4) is then second; ref 4 (0.1) is fourth of W = 3 -> out
+    assert in_set(d, 3, 1, 0.1, 3) and not in_set(d, 3, 4, 0.1, 3) and in_set(d, 3, 4, 0.1, 4)
+    assert not in_set(d, 1, 0, 0.1, 8)  # below the threshold
+    assert in_set(d, 1, 2, 0.1, 2)  # w was already above the reference: it does not push it out
+    nll = {"greedy_clean": np.array([9.0, 1.0, 1.0]), "greedy_err": np.array([9.0, 2.0, 1.5]),
+           "tempo_clean": np.array([9.0, 1.2, 1.0]), "tempo_err": np.array([9.0, 1.6, 1.2])}
+    got = prompt_row(nll, True, False)
+    assert got["cost_greedy"] == pytest.approx(0.75) and got["cost_tempo"] == pytest.approx(0.3)
+    assert got["d_recover"] == pytest.approx(0.45) == got["d_recover_inset"]
+    assert got["d_recover_next"] == pytest.approx(1.0 - 0.4) and got["n_tokens"] == 2
+    assert np.isnan(prompt_row(nll, False, True)["d_recover_inset"])
