@@ -147,8 +147,9 @@ def _prefill_fn(k: int):
         t = prefix.shape[0]
         cache = init_cache(cfg, 1, t + k, params["embed"].dtype)
         ar = jnp.arange(t)
+        key_pos = jnp.arange(t + k, dtype=jnp.float32)[None] if cfg.has_window else None
         logits, cache, _ = forward(params, cfg, prefix[None], ar[None].astype(jnp.float32), ar[None],
-                                   causal_mask(1, t, t + k), cache)
+                                   causal_mask(1, t, t + k), cache, key_pos=key_pos)
         return logits[0], cache
 
     return jax.jit(f, static_argnums=1)
@@ -166,12 +167,15 @@ def _decode_fn(k: int):
         t = cap - k
         cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, b, axis=1), cache)
         slots = jnp.arange(cap)
+        # a row's key positions: its prefix slots at their index, its own slots t.. at start, start + 1, ..
+        key_pos = (jnp.where(slots[None] >= t, rows_start[:, None] + slots[None] - t, slots[None]).astype(jnp.float32)
+                   if cfg.has_window else None)
 
         def body(carry, i):
             cache, cur = carry
             mask = (slots[None, :] < rows_start[:, None]) | ((slots[None, :] >= t) & (slots[None, :] <= t + i))
             lg, cache, _ = forward(params, cfg, cur[:, None], (rows_start + i)[:, None].astype(jnp.float32),
-                                   jnp.full((b, 1), t + i, jnp.int32), mask[:, None, :], cache)
+                                   jnp.full((b, 1), t + i, jnp.int32), mask[:, None, :], cache, key_pos=key_pos)
             nxt = jnp.argmax(lg[:, 0], -1).astype(jnp.int32)
             return (cache, nxt), nxt
 

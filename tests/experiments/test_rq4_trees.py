@@ -40,12 +40,14 @@ def test_branch_after_rates():
     assert np.isnan(r["number"])  # class absent
 
 
-def test_continuer_equals_plain_greedy(tiny_model):
+@pytest.mark.parametrize("which", ["llama", "gemma"])
+def test_continuer_equals_plain_greedy(which, tiny_model):
     """Each row's continuation equals greedy decoding of prefix[:start] + [token] as one ordinary
-    sequence (the HF reference's argmax, recomputed from scratch at every step)."""
-    from tinymodel import full_logits
+    sequence (the HF reference's argmax, recomputed from scratch at every step); on the tiny Gemma
+    the rows run past its sliding window of 4 positions."""
+    from tinymodel import full_logits, tiny_gemma
 
-    hf, cfg, params = tiny_model
+    hf, cfg, params = tiny_model if which == "llama" else tiny_gemma()
     prefix = [1, 7, 9, 11, 13, 5, 21, 8, 30, 12]
     starts, firsts = [4, 4, 7, 10, 1], [40, 13, 50, 6, 22]
     k = 5
