@@ -100,8 +100,9 @@ def _feed_one(params, mcfg: ModelConfig, cache: KVCache, token, slot, mask):
     """One token at position = slot (the original: position = cache length) -> (probs[V], cache,
     attention [L,H,K])."""
     pos = slot.astype(jnp.float32)
+    key_pos = jnp.arange(cache.capacity, dtype=jnp.float32)[None] if mcfg.has_window else None  # slot = position
     logits, cache, taps = forward(params, mcfg, token[None, None], pos[None, None], slot[None, None],
-                                  mask[None, None], cache, TapsSpec(attn=True))
+                                  mask[None, None], cache, TapsSpec(attn=True), key_pos=key_pos)
     return jax.nn.softmax(logits[0, 0]), cache, taps["attn"][:, 0, :, 0, :]
 
 
