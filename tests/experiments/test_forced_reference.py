@@ -51,11 +51,13 @@ def test_prompt_row_by_hand():
         return (np.array(nll), np.array(size, float), np.array(cov, bool))
 
     runs = {"c005": r([1.0, 3.0], [4, 4], [1, 1]), "c010": r([1.0, 2.0], [2, 2], [1, 0]),
-            "c020": r([0.5, 1.5], [1, 1], [0, 0]), "lin": r([1.0, 1.5], [2, 1], [1, 0])}
-    got = prompt_row(runs)
-    assert got["dnll_c005"] == 0.5 and got["dnll_c020"] == -0.5 and got["dnll_lin"] == -0.25
-    assert got["dnll_lin_c020"] == 0.25 and got["dcov_c005"] == 0.5 and got["dcov_lin_c020"] == 0.5
+            "c020": r([0.5, 1.5], [1, 1], [0, 0])}
+    got = prompt_row(runs)  # rq5.1c: against constant 0.1
+    assert got["dnll_c005"] == 0.5 and got["dnll_c020"] == -0.5 and got["dcov_c005"] == 0.5
     assert got["dsize_c005"] == 2.0 and got["n_tokens"] == 2 and got["nll_c010"] == 1.5
+    got = prompt_row({"lin": r([1.0, 1.5], [2, 1], [1, 0]), "c020": runs["c020"]})  # rq5.2c: against 0.2
+    assert got["dnll_lin_c020"] == 0.25 and got["dcov_lin_c020"] == 0.5 and got["dsize_lin_c020"] == 0.5
+    assert "dnll_lin" not in got
 
 
 def test_rq4_3c_error_and_membership_by_hand():
