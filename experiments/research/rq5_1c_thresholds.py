@@ -15,7 +15,7 @@ constant 0.05, 0.1 (the engine default, the reference) and 0.2.
 
 Primary ``dnll_c005``: NLL at 0.05 minus NLL at 0.1 (nats per reference token); prediction > 0: more
 candidates in the context cost likelihood of the human text (rq2.1c: a parallel context costs about
-0.6 nats per token over a one-token context). The dev pilots ask for 251 (SmolLM2) and 315 (Gemma 3)
+0.6 nats per token over a one-token context). The dev pilots ask for 207 (SmolLM2) and 260 (Gemma 3)
 prompts at a smallest effect of log(1.1) (the code genre's per-prompt SD is 0.7 nats); three
 teacher-forced runs per prompt take 5-12 s on 2 cores, so 120 prompts is what this session allows:
 the design is declared exploratory before it runs.
@@ -58,7 +58,7 @@ DESIGN = Design(
     split="confirm",
     n_per_genre=40,
     quick_n=10,
-    exploratory=True,  # the pilots ask for 315 prompts (above); 120 fit
+    exploratory=True,  # the pilots ask for 260 prompts (above); 120 fit
     caveats=(
         "Teacher-forced: the reference token is forced in as member 0 at every step (the clean path), "
         "the model's other candidates >= tau (at most 8) join it, no pruning; a free generation's "
