@@ -283,8 +283,7 @@ def write_findings(project: Project, results_dir: Path | None = None, path: Path
             out += _group(groups[i], results_dir, path)
             if i in by_old:
                 out += [f"**Superseded by** {by_old[i]} (confirmatory, above).", ""]
-    results = [r for i in ids for r, folder in groups[i] if folder.name == i]
-    out += replication_section(project, results, results_dir)
+    out += replication_section(project, [rf for i in ids for rf in groups[i]])
     path.write_text("\n".join(out) + "\n")
     return path
 
@@ -395,11 +394,12 @@ def _entry(r: dict, folder: Path, results_dir: Path, path: Path) -> list[str]:
     return out
 
 
-def replication_section(project: Project, results: list[dict], results_dir: Path) -> list[str]:
+def replication_section(project: Project, results: list[tuple[dict, Path]]) -> list[str]:
     """FINDINGS.md's "Replication of the original findings" table (issue 15): one row per ``rep*``
-    result, built by that experiment's ``replication(result, folder)`` from the stored statistics."""
+    result and model (``(result, its folder)``), built by that experiment's ``replication(result,
+    folder)`` from the stored statistics."""
     rows = []
-    for r in results:
+    for r, folder in results:
         if not r["id"].startswith("rep"):
             continue
         try:
@@ -407,11 +407,13 @@ def replication_section(project: Project, results: list[dict], results_dir: Path
         except ValueError:
             continue
         if hasattr(mod, "replication") and r.get("title") == mod.DESIGN.title:
+            label = r["id"] if folder.name == r["id"] else f"{r['id']} on {_model_name(r)}"
             try:
-                rows.append((r["id"], mod.replication(r, results_dir / r["id"])))
+                rows.append((label, folder.name, mod.replication(r, folder)))
             except (OSError, KeyError, ValueError, StopIteration) as e:  # one bad row never breaks the report
-                rows.append((r["id"], {"finding": r["title"], "original": "n/a", "correct": "n/a",
-                                       "sound": "n/a", "verdict": f"row not built ({type(e).__name__}: {e})"}))
+                bad = {"finding": r["title"], "original": "n/a", "correct": "n/a", "sound": "n/a",
+                       "verdict": f"row not built ({type(e).__name__}: {e})"}
+                rows.append((label, folder.name, bad))
     if not rows:
         return []
     cell = lambda x: str(x).replace("|", "/")
@@ -426,8 +428,8 @@ def replication_section(project: Project, results: list[dict], results_dir: Path
            "caveats.", "",
            "| finding | (1) original procedure | (2) same metric, correct mechanics | (3) sound design | verdict |",
            "|---|---|---|---|---|"]
-    for exp_id, row in rows:
-        out.append(f"| {cell(row['finding'])} ([{exp_id}](results/{exp_id}/summary.md)) | "
+    for label, rel, row in rows:
+        out.append(f"| {cell(row['finding'])} ([{label}](results/{rel}/summary.md)) | "
                    f"{cell(row['original'])} | {cell(row['correct'])} | {cell(row['sound'])} | "
                    f"{cell(row['verdict'])} |")
     return out + [""]

@@ -161,3 +161,28 @@ def test_findings_replication_table_from_stored_results(tmp_path):
     assert row.rstrip(" |").endswith("reproduces under the original procedure; holds in the sound design")
     broken = next(line for line in section.splitlines() if "[rep1.3]" in line)
     assert "row not built" in broken
+
+
+def test_confirmatory_replication_helpers():
+    """rep6.1c's bimodality coefficient (5/9 uniform, 1/3 normal, higher for two modes) and mixture
+    BIC; rep2.3c's range columns; rep1.3c's sound-design rule reads its one primary test."""
+    from experiments.research.rep1_3c import sound
+    from experiments.research.rep2_3c import range_columns
+    from experiments.research.rep6_1c import bimodality_coefficient, gmm_bic
+
+    rng = np.random.default_rng(0)
+    assert bimodality_coefficient(rng.uniform(size=50_000)) == pytest.approx(5 / 9, abs=0.01)
+    assert bimodality_coefficient(rng.normal(size=50_000)) == pytest.approx(1 / 3, abs=0.01)
+    two = np.r_[rng.normal(0, 1, 2000), rng.normal(6, 1, 2000)]
+    assert bimodality_coefficient(two) > 0.6
+    assert np.isnan(bimodality_coefficient([1.0, 2.0, np.nan]))
+    bic = {k: gmm_bic(two, k) for k in (1, 2, 3)}
+    assert min(bic, key=bic.get) == 2
+    one = rng.normal(size=600)
+    assert gmm_bic(one, 1) < gmm_bic(one, 2)
+    got = range_columns([0.5, 1.3, 0.9])
+    assert got == pytest.approx({"head_low": 0.5, "head_high": 1.3, "range_low_minus_040": 0.1,
+                                 "range_high_minus_121": 0.09})
+    v = lambda s: {"mid_minus_late": {"verdict": s}}  # noqa: E731
+    assert sound(v("differs (+)")) == "holds" and sound(v("no effect within +-0.05")) == "does not hold"
+    assert sound(v("differs (-)")) == "does not hold" and sound(v("cannot tell at this n")) == "cannot tell"
