@@ -5,6 +5,7 @@ an n chosen from the dev pilots' power analysis, and both model families."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from tempo_jax.research import Design, Hypothesis
 
@@ -37,3 +38,17 @@ def confirmatory(base: Design, *, id: str, title: str, primary: str | Hypothesis
     return dataclasses.replace(base, id=id, title=title, hypotheses=tuple(hyps), families=fams, split="confirm",
                                n_per_genre=n_per_genre, quick_n=quick_n, caveats=kept + caveats,
                                exploratory=False)
+
+
+def primary_first(answer: Callable[[list, Design], str]) -> Callable[[list, Design], str]:
+    """An exploratory ``answer(tests, design)`` led by the confirmatory design's primary test(s):
+    "Primary test H (statement): estimate [CI] (verdict)." then the exploratory wording, which
+    reports the former primaries in their old order."""
+
+    def wrapped(tests, design: Design) -> str:
+        said = {h.name: h.statement for h in design.hypotheses}
+        lead = [f"Primary test {t.hypothesis} ({said.get(t.hypothesis, t.column)}): {t.estimate:+.3g} "
+                f"[{t.lo:+.3g}, {t.hi:+.3g}] ({t.verdict})." for t in tests if t.family == "primary"]
+        return " ".join(lead + [answer(tests, design)])
+
+    return wrapped

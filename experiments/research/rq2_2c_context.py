@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.research import rq2_2_context as X
-from experiments.research.confirm import confirmatory
+from experiments.research.confirm import confirmatory, primary_first
 from tempo_jax.research import Output
 
 DESIGN = confirmatory(
@@ -22,4 +22,4 @@ def run(ctx) -> Output:
     return X.run(ctx)
 
 
-answer = X.answer
+answer = primary_first(X.answer)

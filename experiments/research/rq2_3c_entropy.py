@@ -8,7 +8,7 @@ and the pruning tests secondary; n from dev pilots on both families; the confirm
 from __future__ import annotations
 
 from experiments.research import rq2_3_entropy as X
-from experiments.research.confirm import confirmatory
+from experiments.research.confirm import confirmatory, primary_first
 from tempo_jax.research import Output
 
 DESIGN = confirmatory(
@@ -25,4 +25,4 @@ def run(ctx) -> Output:
     return out
 
 
-answer = X.answer
+answer = primary_first(X.answer)

@@ -8,7 +8,7 @@ secondary; n from dev pilots on both families; the confirm split.
 from __future__ import annotations
 
 from experiments.research import rq4_1_coverage as X
-from experiments.research.confirm import confirmatory
+from experiments.research.confirm import confirmatory, primary_first
 from tempo_jax.research import Hypothesis, Output
 
 DESIGN = confirmatory(
@@ -23,4 +23,4 @@ def run(ctx) -> Output:
     return X.run(ctx)
 
 
-answer = X.answer
+answer = primary_first(X.answer)

@@ -9,7 +9,7 @@ families; the confirm split.
 from __future__ import annotations
 
 from experiments.research import rq9_3_control as X
-from experiments.research.confirm import confirmatory
+from experiments.research.confirm import confirmatory, primary_first
 from tempo_jax.research import Output
 
 DESIGN = confirmatory(
@@ -21,4 +21,4 @@ def run(ctx) -> Output:
     return X.run(ctx)
 
 
-answer = X.answer
+answer = primary_first(X.answer)

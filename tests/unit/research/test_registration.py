@@ -242,6 +242,14 @@ def test_a_confirmatory_design_from_an_exploratory_one():
     assert [(h.name, h.family) for h in d2.hypotheses][:3] == [("P", "primary"), ("A", "secondary"),
                                                                ("B", "secondary")]
     d2.check()
+    # its answer leads with the primary test, then the exploratory wording
+    from experiments.research.confirm import primary_first
+    from tempo_jax.research import TestResult
+
+    tests = [TestResult("A", "a", "secondary", ">0", 30, 0.5, 0.1, 0.9, 0.01, 1.0, verdict="differs (+)"),
+             TestResult("B", "b", "primary", "=0", 30, 0.01, -0.02, 0.04, 0.5, 0.001, verdict="no effect within +-0.1")]
+    said = primary_first(lambda tests, design: "A first, as it was.")(tests, d)
+    assert said == "Primary test B (b): +0.01 [-0.02, +0.04] (no effect within +-0.1). A first, as it was."
 
 
 def test_pilot_cells_without_a_value_are_nan():
