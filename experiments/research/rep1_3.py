@@ -56,10 +56,11 @@ DESIGN = Design(
 )
 
 
-def run(ctx) -> Output:
+def run(ctx, light: bool = False) -> Output:
+    """``light``: the corpus prompts' correct isolated run only (the confirmatory replication)."""
     o = R.original_measure(ctx)
     rows, per_layer = [], []
-    for p, r in R.corpus_measures(ctx):
+    for p, r in R.corpus_measures(ctx, light):
         e, m, l = R.band_means(r["layer_ent"])
         ne, nm, nl = R.band_means(r["layer_ent_nosink"])
         rows.append({"prompt_id": p.id, "genre": p.genre, "early": e, "middle": m, "late": l,

@@ -24,7 +24,7 @@ DESIGN = confirmatory(
 
 
 def run(ctx) -> Output:
-    return X.run(ctx)
+    return X.run(ctx, light=True)
 
 
 answer = X.answer

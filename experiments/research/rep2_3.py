@@ -59,10 +59,11 @@ def funnel_rho(per_layer) -> float:
     return float(sps.spearmanr(np.flatnonzero(keep), x[keep])[0])
 
 
-def run(ctx) -> Output:
+def run(ctx, light: bool = False) -> Output:
+    """``light``: the corpus prompts' correct isolated run only (the confirmatory replication)."""
     o = R.original_measure(ctx)
     rows = []
-    for p, r in R.corpus_measures(ctx):
+    for p, r in R.corpus_measures(ctx, light):
         he = r["head_ent"]
         sizes = np.asarray(r["sizes"], float)
         ur = float(sps.spearmanr(r["step_ent"], sizes)[0]) if np.ptp(sizes) > 0 else np.nan

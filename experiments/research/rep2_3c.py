@@ -48,8 +48,8 @@ def range_columns(head_ent) -> dict:
 
 
 def run(ctx) -> Output:
-    out = X.run(ctx)
-    by_id = {p.id: range_columns(r["corr_head_ent"]) for p, r in R.corpus_measures(ctx)}
+    out = X.run(ctx, light=True)
+    by_id = {p.id: range_columns(r["corr_head_ent"]) for p, r in R.corpus_measures(ctx, light=True)}
     rows = [r | by_id[r["prompt_id"]] for r in out.rows]
     return Output(rows=rows, tests=out.tests, tables=out.tables, notes=out.notes)
 

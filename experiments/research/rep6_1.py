@@ -86,10 +86,11 @@ def cross_fit_gaps(loc, rng) -> np.ndarray:
     return gaps
 
 
-def run(ctx) -> Output:
+def run(ctx, light: bool = False) -> Output:
+    """``light``: the corpus prompts' correct isolated run only (the confirmatory replication)."""
     o = R.original_measure(ctx)
     prompts, locs = [], []
-    for p, r in R.corpus_measures(ctx):
+    for p, r in R.corpus_measures(ctx, light):
         prompts.append(p)
         locs.append(r["loc"].ravel())
     loc = np.asarray(locs)  # [N, L*H]

@@ -83,8 +83,8 @@ def gmm_bic(x, k: int, seed: int = 0, iters: int = 300) -> float:
 
 
 def run(ctx) -> Output:
-    out = X.run(ctx)
-    locs = {p.id: r["loc"] for p, r in R.corpus_measures(ctx)}
+    out = X.run(ctx, light=True)
+    locs = {p.id: r["loc"] for p, r in R.corpus_measures(ctx, light=True)}
     rows = []
     for r in out.rows:
         bc = bimodality_coefficient(locs[r["prompt_id"]])

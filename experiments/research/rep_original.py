@@ -330,27 +330,28 @@ MEASURE_VERSION = 1
 SHARED_CACHE = "rep-shared"
 
 
-def measure_prompt(m, ids) -> dict:
+def measure_prompt(m, ids, light: bool = False) -> dict:
     """Four runs of one prompt at the original settings (tau 0.1, 10 steps, width cap 10): the
     upstream-compatible engine run, the original loop with its isolated mask, and correct-mode
-    runs with isolated and visible siblings. Returns small per-prompt arrays:
+    runs with isolated and visible siblings (``light``: the correct isolated run only, for the
+    measures the confirmatory replications read). Returns small per-prompt arrays:
     ratios (original metric: ``up``, ``up_iso``; slot metric: ``iso``, ``vis``, and ``*_sinkin``
     with the sink counted as non-parallel), the original step-1 readings of the upstream run
     (``up_layer_ent[L]``, ``up_head_ent[H]``, ``up_head_loc[H]``), and for the correct isolated
     run: ``layer_ent[L]`` / ``layer_ent_nosink[L]`` (mean over steps, heads, queries),
     ``head_ent[L,H]``, ``loc[L,H]`` (mean over steps where defined), ``step0_layer_ent[L]``,
     ``step0_loc[L,H]`` (step 0 only), ``step_ent[S]`` and ``sizes[S]``."""
-    eos = tuple(m.cfg.eos_token_ids or ())
-    up = engine_run(m, ids, compat="upstream")
-    up_iso = original_loop(m.params, m.cfg, ids, isolate=True, eos_ids=eos)
     iso = engine_run(m, ids, compat="none", siblings="isolated")
-    vis = engine_run(m, ids, compat="none", siblings="visible")
-    out = {"up": original_run_ratio(up)[0], "up_iso": original_run_ratio(up_iso)[0],
-           "iso": correct_run_ratio(iso)[0], "vis": correct_run_ratio(vis)[0],
-           "iso_sinkin": correct_run_ratio(iso, True)[0], "vis_sinkin": correct_run_ratio(vis, True)[0],
-           "up_sizes": up.sizes, "up_iso_sizes": up_iso.sizes, "sizes": iso.sizes,
-           "vis_sizes": vis.sizes}
-    out["up_layer_ent"], out["up_head_ent"], out["up_head_loc"] = original_step1(up)
+    out = {"iso": correct_run_ratio(iso)[0], "iso_sinkin": correct_run_ratio(iso, True)[0], "sizes": iso.sizes}
+    if not light:
+        eos = tuple(m.cfg.eos_token_ids or ())
+        up = engine_run(m, ids, compat="upstream")
+        up_iso = original_loop(m.params, m.cfg, ids, isolate=True, eos_ids=eos)
+        vis = engine_run(m, ids, compat="none", siblings="visible")
+        out |= {"up": original_run_ratio(up)[0], "up_iso": original_run_ratio(up_iso)[0],
+                "vis": correct_run_ratio(vis)[0], "vis_sinkin": correct_run_ratio(vis, True)[0],
+                "up_sizes": up.sizes, "up_iso_sizes": up_iso.sizes, "vis_sizes": vis.sizes}
+        out["up_layer_ent"], out["up_head_ent"], out["up_head_loc"] = original_step1(up)
     steps = range(len(iso.sets))
     ent = np.stack([correct_layer_entropy(iso, s) for s in steps])  # [S,L,H]
     out["head_ent"] = ent.mean(0)
@@ -372,9 +373,9 @@ def measure_prompt(m, ids) -> dict:
     return out
 
 
-def shared_measure(ctx, prompt_text: str, key_id: str) -> dict:
+def shared_measure(ctx, prompt_text: str, key_id: str, light: bool = False) -> dict:
     """:func:`measure_prompt` cached on disk across the rep* experiments (keyed by model source,
-    settings version and prompt text), so the five experiments share one set of generations."""
+    settings version, ``light`` and prompt text), so the experiments share one set of generations."""
     import hashlib
     import os
     import pickle
@@ -382,12 +383,13 @@ def shared_measure(ctx, prompt_text: str, key_id: str) -> dict:
     from experiments.research import PROJECT
 
     m = ctx.model
-    h = hashlib.sha256(f"{m.source}|{MEASURE_VERSION}|{ORIGINAL_TAU}|{ORIGINAL_STEPS}|{WIDTH}|"
+    tag = "|light" if light else ""  # the full measure's keys are unchanged
+    h = hashlib.sha256(f"{m.source}|{MEASURE_VERSION}|{ORIGINAL_TAU}|{ORIGINAL_STEPS}|{WIDTH}{tag}|"
                        f"{prompt_text}".encode()).hexdigest()[:24]
     path = PROJECT.root / "runs" / "research" / "cache" / SHARED_CACHE / f"{h}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
-    r = measure_prompt(m, m.tokenizer(prompt_text).input_ids)
+    r = measure_prompt(m, m.tokenizer(prompt_text).input_ids, light)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(pickle.dumps(r))
@@ -395,9 +397,10 @@ def shared_measure(ctx, prompt_text: str, key_id: str) -> dict:
     return r
 
 
-def corpus_measures(ctx) -> list[tuple]:
-    """``(prompt, measure)`` for every prompt of the run, with progress (shared cache)."""
-    return [(p, shared_measure(ctx, p.prompt, p.id)) for p in ctx.progress(ctx.prompts)]
+def corpus_measures(ctx, light: bool = False) -> list[tuple]:
+    """``(prompt, measure)`` for every prompt of the run, with progress (shared cache); ``light``:
+    the correct isolated run's measures only (:func:`measure_prompt`)."""
+    return [(p, shared_measure(ctx, p.prompt, p.id, light)) for p in ctx.progress(ctx.prompts)]
 
 
 def original_measure(ctx) -> dict:

@@ -186,3 +186,15 @@ def test_confirmatory_replication_helpers():
     v = lambda s: {"mid_minus_late": {"verdict": s}}  # noqa: E731
     assert sound(v("differs (+)")) == "holds" and sound(v("no effect within +-0.05")) == "does not hold"
     assert sound(v("differs (-)")) == "does not hold" and sound(v("cannot tell at this n")) == "cannot tell"
+
+
+def test_light_measure_is_the_full_measures_isolated_run(tiny_model):
+    """The confirmatory replications' light measure (the correct isolated run only) equals the same
+    keys of the full four-run measure."""
+    _, cfg, params = tiny_model
+    m = SimpleNamespace(params=params, cfg=cfg)
+    ids = [1, 5, 9, 13, 17, 21]
+    full, light = R.measure_prompt(m, ids), R.measure_prompt(m, ids, light=True)
+    assert set(light) < set(full) and "up" not in light and "loc" in light
+    for k, v in light.items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(full[k]), err_msg=k)
