@@ -13,7 +13,7 @@ from experiments.research.confirm import confirmatory, primary_first
 from tempo_jax.research import Output
 
 DESIGN = confirmatory(
-    X.DESIGN, id="rq4.2c", primary="M", sesoi=0.10, n_per_genre=30,
+    X.DESIGN, id="rq4.2c", primary="M", sesoi=0.10, n_per_genre=20,  # the pilots ask for 41
     title="Confirmatory: do parallel members reconverge with the top member's path more than a near miss")
 
 
