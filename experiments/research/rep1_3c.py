@@ -17,7 +17,7 @@ from experiments.research.confirm import confirmatory
 from tempo_jax.research import Output
 
 DESIGN = confirmatory(
-    X.DESIGN, id="rep1.3c", primary="ML", sesoi=0.05, n_per_genre=15,
+    X.DESIGN, id="rep1.3c", primary="ML", sesoi=0.05, n_per_genre=17,
     title="Confirmatory replication of finding 1.3: middle layers higher entropy than late layers",
     caveats=("Bands by relative depth: SmolLM2 early 0-5 / middle 6-16 / late 17-29; Gemma 3 270M "
              "early 0-3 / middle 4-9 / late 10-17.",))

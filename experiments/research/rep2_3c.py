@@ -25,7 +25,7 @@ from tempo_jax.research import Hypothesis, Output
 LOW, HIGH, RANGE_MARGIN = 0.40, 1.21, 0.10
 
 _base = confirmatory(
-    X.DESIGN, id="rep2.3c", primary="F", sesoi=0.1, n_per_genre=15,
+    X.DESIGN, id="rep2.3c", primary="F", sesoi=0.1, n_per_genre=17,
     title="Confirmatory replication of finding 2.3: head entropy 0.40-1.21 and the explore-to-focus funnel",
     caveats=("Absolute entropies grow with the number of keys a query sees; the original read a 6-token "
              "prompt, the corpus prompts are longer, so the range test asks whether the stated figures "

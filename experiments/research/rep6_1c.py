@@ -29,7 +29,7 @@ from tempo_jax.research import Hypothesis, Output
 UNIFORM_BC = 5 / 9
 
 _base = confirmatory(
-    X.DESIGN, id="rep6.1c", primary="G", n_per_genre=15,
+    X.DESIGN, id="rep6.1c", primary="G", n_per_genre=17,
     title="Confirmatory replication of finding 6.1: are there classes of long-range, balanced and local heads?")
 DESIGN = dataclasses.replace(
     _base,
