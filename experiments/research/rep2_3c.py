@@ -71,9 +71,9 @@ def replication(result: dict, folder) -> dict:
     funnel = f["verdict"].startswith("differs (-)")
     in_range = all(t["verdict"].startswith("no effect") for t in (lo, hi))
     off_range = any(t["verdict"].startswith("differs") for t in (lo, hi))
-    row["sound"] += (f"; lowest head {LOW:+.2f}{lo['estimate']:+.2f} [{lo['lo']:+.2f}, {lo['hi']:+.2f}] "
-                     f"({lo['verdict']}), highest {HIGH:.2f}{hi['estimate']:+.2f} [{hi['lo']:+.2f}, "
-                     f"{hi['hi']:+.2f}] ({hi['verdict']}) nats")
+    row["sound"] += (f"; most focused head minus the stated {LOW:.2f}: {lo['estimate']:+.2f} [{lo['lo']:+.2f}, "
+                     f"{lo['hi']:+.2f}] ({lo['verdict']}), most diffuse minus {HIGH:.2f}: {hi['estimate']:+.2f} "
+                     f"[{hi['lo']:+.2f}, {hi['hi']:+.2f}] ({hi['verdict']}) nats")
     sound = ("holds" if funnel and in_range else
              "does not hold" if off_range or f["verdict"].startswith(("differs (+)", "no effect")) else "cannot tell")
     row["verdict"] = (R.verdict_line(float(cols[0]["funnel_rho"]) < 0, None, sound)
