@@ -123,8 +123,9 @@ def test_original_loop_matches_upstream_engine(which, tiny_model):
 
 
 def test_findings_replication_table_from_stored_results(tmp_path):
-    """FINDINGS' replication section: one row per rep* result, built from the stored statistics;
-    a result whose table is missing gets a 'row not built' row instead of breaking the report."""
+    """FINDINGS' replication section: one row per rep* result and model family, built from the stored
+    statistics; a result whose table is missing gets a 'row not built' row instead of breaking the
+    report."""
     import dataclasses
     import json
 
@@ -137,11 +138,12 @@ def test_findings_replication_table_from_stored_results(tmp_path):
                 "p_adj": 0.001, "p_tost_adj": 1.0, "verdict": verdict, "margin": 0.1, "note": ""}
 
     design = json.loads(json.dumps(dataclasses.asdict(DESIGN)))
-    for eid, with_table in (("rep2.3", True), ("rep1.3", False)):
-        d = tmp_path / eid
+    for eid, with_table, folder, model in (("rep2.3", True, "rep2.3", "m"), ("rep1.3", False, "rep1.3", "m"),
+                                           ("rep2.3", True, "rep2.3@gemma3-270m", "gemma3-270m:g")):
+        d = tmp_path / folder
         d.mkdir()
         res = {"id": eid, "questions": ["2.3"], "title": H.get(eid).DESIGN.title, "design": design,
-               "provenance": {"n_prompts": 24, "split": "test", "genres": ["prose"], "model": "m",
+               "provenance": {"n_prompts": 24, "split": "test", "genres": ["prose"], "model": model,
                               "params_hash": "0" * 64, "commit": "0" * 40, "dirty": False,
                               "corpus_hash": "c", "seed": 0, "run_seconds": 1.0, "command": "c"},
                "tests": [test("funnel_rho", -0.46, -0.53, -0.38, "differs (-)"),
@@ -161,6 +163,9 @@ def test_findings_replication_table_from_stored_results(tmp_path):
     assert row.rstrip(" |").endswith("reproduces under the original procedure; holds in the sound design")
     broken = next(line for line in section.splitlines() if "[rep1.3]" in line)
     assert "row not built" in broken
+    # another family's result gets its own row, named by its model, linking its own folder
+    other = next(line for line in section.splitlines() if "[rep2.3 on gemma3-270m:g]" in line)
+    assert "(results/rep2.3@gemma3-270m/summary.md)" in other and "funnel rho -0.46" in other
 
 
 def test_confirmatory_replication_helpers():
