@@ -214,6 +214,46 @@ def correct_run_ratio(run: Run, sink_in_nonparallel: bool = False) -> tuple[floa
     return (float(np.mean(ratios)) if ratios else float("nan")), ratios
 
 
+def age_table(run: Run) -> dict:
+    """Correct mechanics, recency kept apart: ``{(group, d): (per-key values, per-position totals)}``
+    over every step of a correct-mode run, where ``group`` is "par" (context slots of multi-member
+    sets) or "non" (prompt and single-member-set slots; the sink, slot 0, left out) and ``d`` the
+    key's distance in logical positions from the step's queries (attention averaged over layers,
+    heads and the step's queries, as :func:`slot_ratio`)."""
+    out: dict = {}
+    sizes = np.asarray(run.sizes)
+    for s, at in enumerate(run.attn):
+        a = at.mean((0, 1, 2))
+        kv = len(a)
+        g = slot_groups(run.slot_step[:kv], np.ones(kv, bool), sizes, s)
+        pos, own = run.slot_pos[:kv], np.asarray(g.own)
+        ctx = np.asarray(g.context)
+        if not ctx.any():
+            continue
+        qpos = float(np.max(pos[own])) if own.any() else float(np.max(pos[ctx]) + 1)
+        for group, mask in (("par", np.asarray(g.parallel)), ("non", np.asarray(g.nonparallel))):
+            for p in np.unique(pos[mask]):
+                sel = mask & (pos == p)
+                keys, totals = out.setdefault((group, int(round(qpos - p))), ([], []))
+                keys.extend(a[sel].tolist())
+                totals.append(float(a[sel].sum()))
+    return out
+
+
+def matched_ratio(run: Run) -> tuple[float, float]:
+    """Recency-matched parallel / non-parallel attention of a correct-mode run (the confound of
+    :func:`slot_ratio`: parallel slots are recent, the prompt is far): for every distance ``d`` that
+    both groups reach (:func:`age_table`, over the run's steps), the log of (mean per parallel key /
+    mean per non-parallel key), averaged over those distances with equal weight; and the same per
+    POSITION (a parallel set's summed attention vs a single token's). NaN when no distance is shared."""
+    t = age_table(run)
+    ds = sorted(d for g, d in t if g == "par" and ("non", d) in t)
+    if not ds:
+        return float("nan"), float("nan")
+    lr = lambda i: float(np.mean([np.log(np.mean(t["par", d][i]) / np.mean(t["non", d][i])) for d in ds]))  # noqa: E731
+    return lr(0), lr(1)
+
+
 def entropy_nats(a, axis=-1):
     """Shannon entropy (nats) of attention rows along ``axis`` (0 log 0 = 0)."""
     a = np.asarray(a, np.float64)
@@ -326,7 +366,7 @@ def verdict_line(original: bool | None, correct: bool | None, sound: str) -> str
 
 
 # --- shared per-prompt measurement (one set of generations for every rep* experiment) -------------
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2  # 2: the recency-matched ratios (``*_matched_lr``)
 SHARED_CACHE = "rep-shared"
 
 
@@ -336,13 +376,16 @@ def measure_prompt(m, ids, light: bool = False) -> dict:
     runs with isolated and visible siblings (``light``: the correct isolated run only, for the
     measures the confirmatory replications read). Returns small per-prompt arrays:
     ratios (original metric: ``up``, ``up_iso``; slot metric: ``iso``, ``vis``, and ``*_sinkin``
-    with the sink counted as non-parallel), the original step-1 readings of the upstream run
+    with the sink counted as non-parallel; ``iso_matched_lr``, ``vis_matched_lr`` and
+    ``*_matched_pos_lr``: :func:`matched_ratio`'s log ratios per key and per position), the
+    original step-1 readings of the upstream run
     (``up_layer_ent[L]``, ``up_head_ent[H]``, ``up_head_loc[H]``), and for the correct isolated
     run: ``layer_ent[L]`` / ``layer_ent_nosink[L]`` (mean over steps, heads, queries),
     ``head_ent[L,H]``, ``loc[L,H]`` (mean over steps where defined), ``step0_layer_ent[L]``,
     ``step0_loc[L,H]`` (step 0 only), ``step_ent[S]`` and ``sizes[S]``."""
     iso = engine_run(m, ids, compat="none", siblings="isolated")
     out = {"iso": correct_run_ratio(iso)[0], "iso_sinkin": correct_run_ratio(iso, True)[0], "sizes": iso.sizes}
+    out["iso_matched_lr"], out["iso_matched_pos_lr"] = matched_ratio(iso)
     if not light:
         eos = tuple(m.cfg.eos_token_ids or ())
         up = engine_run(m, ids, compat="upstream")
@@ -351,6 +394,7 @@ def measure_prompt(m, ids, light: bool = False) -> dict:
         out |= {"up": original_run_ratio(up)[0], "up_iso": original_run_ratio(up_iso)[0],
                 "vis": correct_run_ratio(vis)[0], "vis_sinkin": correct_run_ratio(vis, True)[0],
                 "up_sizes": up.sizes, "up_iso_sizes": up_iso.sizes, "vis_sizes": vis.sizes}
+        out["vis_matched_lr"], out["vis_matched_pos_lr"] = matched_ratio(vis)
         out["up_layer_ent"], out["up_head_ent"], out["up_head_loc"] = original_step1(up)
     steps = range(len(iso.sets))
     ent = np.stack([correct_layer_entropy(iso, s) for s in steps])  # [S,L,H]

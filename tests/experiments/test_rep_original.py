@@ -203,3 +203,32 @@ def test_light_measure_is_the_full_measures_isolated_run(tiny_model):
     assert set(light) < set(full) and "up" not in light and "loc" in light
     for k, v in light.items():
         np.testing.assert_array_equal(np.asarray(v), np.asarray(full[k]), err_msg=k)
+
+
+def test_recency_matched_ratio_hand_computed():
+    """Prompt of 3 (slot 0 the sink), sets of 2, 1, 1, 1 at positions 3..6; step s's queries are set
+    s's members (as the engine captures). Parallel set 0 is seen at distances 1, 2, 3 (steps 1-3);
+    non-parallel keys at those distances come from other steps."""
+    slot_step = np.array([PROMPT, PROMPT, PROMPT, 0, 0, 1, 2, 3])
+    slot_pos = np.array([0, 1, 2, 3, 3, 4, 5, 6])
+    att = [[0.4, 0.1, 0.3, 0.1, 0.1],  # step 0: queries slots 3, 4 (pos 3)
+           [0.5, 0.1, 0.1, 0.05, 0.05, 0.2],  # step 1: slot 5 (pos 4)
+           [0.4, 0.1, 0.2, 0.04, 0.06, 0.1, 0.1],  # step 2: slot 6 (pos 5)
+           [0.3, 0.1, 0.1, 0.03, 0.03, 0.2, 0.1, 0.14]]  # step 3: slot 7 (pos 6)
+    attn = [np.broadcast_to(np.asarray(a), (2, 3, q, len(a))) for a, q in zip(att, (2, 1, 1, 1))]
+    run = R.Run(sets=[[7, 8], [9], [10], [11]], attn=attn, prompt_len=3, slot_step=slot_step,
+                slot_pos=slot_pos, alive=np.ones(8, bool))
+    t = R.age_table(run)
+    par = {d: (np.mean(t["par", d][0]), np.mean(t["par", d][1])) for d in (1, 2, 3)}
+    assert par == {1: pytest.approx((0.05, 0.1)), 2: pytest.approx((0.05, 0.1)), 3: pytest.approx((0.03, 0.06))}
+    assert sorted(t["non", 1][0]) == pytest.approx([0.1, 0.1, 0.3])  # prompt pos 2 (step 0), sets 1, 2
+    assert sorted(t["non", 2][0]) == pytest.approx([0.1, 0.1, 0.2])  # prompt pos 1, 2; set 1 (step 3)
+    assert sorted(t["non", 3][0]) == pytest.approx([0.1, 0.2])  # prompt pos 1 (step 1), pos 2 (step 2)
+    assert ("non", 5) in t and ("par", 5) not in t and not any(0.4 in v[0] or 0.5 in v[0] for v in t.values())
+    per_key = np.mean([np.log(0.05 / (0.5 / 3)), np.log(0.05 / (0.4 / 3)), np.log(0.03 / 0.15)])
+    per_pos = np.mean([np.log(0.10 / (0.5 / 3)), np.log(0.10 / (0.4 / 3)), np.log(0.06 / 0.15)])
+    assert R.matched_ratio(run) == pytest.approx((per_key, per_pos))
+    # without parallel sets no distance is shared: NaN
+    single = R.Run(sets=[[7], [9]], attn=[attn[0][..., :1, :4], attn[1][..., :5]], prompt_len=3,
+                   slot_step=np.array([PROMPT, PROMPT, PROMPT, 0, 1]), slot_pos=np.arange(5.0), alive=np.ones(5, bool))
+    assert np.isnan(R.matched_ratio(single)).all()
