@@ -232,3 +232,28 @@ def test_recency_matched_ratio_hand_computed():
     single = R.Run(sets=[[7], [9]], attn=[attn[0][..., :1, :4], attn[1][..., :5]], prompt_len=3,
                    slot_step=np.array([PROMPT, PROMPT, PROMPT, 0, 1]), slot_pos=np.arange(5.0), alive=np.ones(5, bool))
     assert np.isnan(R.matched_ratio(single)).all()
+
+
+def test_rep1_1c_and_rep2_1c_rows():
+    """rep1.1c's band columns sit at the claimed band's middle (a ratio of sqrt(0.4 * 0.6)) with its
+    half-width as margin, so "inside 40-60% less" is the TOST's region; rep2.1c's primary is the
+    same-age ratio of the isolated run minus the visible run's, in ratio points."""
+    from experiments.research import rep1_1c, rep2_1c
+
+    assert np.exp(rep1_1c.MID) == pytest.approx(np.sqrt(0.4 * 0.6))
+    assert (rep1_1c.MID - rep1_1c.HALF, rep1_1c.MID + rep1_1c.HALF) == pytest.approx((np.log(0.4), np.log(0.6)))
+    p = SimpleNamespace(id="x", genre="prose")
+    r = {"up": 0.5, "iso": 2.0, "iso_sinkin": 0.8, "iso_matched_lr": np.log(0.6), "iso_matched_pos_lr": np.log(1.2),
+         "vis_matched_lr": np.log(0.9), "up_iso": 0.45, "vis": 1.5}
+    row = rep1_1c.rows_of([(p, r)])[0]
+    assert row["matched_band"] == pytest.approx(rep1_1c.HALF)  # 40% less: the band's upper edge
+    assert row["orig_band"] == pytest.approx(np.log(0.5) - rep1_1c.MID) and row["corr_lr"] == pytest.approx(np.log(2))
+    assert row["matched_pos_lr"] == pytest.approx(np.log(1.2))
+    row2 = rep2_1c.rows_of([(p, r)])[0]
+    assert row2["matched_d"] == pytest.approx(0.6 - 0.9) and row2["orig_d"] == pytest.approx(-0.05)
+    assert row2["corr_d"] == pytest.approx(0.5)
+    v = lambda c, s: {c: {"verdict": s}}  # noqa: E731
+    for mod, col in ((rep1_1c, "matched_band"), (rep2_1c, "matched_d")):
+        assert mod.sound(v(col, "no effect within +-0.2")) == "holds"
+        assert mod.sound(v(col, "differs (+)")) == "does not hold"
+        assert mod.sound(v(col, "cannot tell at this n")) == "cannot tell"
