@@ -58,7 +58,7 @@ DESIGN = Design(
              "corr_sinkin_lr"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
-    n_per_genre=17,
+    n_per_genre=25,
     quick_n=10,
     caveats=(
         "Keys of the same age come from different steps (a parallel set seen at distance d by one step, "

@@ -45,7 +45,7 @@ DESIGN = Design(
     metrics=("matched_d", "orig_d", "corr_d", "matched_iso", "matched_vis"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
-    n_per_genre=17,
+    n_per_genre=25,
     quick_n=10,
     caveats=(
         "The isolated and visible runs of a prompt diverge after their first different choice, so "
