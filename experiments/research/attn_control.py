@@ -47,11 +47,14 @@ def _step_worlds(params, mcfg, spec, data, st, feed_width: int):
 
 
 def bias_worlds(params, mcfg, prompt_ids: Sequence[int], gcfg: GenerationConfig, n_worlds: int,
-                bias_for: Callable[[int, dict], np.ndarray]) -> list[Trace]:
+                bias_for: Callable[[int, dict], np.ndarray],
+                before_step: Callable[[int, core.TempoState], core.TempoState] | None = None) -> list[Trace]:
     """``n_worlds`` TEMPO generations of one prompt; world b's queries at step s get the attention
     bias ``bias_for(s, host_state)[b]`` (``[L,K]``, added to the logits of every head). ``host_state``
     holds NumPy copies of the worlds' ``slot_step``, ``alive``, ``set_n`` (each with a leading B
-    axis) and ``step``. Returns one :class:`Trace` per world."""
+    axis) and ``step``. ``before_step(s, state)`` may edit the worlds' batched state before step s
+    selects (e.g. force a token into every world's set, as ``generate``'s hook of the same name).
+    Returns one :class:`Trace` per world."""
     if n_worlds < 1:
         raise ValueError("bias_worlds needs at least one world")
     K = check_request(mcfg, gcfg, prompt_ids)
@@ -65,6 +68,8 @@ def bias_worlds(params, mcfg, prompt_ids: Sequence[int], gcfg: GenerationConfig,
     data = stack([base.replace(interventions=zero)] * n_worlds)
     widths = core.feed_widths(spec)
     for s in range(spec.steps):
+        if before_step is not None:
+            st = before_step(s, st)
         host = {k: np.asarray(v) for k, v in jax.device_get(
             {"slot_step": st.slot_step, "alive": st.alive, "set_n": st.set_n,
              "next_n": st.next_n, "done": st.done}).items()}

@@ -76,3 +76,37 @@ def test_rq4_3c_error_and_membership_by_hand():
     assert got["d_recover"] == pytest.approx(0.45) == got["d_recover_inset"]
     assert got["d_recover_next"] == pytest.approx(1.0 - 0.4) and got["n_tokens"] == 2
     assert np.isnan(prompt_row(nll, False, True)["d_recover_inset"])
+
+
+def test_boost_worlds_follow_the_reference_and_the_unbiased_world_is_forced_run(tiny_model, monkeypatch):
+    """rq1.3bc's seven teacher-forced worlds: the unbiased world equals ``forced_run`` (the rq2.1c
+    instrument, run alone), every world stays on the reference, boosted worlds differ once a parallel
+    set exists, and with a zero bias every world is the unbiased one."""
+    from experiments.research import rq1_3bc_boost_forced as X
+
+    _, cfg, params = tiny_model
+    m = types.SimpleNamespace(params=params, cfg=cfg)
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(4, cfg.vocab_size, 9).tolist()
+    ref = rng.integers(4, cfg.vocab_size, 6).tolist()
+    out = X.forced_worlds(m, prompt, ref, seed=1)
+    nll, size, _ = forced_run(m, prompt, ref, "isolated")
+    np.testing.assert_allclose(out["none"]["nll"], nll, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(out["none"]["size"], size)
+    assert size[0] > 1  # a parallel set from step 0, so later steps are boosted
+    assert out["boost_early"]["slots"][1:].min() > 0 and out["ctrl_early"]["slots"][1:].min() > 0
+    assert np.abs(out["boost_early"]["nll"][1:] - nll[1:]).max() > 1e-3
+    np.testing.assert_allclose(out["boost_early"]["nll"][0], nll[0], rtol=1e-6)  # nothing to boost at step 0
+    monkeypatch.setattr(X, "BIAS", 0.0)
+    zero = X.forced_worlds(m, prompt, ref, seed=1)
+    for w in X.WORLDS:
+        np.testing.assert_allclose(zero[w]["nll"], nll, rtol=1e-4, atol=1e-5, err_msg=w)
+
+
+def test_layer_thirds():
+    from experiments.research.rq1_3bc_boost_forced import bands
+
+    assert bands(30) == {"early": range(0, 10), "mid": range(10, 20), "late": range(20, 30)}
+    assert bands(18) == {"early": range(0, 6), "mid": range(6, 12), "late": range(12, 18)}
+    assert list(bands(4).values()) == [range(0, 2), range(2, 3), range(3, 4)]
+    assert list(bands(2).values()) == [range(0, 1), range(1, 2), range(2, 2)]  # the tiny model: no last third
