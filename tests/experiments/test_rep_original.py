@@ -193,6 +193,7 @@ def test_confirmatory_replication_helpers():
     assert sound(v("differs (-)")) == "does not hold" and sound(v("cannot tell at this n")) == "cannot tell"
 
 
+@pytest.mark.heavy  # about 20 s; the light measure only caches a subset of the full one's keys
 def test_light_measure_is_the_full_measures_isolated_run(tiny_model):
     """The confirmatory replications' light measure (the correct isolated run only) equals the same
     keys of the full four-run measure."""
