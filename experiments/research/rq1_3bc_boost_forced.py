@@ -19,8 +19,9 @@ attention logits in one band of layers (thirds by depth), every head:
   the sink), in a fixed random order per prompt (count-matched, not mass-matched).
 
 Outcome per world: the mean NLL (nats per token) of the reference tokens. ONE primary test: boost
-minus control at the early third, 0 within +-0.05 nats per token (TOST; either direction of a
-difference is a finding). The early third because rq1.3c found a set's effect on a later query's
+minus control at the early third, 0 within +-0.1 nats per token (TOST; either direction of a
+difference is a finding; rq2.1c's margin: at +-0.05 the dev pilots' SD, 0.28 nats on SmolLM2, asks
+for about 270 prompts). The early third because rq1.3c found a set's effect on a later query's
 prediction enters mostly there on both families. Secondary (Holm): boost minus control at the
 middle and late thirds; boost minus none at each third.
 """
@@ -38,7 +39,7 @@ from tempo_jax.research import Design, Hypothesis, Output
 BIAS = 2.0
 BANDS = ("early", "mid", "late")
 WORLDS = ("none",) + tuple(f"boost_{b}" for b in BANDS) + tuple(f"ctrl_{b}" for b in BANDS)
-MARGIN = 0.05  # nats per token (about 5% perplexity)
+MARGIN = 0.1  # nats per token (about 10% perplexity; rq2.1c's margin)
 
 DESIGN = Design(
     id="rq1.3bc",
@@ -52,15 +53,15 @@ DESIGN = Design(
     hypotheses=(
         Hypothesis("P", "a +2 boost to earlier parallel members in the first third of layers changes the "
                         "NLL of human text as much as the same boost on other context tokens (boost - "
-                        "control, within +-0.05 nats per token)", "bvc_early", "=0"),
-        Hypothesis("CM", "boost - control at the middle third (within +-0.05)", "bvc_mid", "=0",
+                        "control, within +-0.1 nats per token)", "bvc_early", "=0"),
+        Hypothesis("CM", "boost - control at the middle third (within +-0.1)", "bvc_mid", "=0",
                    family="secondary"),
-        Hypothesis("CL", "boost - control at the last third (within +-0.05)", "bvc_late", "=0",
+        Hypothesis("CL", "boost - control at the last third (within +-0.1)", "bvc_late", "=0",
                    family="secondary"),
-        Hypothesis("B", "boost - no bias at each third (within +-0.05)", "boost_*", "=0", family="secondary"),
+        Hypothesis("B", "boost - no bias at each third (within +-0.1)", "boost_*", "=0", family="secondary"),
     ),
     margin=MARGIN,
-    margin_note="0.05 nats per token (about 5% in perplexity)",
+    margin_note="0.1 nats per token (about 10% in perplexity; rq2.1c's margin)",
     metrics=("bvc_*", "boost_*", "ctrl_*", "nll_*", "npar_*", "n_tokens"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
