@@ -65,7 +65,7 @@ DESIGN = Design(
     metrics=("bvc_*", "boost_*", "ctrl_*", "nll_*", "npar_*", "n_tokens"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
-    n_per_genre=30,
+    n_per_genre=62,  # the pilots ask for 70 (SmolLM2) and 178 (Gemma 3)
     quick_n=10,
     caveats=(
         "The bias is fixed (+2: each slot's attention weight times e^2 before renormalising), one dose; "
