@@ -13,8 +13,8 @@ margin, so "no effect" means the whole CI sits inside 40-60% less). Secondary (H
 alone; the same age-matched ratio per POSITION (a set's summed attention vs one token's: a per-key
 gap with equal per-position attention is dilution, the members splitting one slot's share); the
 band under the original procedure and on rep1.1's unmatched slot metric.
-Sound-design verdict: holds when the primary is "no effect" (inside the band), does not hold when it
-differs, else cannot tell.
+Sound-design verdict: holds when the primary's CI lies inside the band ("no effect within" or
+"differs, within"), does not hold when it differs beyond it, else cannot tell.
 """
 
 from __future__ import annotations
@@ -129,8 +129,10 @@ def _pct(t) -> str:
 
 
 def sound(by) -> str:
+    """The claim holds when the primary's CI lies inside the band ("no effect within", or "differs,
+    within": off the band's middle but inside it)."""
     v = by["matched_band"]["verdict"]
-    return "holds" if v.startswith("no effect") else "does not hold" if v.startswith("differs") else "cannot tell"
+    return "holds" if R.inside_margin(v) else "does not hold" if v.startswith("differs") else "cannot tell"
 
 
 def replication(result: dict, folder) -> dict:
@@ -140,8 +142,8 @@ def replication(result: dict, folder) -> dict:
     up, iso = float(o["orig_ratio"]), float(o["corr_ratio"])
     in_band = lambda x: BAND[0] <= 1 - x <= BAND[1]  # noqa: E731
     n = result["provenance"]["n_prompts"]
-    orig_ok = in_band(up) or by["orig_band"]["verdict"].startswith("no effect")
-    corr_ok = in_band(iso) or by["corr_band"]["verdict"].startswith("no effect")
+    orig_ok = in_band(up) or R.inside_margin(by["orig_band"]["verdict"])
+    corr_ok = in_band(iso) or R.inside_margin(by["corr_band"]["verdict"])
     pos = by["matched_pos_lr"]
     return {
         "finding": "1.1 parallel tokens get 40-60% less attention",
@@ -151,7 +153,7 @@ def replication(result: dict, folder) -> dict:
                  f"token): {_pct(pos)}",
         "verdict": R.verdict_line(orig_ok, corr_ok, sound(by))
                    + ("; per position a parallel set gets as much as one token (the per-key gap is "
-                      "dilution)" if pos["verdict"].startswith("no effect") else ""),
+                      "dilution)" if R.inside_margin(pos["verdict"]) else ""),
     }
 
 

@@ -8,8 +8,9 @@ Per prompt, the correct-mode isolated and visible runs of the shared replication
 query, sink left out; here as a ratio, ``exp`` of the log); ONE primary test: isolated minus visible
 is 0 within +-0.10 ratio points. Secondary (Holm): the same difference under the original procedure
 (rep2.1's registered test, original loop with its reconstructed isolated mask vs the upstream run)
-and on rep2.1's unmatched slot metric. Sound-design verdict: holds when the primary is "no effect",
-does not hold when it differs, else cannot tell.
+and on rep2.1's unmatched slot metric. Sound-design verdict: holds when the primary's effect lies
+inside +-0.10 ("no effect within", or "differs, within": its CI inside the margin), does not hold when
+it differs beyond it, else cannot tell.
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ def _figure(ctx, rows):
 
 
 def sound(by) -> str:
+    """The claim holds when the primary's effect is inside +-0.10 (TOST, or a CI inside the margin:
+    "differs, within" is a small change, which the claim allows)."""
     v = by["matched_d"]["verdict"]
-    return "holds" if v.startswith("no effect") else "does not hold" if v.startswith("differs") else "cannot tell"
+    return "holds" if R.inside_margin(v) else "does not hold" if v.startswith("differs") else "cannot tell"
 
 
 def replication(result: dict, folder) -> dict:

@@ -344,6 +344,12 @@ def correct_layer_entropy(run: Run, s: int, drop_sink: bool = False) -> np.ndarr
     return entropy_nats(at).mean(-1)
 
 
+def inside_margin(verdict: str) -> bool:
+    """Whether a stored "=0" test's verdict puts the effect inside its margin: "no effect within m"
+    (TOST) or "differs (+/-), within m" (a difference from 0, its CI inside +-m)."""
+    return verdict.startswith("no effect") or ", within " in verdict
+
+
 def verdict_line(original: bool | None, correct: bool | None, sound: str) -> str:
     """The replication verdict from the three columns. ``original``/``correct``: does the claim
     appear under the original procedure / with the same metric on correct mechanics (None: not

@@ -256,5 +256,6 @@ def test_rep1_1c_and_rep2_1c_rows():
     v = lambda c, s: {c: {"verdict": s}}  # noqa: E731
     for mod, col in ((rep1_1c, "matched_band"), (rep2_1c, "matched_d")):
         assert mod.sound(v(col, "no effect within +-0.2")) == "holds"
+        assert mod.sound(v(col, "differs (-), within +-0.1")) == "holds"  # a small change: inside the margin
         assert mod.sound(v(col, "differs (+)")) == "does not hold"
         assert mod.sound(v(col, "cannot tell at this n")) == "cannot tell"
