@@ -20,6 +20,7 @@ Sound-design verdict: holds when the primary's CI lies inside the band ("no effe
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 
@@ -124,7 +125,9 @@ def _figure(ctx, rows):
 
 
 def _pct(t) -> str:
-    e = lambda x: 100 * (np.exp(x + MID) - 1) if "band" in t["column"] else 100 * (np.exp(x) - 1)  # noqa: E731
+    """A stored test (dict) of a log-ratio column as percent more / less attention, band columns
+    shifted back by the band's middle."""
+    e = lambda x: 100 * (np.exp(x + (MID if "band" in t["column"] else 0.0)) - 1)  # noqa: E731
     return f"{e(t['estimate']):+.0f}% [{e(t['lo']):+.0f}, {e(t['hi']):+.0f}] ({t['verdict']})"
 
 
@@ -159,9 +162,7 @@ def replication(result: dict, folder) -> dict:
 
 def answer(tests, design) -> str:
     by = {t.column: t for t in tests}
-    f = lambda t: (f"{100 * (np.exp(t.estimate + (MID if 'band' in t.column else 0)) - 1):+.0f}% "  # noqa: E731
-                   f"[{100 * (np.exp(t.lo + (MID if 'band' in t.column else 0)) - 1):+.0f}, "
-                   f"{100 * (np.exp(t.hi + (MID if 'band' in t.column else 0)) - 1):+.0f}] ({t.verdict})")
+    f = lambda t: _pct(dataclasses.asdict(t))  # noqa: E731
     m = by["matched_band"]
     return (f"Primary test M (parallel keys get 40-60% less attention than non-parallel keys of the same "
             f"age): {f(m)} per parallel key; per position {f(by['matched_pos_lr'])}. The original "

@@ -230,7 +230,7 @@ def age_table(run: Run) -> dict:
         ctx = np.asarray(g.context)
         if not ctx.any():
             continue
-        qpos = float(np.max(pos[own])) if own.any() else float(np.max(pos[ctx]) + 1)
+        qpos = query_pos(pos, own, ctx)
         for group, mask in (("par", np.asarray(g.parallel)), ("non", np.asarray(g.nonparallel))):
             for p in np.unique(pos[mask]):
                 sel = mask & (pos == p)
@@ -318,6 +318,11 @@ def original_step1(run: Run):
     return ent.mean(1), ent.mean(0), loc
 
 
+def query_pos(slot_pos, own, context) -> float:
+    """Logical position of a step's queries: that of its own slots, else one past the context's."""
+    return float(np.max(slot_pos[own])) if own.any() else float(np.max(slot_pos[context]) + 1)
+
+
 def correct_context_locality(run: Run, s: int):
     """Correct mechanics, step ``s``: per head ``[L,H]`` locality over CONTEXT slots (sink and the
     step's own slots excluded): recent = context slots whose logical position is within RECENT of
@@ -327,7 +332,7 @@ def correct_context_locality(run: Run, s: int):
     g = slot_groups(run.slot_step[:kv], np.ones(kv, bool), np.asarray(run.sizes), s)
     ctx = np.asarray(g.context)
     own = np.asarray(g.own)
-    qpos = float(np.max(run.slot_pos[:kv][own])) if own.any() else float(np.max(run.slot_pos[:kv][ctx]) + 1)
+    qpos = query_pos(run.slot_pos[:kv], own, ctx)
     recent = ctx & (run.slot_pos[:kv] >= qpos - RECENT)
     distant = ctx & ~recent
     if not recent.any() or not distant.any():
