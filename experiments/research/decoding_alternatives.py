@@ -156,8 +156,9 @@ def _replay_fn():
         t = tokens.shape[0]
         cache = init_cache(cfg, 1, t, params["embed"].dtype)
         ar = jnp.arange(t)
+        key_pos = ar[None].astype(jnp.float32) if cfg.has_window else None  # sliding-window models
         _, _, taps = forward(params, cfg, tokens[None], ar[None].astype(jnp.float32), ar[None],
-                             causal_mask(1, t, t), cache, TapsSpec(attn=True))
+                             causal_mask(1, t, t), cache, TapsSpec(attn=True), key_pos=key_pos)
         a = taps["attn"][:, 0]  # [L,H,T,K]
         ent = -jnp.sum(jnp.where(a > 0, a * jnp.log(jnp.where(a > 0, a, 1.0)), 0.0), -1)
         return a[..., 0], ent  # sink [L,H,T], entropy [L,H,T]

@@ -114,3 +114,22 @@ def test_replay_attention_matches_unpadded_forward(tiny_model):
     e = -np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0), -1)
     np.testing.assert_allclose(ent, e.mean((1, 2)), rtol=1e-4)
     assert sink.shape == (cfg.num_layers,) and np.all((sink > 0) & (sink < 1))
+
+
+def test_replay_attention_on_a_sliding_window_model_equals_hf():
+    """Gemma 3 layers see only the last ``window`` positions: the replay passes key positions, and
+    its sink share and entropy equal HF's eager attention over a sequence longer than the window."""
+    import torch
+
+    from tinymodel import tiny_gemma
+
+    hf, cfg, params = tiny_gemma(0)
+    path = [7, 8, 2, 11, 4, 6]
+    sink, ent = A.replay_attention(params, cfg, PROMPT, path, bucket=16)
+    with torch.no_grad():
+        att = hf(torch.tensor([PROMPT + path]), output_attentions=True).attentions
+    a = np.stack([x[0].numpy() for x in att]).astype(np.float64)[:, :, len(PROMPT):, :]  # [L,H,n,T]
+    np.testing.assert_allclose(sink, a[..., 0].mean((1, 2)), rtol=1e-4, atol=1e-6)
+    e = -np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0), -1)
+    np.testing.assert_allclose(ent, e.mean((1, 2)), rtol=1e-4, atol=1e-6)
+    assert a[0, 0, -1, 0] == 0.0  # the window hides the sink from the last query of a sliding layer
