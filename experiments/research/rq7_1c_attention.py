@@ -57,7 +57,7 @@ DESIGN = Design(
     metrics=("dent", "dsink", "dent_shared", "alt_mass", "L*_dent"),
     families={"primary": "holm", "secondary": "holm", "layers": "fdr_bh"},
     split="confirm",
-    n_per_genre=20,
+    n_per_genre=30,  # the pilots ask for 23 / 38 (primary), 47 / 51 (sink share)
     quick_n=10,
     caveats=(
         "The replay is what a beam computes for TEMPO's own clean path, not beam search's own output: "
