@@ -48,15 +48,20 @@ def _step_worlds(params, mcfg, spec, data, st, feed_width: int):
 
 def bias_worlds(params, mcfg, prompt_ids: Sequence[int], gcfg: GenerationConfig, n_worlds: int,
                 bias_for: Callable[[int, dict], np.ndarray],
-                before_step: Callable[[int, core.TempoState], core.TempoState] | None = None) -> list[Trace]:
+                before_step: Callable[[int, core.TempoState], core.TempoState] | None = None,
+                inputs: Sequence | None = None) -> list[Trace]:
     """``n_worlds`` TEMPO generations of one prompt; world b's queries at step s get the attention
     bias ``bias_for(s, host_state)[b]`` (``[L,K]``, added to the logits of every head). ``host_state``
     holds NumPy copies of the worlds' ``slot_step``, ``alive``, ``set_n`` (each with a leading B
     axis) and ``step``. ``before_step(s, state)`` may edit the worlds' batched state before step s
     selects (e.g. force a token into every world's set, as ``generate``'s hook of the same name).
+    ``inputs``: one :class:`EngineInputs` per world (e.g. its own sibling table; default
+    ``gcfg.inputs`` in every world); the bias replaces their interventions.
     Returns one :class:`Trace` per world."""
     if n_worlds < 1:
         raise ValueError("bias_worlds needs at least one world")
+    if inputs is not None and len(inputs) != n_worlds:
+        raise ValueError(f"bias_worlds got {len(inputs)} EngineInputs for {n_worlds} worlds")
     K = check_request(mcfg, gcfg, prompt_ids)
     spec = gcfg.static()
     base = gcfg.inputs(mcfg)
@@ -65,7 +70,7 @@ def bias_worlds(params, mcfg, prompt_ids: Sequence[int], gcfg: GenerationConfig,
     st = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_worlds,) + x.shape), st0)
     L = mcfg.num_layers
     zero = Interventions(attn_bias=jnp.zeros((1, L, 1, K), jnp.float32))
-    data = stack([base.replace(interventions=zero)] * n_worlds)
+    data = stack([w.replace(interventions=zero) for w in (inputs if inputs is not None else [base] * n_worlds)])
     widths = core.feed_widths(spec)
     for s in range(spec.steps):
         if before_step is not None:

@@ -110,3 +110,30 @@ def test_layer_thirds():
     assert bands(18) == {"early": range(0, 6), "mid": range(6, 12), "late": range(12, 18)}
     assert list(bands(4).values()) == [range(0, 2), range(2, 3), range(3, 4)]
     assert list(bands(2).values()) == [range(0, 1), range(1, 2), range(2, 2)]  # the tiny model: no last third
+
+
+def test_isolation_strategy_worlds_equal_forced_runs(tiny_model, monkeypatch):
+    """rq8.2c's six teacher-forced worlds in one program: each single-rule world equals ``forced_run``
+    under that rule run alone; adaptive is visible when no step is above its threshold and isolated
+    when every step is; partial (the middle third of the layers full) lies apart from both ends."""
+    from experiments.research import rq8_2c_forced as X
+
+    _, cfg, params = tiny_model
+    m = types.SimpleNamespace(params=params, cfg=cfg)
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(4, cfg.vocab_size, 9).tolist()
+    ref = rng.integers(4, cfg.vocab_size, 6).tolist()
+    out = X.forced_strategies(m, prompt, ref)
+    alone = {r: forced_run(m, prompt, ref, r) for r in ("isolated", "visible", "reverse", "full")}
+    for r, (nll, size, _) in alone.items():
+        np.testing.assert_allclose(out[r]["nll"], nll, rtol=1e-4, atol=1e-5, err_msg=r)
+        np.testing.assert_array_equal(out[r]["size"], size)
+    assert alone["isolated"][1][0] > 1  # a parallel set from step 0: the rules differ later
+    assert np.abs(out["visible"]["nll"][1:] - out["isolated"]["nll"][1:]).max() > 1e-3
+    assert np.abs(out["partial"]["nll"][1:] - out["isolated"]["nll"][1:]).max() > 1e-3
+    assert np.abs(out["partial"]["nll"][1:] - out["full"]["nll"][1:]).max() > 1e-3
+    for nats, same in ((1e9, "visible"), (0.0, "isolated")):
+        monkeypatch.setattr(X, "ADAPT_NATS", nats)
+        np.testing.assert_allclose(X.forced_strategies(m, prompt, ref)["adaptive"]["nll"], out[same]["nll"],
+                                   rtol=1e-4, atol=1e-5, err_msg=same)
+    assert list(X.middle_third(30)) == list(range(10, 20)) and list(X.middle_third(18)) == list(range(6, 12))
