@@ -166,11 +166,11 @@ def _replay_fn():
     return jax.jit(f, static_argnums=1)
 
 
-def replay_attention(params, cfg, prompt_ids: Sequence[int], path: Sequence[int],
-                     bucket: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(sink[L], entropy[L]): per layer, the mean over heads and over the path's tokens (as queries)
-    of the attention on slot 0 and of the attention entropy (nats), when prompt + path is fed as
-    one causal sequence at positions 0..P+n-1 (padding after the real tokens changes nothing)."""
+def replay_rows(params, cfg, prompt_ids: Sequence[int], path: Sequence[int],
+                bucket: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(sink[L,n], entropy[L,n]): per layer and path token (as query), the mean over heads of the
+    attention on slot 0 and of the attention entropy (nats), when prompt + path is fed as one causal
+    sequence at positions 0..P+n-1 (padding after the real tokens changes nothing)."""
     p, c = [int(t) for t in prompt_ids], [int(t) for t in path]
     if not c or not p:
         raise ValueError("replay_attention needs a non-empty prompt and path")
@@ -180,5 +180,12 @@ def replay_attention(params, cfg, prompt_ids: Sequence[int], path: Sequence[int]
     tokens[:len(seq)] = seq
     sink, ent = _replay_fn()(params, cfg, jnp.asarray(tokens))
     rows = slice(len(p), len(seq))
-    return (np.asarray(sink[:, :, rows], np.float64).mean((1, 2)),
-            np.asarray(ent[:, :, rows], np.float64).mean((1, 2)))
+    return (np.asarray(sink[:, :, rows], np.float64).mean(1),
+            np.asarray(ent[:, :, rows], np.float64).mean(1))
+
+
+def replay_attention(params, cfg, prompt_ids: Sequence[int], path: Sequence[int],
+                     bucket: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(sink[L], entropy[L]): :func:`replay_rows` averaged over the path's tokens."""
+    sink, ent = replay_rows(params, cfg, prompt_ids, path, bucket)
+    return sink.mean(1), ent.mean(1)
