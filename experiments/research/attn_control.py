@@ -55,8 +55,9 @@ def bias_worlds(params, mcfg, prompt_ids: Sequence[int], gcfg: GenerationConfig,
     holds NumPy copies of the worlds' ``slot_step``, ``alive``, ``set_n`` (each with a leading B
     axis) and ``step``. ``before_step(s, state)`` may edit the worlds' batched state before step s
     selects (e.g. force a token into every world's set, as ``generate``'s hook of the same name).
-    ``inputs``: one :class:`EngineInputs` per world (e.g. its own sibling table; default
-    ``gcfg.inputs`` in every world); the bias replaces their interventions.
+    ``inputs``: one :class:`EngineInputs` per world (e.g. its own sibling table or head ablation;
+    default ``gcfg.inputs`` in every world); the bias replaces their ``attn_bias`` only (every world
+    then carries the same intervention fields). The prompt is prefilled without them.
     Returns one :class:`Trace` per world."""
     if n_worlds < 1:
         raise ValueError("bias_worlds needs at least one world")
@@ -70,7 +71,8 @@ def bias_worlds(params, mcfg, prompt_ids: Sequence[int], gcfg: GenerationConfig,
     st = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_worlds,) + x.shape), st0)
     L = mcfg.num_layers
     zero = Interventions(attn_bias=jnp.zeros((1, L, 1, K), jnp.float32))
-    data = stack([w.replace(interventions=zero) for w in (inputs if inputs is not None else [base] * n_worlds)])
+    data = stack([w.replace(interventions=(w.interventions or Interventions()).replace(attn_bias=zero.attn_bias))
+                  for w in (inputs if inputs is not None else [base] * n_worlds)])
     widths = core.feed_widths(spec)
     for s in range(spec.steps):
         if before_step is not None:
@@ -84,7 +86,7 @@ def bias_worlds(params, mcfg, prompt_ids: Sequence[int], gcfg: GenerationConfig,
         b = np.asarray(bias_for(s, host), np.float32)
         if b.shape != (n_worlds, L, K):
             raise ValueError(f"bias_for must return [B,L,K] = {(n_worlds, L, K)}, got {b.shape}")
-        data = data.replace(interventions=Interventions(attn_bias=jnp.asarray(b[:, None, :, None, :])))
+        data = data.replace(interventions=data.interventions.replace(attn_bias=jnp.asarray(b[:, None, :, None, :])))
         need = int(host["next_n"][~host["done"]].max())
         st = _step_worlds(params, mcfg, spec, data, st, next(w for w in widths if w >= need))
     ids = list(map(int, prompt_ids))
