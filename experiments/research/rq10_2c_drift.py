@@ -16,7 +16,8 @@ on slot 0) and the attention entropy, lattice minus replay; and the lattice's at
 alternatives. Per prompt, the Theil-Sen slope of each against the step, per 100 steps. ONE primary
 test: the sink-share gap's slope = 0 within 0.02 per 100 steps (the exploratory margin).
 Secondary (Holm): the entropy gap's slope = 0 within 0.05 nats per 100 steps; the slope of the
-attention on earlier alternatives = 0 within 0.02 per 100 steps.
+attention on earlier alternatives = 0 within 0.02 per 100 steps; the slope of the per-key log ratio of
+attention on alternatives to other non-sink keys = 0 within log 1.1 per 100 steps (count taken out).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from scipy import stats
 from experiments.research import decoding_alternatives as A
 from experiments.research.rq4_3_error_correction import forced_dist
 from tempo_jax.research import Design, Hypothesis, Output
+from tempo_jax.slots import PROMPT, SINK
 
 STEPS, TAU, WIDTH = 128, 0.1, 4
 MIN_STEPS = 32  # a path shorter than this (EOS) gives no row
@@ -49,11 +51,15 @@ DESIGN = Design(
                    margin=0.05),
         Hypothesis("S2", "attention on earlier alternatives does not drift: slope = 0 within 0.02 per "
                          "100 steps", "slope_alt", "=0", family="secondary"),
+        Hypothesis("S3", "attention PER KEY on earlier alternatives relative to other non-sink keys does "
+                         "not drift (their growing number taken out): slope of the log ratio = 0 within "
+                         "log 1.1 per 100 steps", "slope_alt_lr", "=0", family="secondary",
+                   margin=float(np.log(1.1))),
     ),
     margin=0.02,
     margin_note="0.02 per 100 steps for shares (the exploratory rq10.2's); 0.05 nats per 100 steps "
-                "for entropy",
-    metrics=("dslope_*", "slope_*", "dsink_mean", "dent_mean", "alt_mean", "n_steps"),
+                "for entropy; log 1.1 per 100 steps for the per-key log ratio",
+    metrics=("dslope_*", "slope_*", "dsink_mean", "dent_mean", "alt_mean", "n_steps", "size_mean"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
     genres=("prose", "code"),
@@ -67,13 +73,15 @@ DESIGN = Design(
         "Teacher-forced: the path token is member 0 at every step; a free TEMPO run would follow its own "
         "text. No pruning, so alternatives accumulate for the whole run.",
         "Theil-Sen slopes summarise a monotone trend; a drift that saturates early is understated.",
+        "Without pruning the alternatives' share of the keys grows with the step (slope_alt_keys), so the "
+        "gaps and the attention on alternatives drift partly by count; S3 (per key) takes the count out.",
     ),
     config={"steps": STEPS, "generation": GEN, "min_steps": MIN_STEPS, "forcing": "rq4.3 forced_dist"},
 )
 
 
-COLUMNS = ("dslope_sink", "dslope_ent", "slope_alt", "dsink_mean", "dent_mean", "alt_mean", "n_steps",
-           "size_mean")
+COLUMNS = ("dslope_sink", "dslope_ent", "slope_alt", "slope_alt_lr", "slope_alt_keys", "dsink_mean", "dent_mean",
+           "alt_mean", "n_steps", "size_mean")
 
 
 def _entropy(a: np.ndarray) -> np.ndarray:
@@ -96,7 +104,7 @@ def lattice_along(m, ids, path) -> dict:
     n = len(path)
     g = GenerationConfig(**GEN, max_steps=n, min_steps=n)
     spec, inputs = g.static(), g.inputs(m.cfg)
-    out = {k: np.full(n, np.nan) for k in ("sink", "ent", "alt")}
+    out = {k: np.full(n, np.nan) for k in ("sink", "ent", "alt", "alt_lr", "alt_keys")}
 
     def force(s, st):
         fd = forced_dist(st.dist, int(path[s]))
@@ -105,8 +113,16 @@ def lattice_along(m, ids, path) -> dict:
     def on_step(s, st, cap):
         a = np.asarray(cap.attn, np.float64)[:, :, 0, :]  # [L,H,K] the path token's query
         off = (np.asarray(st.slot_step) >= 0) & (np.asarray(st.slot_step) < s) & (np.asarray(st.slot_member) != 0)
+        off &= np.asarray(st.alive, bool)
         out["sink"][s], out["ent"][s] = a[..., 0].mean(), _entropy(a).mean()
         out["alt"][s] = a[..., off].sum(-1).mean()
+        k, step = np.arange(a.shape[-1]), np.asarray(st.slot_step)
+        rest = (np.asarray(st.alive, bool) & (k != SINK) & ~off
+                & ((step == PROMPT) | ((step >= 0) & (step < s))))  # prompt and earlier path tokens
+        out["alt_keys"][s] = off.sum() / max(off.sum() + rest.sum(), 1)
+        if off.any() and rest.any():  # per-key attention on alternatives relative to other non-sink keys
+            lr = np.log(a[..., off].mean(-1) + 1e-9) - np.log(a[..., rest].mean(-1) + 1e-9)
+            out["alt_lr"][s] = float(lr.mean())
 
     tr = generate(m.params, m.cfg, list(ids), g, inputs=inputs, before_step=force, capture="full",
                   on_step=on_step)
@@ -140,7 +156,9 @@ def run(ctx) -> Output:
             rows.append(row)
             continue
         dsink, dent = r["sink"] - r["sink_rep"], r["ent"] - r["ent_rep"]
+        lr = r["alt_lr"][np.isfinite(r["alt_lr"])]
         row.update(dslope_sink=slope(dsink), dslope_ent=slope(dent), slope_alt=slope(r["alt"]),
+                   slope_alt_lr=slope(lr) if len(lr) >= 2 else np.nan, slope_alt_keys=slope(r["alt_keys"]),
                    dsink_mean=float(dsink.mean()), dent_mean=float(dent.mean()), alt_mean=float(r["alt"].mean()),
                    n_steps=len(dsink), size_mean=float(r["size"].mean()))
         rows.append(row)
@@ -189,6 +207,7 @@ def answer(tests, design) -> str:
     num = lambda t: f"{t.estimate:+.4f} [{t.lo:+.4f}, {t.hi:+.4f}] ({t.verdict})"
     said = {"P": "Primary test P: per 100 steps, the drift of the sink-share gap (TEMPO lattice minus the "
                  "same tokens as one sequence)",
-            "S1": "of the entropy gap (nats)", "S2": "of the attention on earlier alternatives"}
+            "S1": "of the entropy gap (nats)", "S2": "of the attention on earlier alternatives",
+            "S3": "of its per-key log ratio to other context keys"}
     return "Along a long greedy path, teacher-forced: " + "; ".join(
         f"{said[h]} {num(by[h])}" for h in said if h in by) + "."

@@ -33,3 +33,16 @@ def test_one_member_lattice_equals_the_replay_and_alternatives_change_it(tiny_mo
     many = X.lattice_along(m, prompt, path)
     assert many["size"].max() > 1 and many["alt"][1:].max() > 0
     assert np.abs(many["sink"][1:] - sink_rep.mean(0)[1:]).max() > 1e-3
+
+
+def test_per_key_ratio_and_key_share(tiny_model, monkeypatch):
+    _, cfg, params = tiny_model
+    m = types.SimpleNamespace(params=params, cfg=cfg)
+    rng = np.random.default_rng(2)
+    prompt = rng.integers(4, cfg.vocab_size, 7).tolist()
+    path = rng.integers(4, cfg.vocab_size, 10).tolist()
+    monkeypatch.setitem(X.GEN, "threshold", 0.02)
+    out = X.lattice_along(m, prompt, path)
+    assert out["alt_keys"][0] == 0  # no earlier alternatives at step 0
+    assert 0 < out["alt_keys"][-1] < 1
+    assert np.isnan(out["alt_lr"][0]) and np.isfinite(out["alt_lr"][1:]).all()
