@@ -53,7 +53,7 @@ DESIGN = Design(
     metrics=("auroc_minus_half", "reject_branch_minus_single", "reject_rate", "branch_rate", "n_steps"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
-    n_per_genre=30,
+    n_per_genre=30,  # the pilots ask for 65 / 39
     quick_n=10,
     caveats=(
         "Teacher-forced on the greedy path: every step is judged as the first draft of a round after an "
