@@ -70,6 +70,10 @@ DESIGN = Design(
     split="confirm",
     n_per_genre=30,
     quick_n=10,
+    # the pilots ask for about 24 (SmolLM2) and 225 (Gemma 3: its random heads vary widely, some matter as
+    # much as the selected ones) prompts; 9 teacher-forced worlds per prompt take 10-20 s on 2 cores, so
+    # 90 per model is what the session's compute allows: declared exploratory before it runs
+    exploratory=True,
     caveats=(
         "Zero ablation of one head at a time, in every step's forward; the prompt is prefilled without "
         "it. Mean ablation and pairs of heads are not tested here.",
