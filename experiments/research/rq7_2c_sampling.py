@@ -46,7 +46,7 @@ DESIGN = Design(
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
     genres=("facts",),
-    n_per_genre=120,
+    n_per_genre=60,  # the pilots ask for 38 / 25 (coverage, secondary: 115 / 148)
     quick_n=30,
     caveats=(
         "Facts prompts only: gold answers judge the outputs; prose and code have no model-independent "
