@@ -76,6 +76,16 @@ def pad(ids) -> tuple[np.ndarray, int]:
     return np.pad(np.asarray(ids, np.int32), (0, pb - p)), p
 
 
+def key_positions(mcfg: ModelConfig, batch: int, capacity: int, plen):
+    """``[B,K]`` logical position of every slot of this construction (prompt slot k -> k, the members
+    -> P, q1 -> P + 1, q2 -> P + 2) for sliding-window models, else None (forward ignores it)."""
+    if not mcfg.has_window:
+        return None
+    k = jnp.arange(capacity)
+    kp = jnp.where(k < plen, k, jnp.where(k < plen + W, plen, k - W + 1)).astype(jnp.float32)
+    return jnp.broadcast_to(kp, (batch, capacity))
+
+
 @functools.partial(jax.jit, static_argnames=("mcfg", "capacity"))
 def prompt_pass(params, mcfg: ModelConfig, prompt, plen, capacity: int):
     """Causal forward of ``prompt[Pb]`` -> (next-token probs [V], cache (B = 1), resid [L,Pb,E])."""
@@ -83,7 +93,8 @@ def prompt_pass(params, mcfg: ModelConfig, prompt, plen, capacity: int):
     ar = jnp.arange(pb)
     cache = init_cache(mcfg, 1, capacity, params["embed"].dtype)
     logits, cache, taps = forward(params, mcfg, prompt[None], ar[None].astype(jnp.float32), ar[None],
-                                  causal_mask(1, pb, capacity), cache, TapsSpec(resid=True))
+                                  causal_mask(1, pb, capacity), cache, TapsSpec(resid=True),
+                                  key_pos=key_positions(mcfg, 1, capacity, plen))
     return jax.nn.softmax(jnp.take(logits[0], plen - 1, axis=0)), cache, taps["resid"][:, 0]
 
 
@@ -99,7 +110,7 @@ def write_set(params, mcfg: ModelConfig, cache: KVCache, plen, members):
     pos = jnp.full((1, n), plen, jnp.float32)
     slots = (plen + jnp.arange(n))[None]
     logits, cache, taps = forward(params, mcfg, members[None], pos, slots, mask[None], cache,
-                                  TapsSpec(resid=True))
+                                  TapsSpec(resid=True), key_pos=key_positions(mcfg, 1, cache.capacity, plen))
     return logits[0], cache, taps["resid"][:, 0]
 
 
@@ -110,7 +121,8 @@ def read_worlds(params, mcfg: ModelConfig, cache: KVCache, tokens, pos, slots, m
     b, t = mask.shape[0], tokens.shape[0]
     logits, _, taps = forward(params, mcfg, jnp.broadcast_to(tokens, (b, t)),
                               jnp.broadcast_to(pos, (b, t)), jnp.broadcast_to(slots, (b, t)), mask,
-                              cache, TapsSpec(attn=True, resid=True))
+                              cache, TapsSpec(attn=True, resid=True),
+                              key_pos=key_positions(mcfg, b, cache.capacity, slots[0] - W))  # q1 sits at P + W
     return jax.nn.log_softmax(logits, -1), taps["resid"], taps["attn"][:, 0]
 
 
