@@ -61,7 +61,7 @@ DESIGN = Design(
     metrics=("dlogj_*", "logj_*", "did_q1*", "j_none", "p_x", "p_y"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
-    n_per_genre=15,
+    n_per_genre=30,  # the SmolLM2 pilot asks for 80 (primary); about 1-3 s per prompt
     quick_n=5,
     caveats=(
         "A forced isolated set of the prompt's top-4 next tokens at one step; the swapped member is the "
