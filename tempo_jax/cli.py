@@ -304,6 +304,7 @@ def _cmd_forward(args) -> int:
     import numpy as np
 
     from tempo_jax.model import init_cache, prefill
+    from tempo_jax.metrics import entropy_nats
 
     ids = m.tokenizer(prompt).input_ids
     if not ids:
@@ -323,7 +324,7 @@ def _cmd_forward(args) -> int:
     for i in top:
         print(f"  {probs[i]:7.4f}  {m.tokenizer.decode([int(i)])!r}")
     attn = np.asarray(taps["attn_last"][:, 0])  # [L,H,K] from the last query
-    ent = -(attn * np.log(np.where(attn > 0, attn, 1.0))).sum(-1)  # [L,H] nats
+    ent = entropy_nats(attn)  # [L,H] nats
     print("\nper layer, last query (mean over heads): attention entropy (nats) | attention on first token")
     for layer in range(attn.shape[0]):
         sink = attn[layer, :, 0].mean()

@@ -86,6 +86,12 @@ def parallel_attention(attn, slot_step, alive_fwd, set_n, s: int, query_slots) -
     return out
 
 
+def entropy_nats(p, axis: int = -1) -> np.ndarray:
+    """Shannon entropy in nats of non-negative weights along ``axis`` (0 log 0 = 0), in float64."""
+    p = np.asarray(p, np.float64)
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis)
+
+
 def attention_entropy(attn, slot_step, alive_fwd, query_slots) -> np.ndarray:
     """Entropy in nats of each valid query's attention over the visible slots: ``[L,H,n]``.
 
@@ -93,9 +99,8 @@ def attention_entropy(attn, slot_step, alive_fwd, query_slots) -> np.ndarray:
     """
     a = _rows(attn, query_slots)
     vis = (np.asarray(slot_step) != UNWRITTEN) & np.asarray(alive_fwd, bool)
-    p = np.where(vis, a, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
+        return entropy_nats(np.where(vis, a, 0.0))
 
 
 def sibling_leakage(attn, slot_step, alive_fwd, s: int, query_slots) -> np.ndarray:

@@ -37,6 +37,7 @@ import numpy as np
 
 from tempo_jax.config import ModelConfig
 from tempo_jax.engine.core import prefill
+from tempo_jax.metrics import entropy_nats
 from tempo_jax.model import KVCache, TapsSpec, forward
 from tempo_jax.slots import slot_groups
 
@@ -252,12 +253,6 @@ def matched_ratio(run: Run) -> tuple[float, float]:
         return float("nan"), float("nan")
     lr = lambda i: float(np.mean([np.log(np.mean(t["par", d][i]) / np.mean(t["non", d][i])) for d in ds]))  # noqa: E731
     return lr(0), lr(1)
-
-
-def entropy_nats(a, axis=-1):
-    """Shannon entropy (nats) of attention rows along ``axis`` (0 log 0 = 0)."""
-    a = np.asarray(a, np.float64)
-    return -np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0)), 0.0), axis)
 
 
 def bands(n_layers: int) -> np.ndarray:

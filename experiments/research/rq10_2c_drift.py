@@ -27,6 +27,7 @@ from scipy import stats
 
 from experiments.research import decoding_alternatives as A
 from experiments.research.rq4_3_error_correction import forced_dist
+from tempo_jax.metrics import entropy_nats
 from tempo_jax.research import Design, Hypothesis, Output
 from tempo_jax.slots import PROMPT, SINK
 
@@ -84,10 +85,6 @@ COLUMNS = ("dslope_sink", "dslope_ent", "slope_alt", "slope_alt_lr", "slope_alt_
            "alt_mean", "n_steps", "size_mean")
 
 
-def _entropy(a: np.ndarray) -> np.ndarray:
-    return -np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0)), 0.0), -1)
-
-
 def greedy_path(m, ids) -> list[int]:
     """The model's greedy continuation of ``ids`` (STEPS tokens, cut at its first EOS)."""
     from tempo_jax.engine import GenerationConfig, generate
@@ -114,7 +111,7 @@ def lattice_along(m, ids, path) -> dict:
         a = np.asarray(cap.attn, np.float64)[:, :, 0, :]  # [L,H,K] the path token's query
         off = (np.asarray(st.slot_step) >= 0) & (np.asarray(st.slot_step) < s) & (np.asarray(st.slot_member) != 0)
         off &= np.asarray(st.alive, bool)
-        out["sink"][s], out["ent"][s] = a[..., 0].mean(), _entropy(a).mean()
+        out["sink"][s], out["ent"][s] = a[..., 0].mean(), entropy_nats(a).mean()
         out["alt"][s] = a[..., off].sum(-1).mean()
         k, step = np.arange(a.shape[-1]), np.asarray(st.slot_step)
         rest = (np.asarray(st.alive, bool) & (k != SINK) & ~off

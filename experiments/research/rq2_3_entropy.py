@@ -30,6 +30,7 @@ import numpy as np
 from tempo_jax.research import Design, Hypothesis, Output, TestResult
 from tempo_jax import stats as S
 from tempo_jax.engine import GenerationConfig, generate
+from tempo_jax.metrics import entropy_nats
 
 GEN = dict(max_steps=16, min_steps=16, threshold=0.05, max_width=8, prune=True, prune_window=2,
            prune_rule="relative", prune_rho=0.8, siblings="isolated")
@@ -114,7 +115,7 @@ def high_entropy_heads(m, prompts) -> np.ndarray:
                          init_cache(m.cfg, 1, BUCKET), TapsSpec(attn=True),
                          key_pos=jnp.arange(BUCKET, dtype=jnp.float32)[None] if m.cfg.has_window else None)
         a = np.asarray(taps["attn"][:, 0, :, t - 1, :], np.float64)  # [L,H,K]
-        ents.append(-(a * np.log(np.where(a > 0, a, 1.0))).sum(-1))
+        ents.append(entropy_nats(a))
     ent = np.mean(ents, 0)
     return ent >= np.quantile(ent, 1 - HIGH_FRAC)
 

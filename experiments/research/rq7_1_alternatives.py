@@ -37,6 +37,7 @@ from tempo_jax.research import Design, Hypothesis, Output, quality_of
 from tempo_jax import quality
 from tempo_jax.engine import GenerationConfig, generate
 from tempo_jax.engine.beam import beam_search
+from tempo_jax.metrics import entropy_nats
 
 STEPS, WIDTH, TAU = 12, 4, 0.1
 N_SAMPLES = 4
@@ -128,7 +129,7 @@ def _tempo(m, ids, seed):
         step, member = np.asarray(st.slot_step), np.asarray(st.slot_member)
         off = (step >= 0) & (step < s) & (member != 0)
         sink.append(a[..., 0].mean(-1))
-        ent.append((-np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0)), 0.0), -1)).mean(-1))
+        ent.append(entropy_nats(a).mean(-1))
         alt.append(a[..., off].sum(-1).mean(-1))
 
     tr = generate(m.params, m.cfg, ids, g, capture="full", on_step=on_step)

@@ -28,6 +28,7 @@ import numpy as np
 
 from experiments.research import decoding_alternatives as A
 from tempo_jax.engine import GenerationConfig, generate
+from tempo_jax.metrics import entropy_nats
 from tempo_jax.research import Design, Hypothesis, Output
 
 STEPS, WIDTH, TAU = 12, 4, 0.1
@@ -71,11 +72,6 @@ DESIGN = Design(
 )
 
 
-def _entropy(a: np.ndarray) -> np.ndarray:
-    """Entropy (nats) over the last axis of non-negative weights that sum to 1."""
-    return -np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0)), 0.0), -1)
-
-
 def lattice_attention(m, ids, seed: int):
     """TEMPO trace and, per layer, the clean-path queries' sink share, entropy, entropy over the
     shared keys (renormalised) and mass on earlier alternatives: four arrays [L], means over heads
@@ -89,8 +85,8 @@ def lattice_attention(m, ids, seed: int):
         off = (step >= 0) & (step < s) & (member != 0)  # earlier alternatives
         keep = np.where(off, 0.0, a)
         sink.append(a[..., 0].mean(-1))
-        ent.append(_entropy(a).mean(-1))
-        shared.append(_entropy(keep / keep.sum(-1, keepdims=True)).mean(-1))
+        ent.append(entropy_nats(a).mean(-1))
+        shared.append(entropy_nats(keep / keep.sum(-1, keepdims=True)).mean(-1))
         alt.append(a[..., off].sum(-1).mean(-1))
 
     tr = generate(m.params, m.cfg, ids, g, capture="full", on_step=on_step)

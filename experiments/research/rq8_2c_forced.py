@@ -35,8 +35,10 @@ import numpy as np
 from experiments.research import attn_control as A
 from experiments.research.rq2_1c_isolation import GEN, HORIZON, MARGIN
 from experiments.research.rq3_1c_reference import reference_ids
+from experiments.research.rq1_3bc_boost_forced import bands
 from experiments.research.rq4_3_error_correction import forced_dist
 from tempo_jax.engine.siblings import SiblingRule
+from tempo_jax.metrics import entropy_nats
 from tempo_jax.research import Design, Hypothesis, Output
 
 ADAPT_NATS = 3.9  # rq8.2's: the dev-set median entropy of d_s at multi-member steps (SmolLM2)
@@ -89,8 +91,7 @@ DESIGN = Design(
 
 def middle_third(n_layers: int) -> range:
     """The middle third of ``n_layers`` by depth (``np.array_split``: 30 -> 10..19, 18 -> 6..11)."""
-    part = np.array_split(np.arange(n_layers), 3)[1]
-    return range(int(part[0]), int(part[-1]) + 1) if len(part) else range(0)
+    return bands(n_layers)["mid"]
 
 
 def world_inputs(cfg, base) -> list:
@@ -129,7 +130,7 @@ def forced_strategies(m, prompt_ids, ref_ids) -> dict:
         d = np.asarray(st.dist, np.float64)
         nll[:, s] = -np.log(np.maximum(d[:, r], 1e-30))
         da = d[WORLDS.index("adaptive")]
-        ent[s] = float(-np.sum(np.where(da > 0, da * np.log(np.where(da > 0, da, 1.0)), 0.0)))
+        ent[s] = float(entropy_nats(da))
         fd = jax.vmap(lambda x: forced_dist(x, r))(st.dist)
         return st.replace(dist=fd, next_n=count(fd, base.thresholds[s]))
 

@@ -37,4 +37,32 @@ def test_full_depth_exit_rejects_nothing(kind, tiny_model, monkeypatch):
     assert full is not None and not full["rejected"].any() and full["set_n"].min() >= 1
     monkeypatch.setattr(X, "DEPTH", 0.5)
     half = X.steps_of(m, ids)
-    np.testing.assert_array_equal(half["set_n"], full["set_n"])
+    np.testing.assert_array_equal(half["set_n"], full["set_n"])  # the set is the full model's at any depth
+    if kind == "llama":  # the draft by hand: the model cut to its first k layers, greedy on the same path
+        _half_depth_by_hand(m, ids, half)
+
+
+def _half_depth_by_hand(m, ids, half):
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.research import decoding_alternatives as A
+    from tempo_jax.engine import GenerationConfig, generate
+    from tempo_jax.model import causal_mask, forward, init_cache
+
+    k = X.draft_depth(m.cfg.num_layers)
+    assert 0 < k < m.cfg.num_layers
+    cut_cfg = dataclasses.replace(m.cfg, num_layers=k)
+    cut = {**m.params, "layers": jax.tree_util.tree_map(lambda a: a[:k], m.params["layers"])}
+    tr = generate(m.params, m.cfg, list(ids), GenerationConfig(method="greedy", max_steps=X.STEPS))
+    path = A.cut_at_eos(np.asarray(tr.arrays["tokens"])[:, 0], eos_ids=m.cfg.eos_token_ids or ())
+    seq = jnp.asarray([list(ids) + list(path)], jnp.int32)
+    t = seq.shape[1]
+    ar = jnp.arange(t)[None]
+    logits, _, _ = forward(cut, cut_cfg, seq, ar.astype(jnp.float32), ar, causal_mask(1, t, t),
+                           init_cache(cut_cfg, 1, t, cut["embed"].dtype))
+    draft = np.asarray(logits[0]).argmax(-1)[len(ids) - 1:t - 1]
+    np.testing.assert_array_equal(half["rejected"], draft != np.asarray(path))
+    assert half["rejected"].any() and not half["rejected"].all()  # the check compares both outcomes

@@ -44,5 +44,10 @@ def test_per_key_ratio_and_key_share(tiny_model, monkeypatch):
     monkeypatch.setitem(X.GEN, "threshold", 0.02)
     out = X.lattice_along(m, prompt, path)
     assert out["alt_keys"][0] == 0  # no earlier alternatives at step 0
+    # by hand: at step s, A = sum_{t<s}(size_t - 1) earlier alternatives vs the prompt's P - 1 non-sink
+    # tokens and the s earlier path tokens
+    alts = np.concatenate([[0], np.cumsum(out["size"] - 1)[:-1]])
+    s = np.arange(len(path))
+    np.testing.assert_allclose(out["alt_keys"], alts / (alts + len(prompt) - 1 + s))
     assert 0 < out["alt_keys"][-1] < 1
     assert np.isnan(out["alt_lr"][0]) and np.isfinite(out["alt_lr"][1:]).all()
