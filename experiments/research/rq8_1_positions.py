@@ -128,8 +128,9 @@ def ref_readout(params, mcfg: ModelConfig, cache: KVCache, plen, members, probe)
     tokens = jnp.stack([members, jnp.broadcast_to(probe, (w,))], 1)
     pos = jnp.broadcast_to(jnp.stack([plen, plen + 1]).astype(jnp.float32), (w, 2))
     slots = jnp.broadcast_to(jnp.stack([plen, plen + 1]), (w, 2))
+    key_pos = jnp.broadcast_to(k.astype(jnp.float32), (w, K)) if mcfg.has_window else None  # slot = position
     logits, _, _ = forward(params, mcfg, tokens, pos, slots, jnp.broadcast_to(mask, (w, 2, K)),
-                           _broadcast(cache, w))
+                           _broadcast(cache, w), key_pos=key_pos)
     return jax.nn.log_softmax(logits, -1)
 
 
@@ -145,8 +146,14 @@ def _set_forward(params, mcfg: ModelConfig, cache: KVCache, plen, members, probe
     pf = plen.astype(jnp.float32)[:, None]
     pos = jnp.concatenate([pf + offsets, pf + 1.0], 1)
     slots = plen[:, None] + jnp.arange(t)[None]
+    key_pos = None
+    if mcfg.has_window:  # slot k: prompt k -> k, member i -> plen + offsets[i], the probe -> plen + 1
+        r = rel[:, 0]  # [B,K]
+        member_pos = pf + jnp.take_along_axis(offsets, jnp.clip(r, 0, w - 1), 1)
+        key_pos = jnp.where(r < 0, jnp.arange(K)[None].astype(jnp.float32),
+                            jnp.where(r < w, member_pos, pf + 1.0))
     x, _, taps = forward(params, mcfg, tokens, pos, slots, mask, cache, TapsSpec(attn=attn),
-                         return_hidden=True)
+                         return_hidden=True, key_pos=key_pos)
     logp = jax.nn.log_softmax(unembed(params, mcfg, x[:, w]), -1)
     if not attn:
         return logp, None

@@ -120,3 +120,20 @@ def test_learned_file_is_required(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "LEARNED_PATH", tmp_path / "bad.json")
     with pytest.raises(UsageError, match="offsets"):
         R.load_learned()
+
+
+def test_sliding_window_model_equals_hugging_face():
+    """On a tiny Gemma 3 with a 4-position window (key_pos matters): the reference world (member at P,
+    probe at P + 1) is Hugging Face's causal run of prompt + member + probe, and so is a one-member set
+    at offset 0."""
+    import torch
+    from tinymodel import tiny_gemma
+
+    hf, cfg, params = tiny_gemma(0, window=4)
+    p = R.prepare(params, cfg, IDS, w=1)
+    with torch.no_grad():
+        want = torch.log_softmax(hf(torch.tensor([IDS + [int(p["members"][0]), p["probe"]]])).logits[0, -1], -1)
+    np.testing.assert_allclose(p["logp_top"], want.numpy(), atol=2e-5)
+    logq, _ = _set(params, cfg, p, np.asarray([[0.0], [0.5]]))
+    np.testing.assert_allclose(np.asarray(logq[0]), want.numpy(), atol=2e-5)
+    assert float(R.kl(jnp.asarray(p["logp_top"]), logq[1])) > 1e-6
