@@ -93,24 +93,45 @@ def greedy_path(m, ids) -> list[int]:
     return A.cut_at_eos(np.asarray(tr.arrays["tokens"])[:, 0], eos_ids=m.cfg.eos_token_ids or ())
 
 
-def lattice_along(m, ids, path) -> dict:
-    """TEMPO forced along ``path`` -> per step: the path query's sink share and entropy (mean over
-    layers and heads), its attention on earlier alternatives, and the set size."""
+def earlier_alternatives(st, s: int) -> np.ndarray:
+    """``[K]`` bool: the live slots of members other than member 0 written before step ``s``."""
+    step = np.asarray(st.slot_step)
+    return (step >= 0) & (step < s) & (np.asarray(st.slot_member) != 0) & np.asarray(st.alive, bool)
+
+
+def forced_lattice(m, ids, path, on_step, before=None):
+    """TEMPO (:data:`GEN`) forced along ``path`` (rq4.3's ``forced_dist``: the path token is member 0 of
+    step s, the model's other candidates >= tau join it) with full capture. ``before(s, dist)`` sees the
+    model's own d_s before the forcing, ``on_step(s, st, cap)`` every step -> the trace (checked to
+    follow the path)."""
     from tempo_jax.engine import GenerationConfig, generate
 
     n = len(path)
     g = GenerationConfig(**GEN, max_steps=n, min_steps=n)
     spec, inputs = g.static(), g.inputs(m.cfg)
-    out = {k: np.full(n, np.nan) for k in ("sink", "ent", "alt", "alt_lr", "alt_keys")}
 
     def force(s, st):
+        if before is not None:
+            before(s, st.dist)
         fd = forced_dist(st.dist, int(path[s]))
         return st.replace(dist=fd, next_n=spec.selection.count(fd, inputs.thresholds[s]))
 
+    tr = generate(m.params, m.cfg, list(ids), g, inputs=inputs, before_step=force, capture="full",
+                  on_step=on_step)
+    if not np.array_equal(np.asarray(tr.arrays["tokens"])[:n, 0], np.asarray(path)):
+        raise RuntimeError("the forced TEMPO run left the path")
+    return tr
+
+
+def lattice_along(m, ids, path) -> dict:
+    """TEMPO forced along ``path`` -> per step: the path query's sink share and entropy (mean over
+    layers and heads), its attention on earlier alternatives, and the set size."""
+    n = len(path)
+    out = {k: np.full(n, np.nan) for k in ("sink", "ent", "alt", "alt_lr", "alt_keys")}
+
     def on_step(s, st, cap):
         a = np.asarray(cap.attn, np.float64)[:, :, 0, :]  # [L,H,K] the path token's query
-        off = (np.asarray(st.slot_step) >= 0) & (np.asarray(st.slot_step) < s) & (np.asarray(st.slot_member) != 0)
-        off &= np.asarray(st.alive, bool)
+        off = earlier_alternatives(st, s)
         out["sink"][s], out["ent"][s] = a[..., 0].mean(), entropy_nats(a).mean()
         out["alt"][s] = a[..., off].sum(-1).mean()
         k, step = np.arange(a.shape[-1]), np.asarray(st.slot_step)
@@ -121,11 +142,7 @@ def lattice_along(m, ids, path) -> dict:
             lr = np.log(a[..., off].mean(-1) + 1e-9) - np.log(a[..., rest].mean(-1) + 1e-9)
             out["alt_lr"][s] = float(lr.mean())
 
-    tr = generate(m.params, m.cfg, list(ids), g, inputs=inputs, before_step=force, capture="full",
-                  on_step=on_step)
-    tokens = np.asarray(tr.arrays["tokens"])[:n, 0]
-    if not np.array_equal(tokens, np.asarray(path)):
-        raise RuntimeError("the forced TEMPO run left the path")
+    tr = forced_lattice(m, ids, path, on_step)
     out["size"] = np.asarray(tr.arrays["set_n"])[:n].astype(np.float64)
     return out
 
