@@ -15,7 +15,8 @@ ONE primary test: per prompt, the Spearman correlation over the heads between ``
 > 0 (a one-step screen points at the heads whose removal changes the whole generation); smallest effect of
 interest 0.1. Secondary (Holm): mean over heads of the accuracy change = 0 within 5 points (one head
 rarely matters for gold facts); the share of heads whose ablation changes the text > 1/2. Per-head
-accuracy changes (BH over heads, "=0" within 0.1) are tabled as a family of their own.
+accuracy changes are a descriptive map (rows and figure), not tests: at this n no single head's test
+could reject.
 """
 
 from __future__ import annotations
@@ -47,17 +48,15 @@ DESIGN = Design(
                    bound=1.0),
         Hypothesis("S2", "most single-head ablations change the generated text (share of heads > 1/2)",
                    "changed_share_minus_half", ">0", family="secondary", margin=0.1, bound=0.5),
-        Hypothesis("H", "this head's ablation leaves gold-answer accuracy unchanged (within 10 points)",
-                   "acc_L*", "=0", family="heads", margin=0.1, bound=1.0),
     ),
     margin=0.1,
-    margin_note="0.1 Spearman rho; 5 points for the mean accuracy change over heads; 10 points per head",
+    margin_note="0.1 Spearman rho; 5 points for the mean accuracy change over heads",
     metrics=("rho_screen_diverge", "acc_change_mean", "changed_share_minus_half", "acc_L*", "correct0",
              "diverge_mean", "size_change_mean", "n_heads"),
-    families={"primary": "holm", "secondary": "holm", "heads": "fdr_bh"},
+    families={"primary": "holm", "secondary": "holm"},
     split="confirm",
     genres=("facts",),
-    n_per_genre=30,
+    n_per_genre=12,  # the SmolLM2 pilot (6 prompts) gives d_z 2.1 on the primary; about 90 s per prompt
     quick_n=6,
     caveats=(
         "Zero ablation (the head's output set to 0) on every forward, prompt included; a mean ablation may "
@@ -66,8 +65,8 @@ DESIGN = Design(
         "Divergence counts the clean path's common prefix: once the paths part, later steps differ by "
         "construction, so the outcome is 'how early', not 'how much'. The step-0 entropy change feeds the "
         "step-0 token, so part of the correlation is the first step's own effect.",
-        "Per-head accuracy tests have little power at this n (a head changes the answer of few prompts); "
-        "their family is BH-corrected and reported as a map, not as findings about single heads.",
+        "Per-head accuracy changes are a map over few prompts (a head changes the answer of few prompts), "
+        "not findings about single heads.",
     ),
     config={"generation": {**FIXED, "threshold": TAU, "siblings": "isolated"}, "chunk": CHUNK,
             "ablation": "zero, every forward", "heads": "every (layer, head)"},
