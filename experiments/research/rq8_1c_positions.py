@@ -50,7 +50,7 @@ DESIGN = Design(
     metrics=("fid_*", "kl_mix_*", "entropy"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
-    n_per_genre=40,
+    n_per_genre=145,  # the SmolLM2 pilot asks for 421 (primary, sesoi log 1.1); about 1-4 s per prompt
     quick_n=5,
     caveats=(
         "A forced isolated set of the top 5 next tokens and one probe at P + 1; TEMPO's real sets are "
