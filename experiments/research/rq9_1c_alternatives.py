@@ -55,6 +55,7 @@ DESIGN = Design(
     genres=("facts",),
     n_per_genre=80,
     quick_n=12,
+    exploratory=True,  # the pilots ask for 395 wrong prompts (sesoi 10 points); the confirm split has 334 facts
     caveats=(
         "Controls are ranked right after the set, so they are less probable than the alternatives: the test "
         "asks whether the record TEMPO keeps points at fixes, not whether membership helps a token of equal "
