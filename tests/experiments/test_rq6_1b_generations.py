@@ -76,6 +76,7 @@ def test_vmapped_ablated_worlds_equal_separate_runs(tiny_model):
     assert not np.allclose(traces[0].arrays["probs"], traces[1].arrays["probs"], equal_nan=True)
 
 
+@pytest.mark.heavy  # ~15 s; the zero-ablation test above covers the same vmapped-worlds mechanism by default
 def test_mean_ablated_worlds_equal_separate_runs(tiny_model):
     """Worlds 1 + n .. 2n (mean arm) equal generate() with head_scale 0 and head_mean = the given
     means; a mean-ablated world differs from the zero-ablated world of the same head."""
