@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.research import rq10_3_bottleneck as B
+from experiments.research import wording
 from experiments.research.measures import sym_kl
 from experiments.research.rq1_3bc_boost_forced import bands
 from tempo_jax.research import Design, Hypothesis, Output
@@ -164,10 +165,7 @@ def _figure(ctx, rows) -> None:
 
 
 def answer(tests, design) -> str:
-    by = {t.hypothesis: t for t in tests}
-    num = lambda t: f"{t.estimate:+.3f} [{t.lo:+.3f}, {t.hi:+.3f}] ({t.verdict})"
     said = {"P": "Primary test P: log J with the late third cut minus with the early third cut",
             "S1": "late minus middle third", "S2": "log J(early third cut) / J(uncut)",
             "S3": "the present member's pull on the next query's prediction (logit DiD, uncut)"}
-    return ("A swapped set member's effect J on the next two queries' predictions: " + "; ".join(
-        f"{said[h]} {num(by[h])}" for h in said if h in by) + ".")
+    return "A swapped set member's effect J on the next two queries' predictions: " + wording.listed(tests, said) + "."

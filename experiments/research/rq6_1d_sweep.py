@@ -26,6 +26,7 @@ import tempfile
 import numpy as np
 from scipy import stats
 
+from experiments.research import wording
 from tempo_jax import quality
 from tempo_jax.research import Design, Hypothesis, Output
 
@@ -186,10 +187,7 @@ def _figure(ctx, div_map, rows, L, H) -> None:
 
 
 def answer(tests, design) -> str:
-    by = {t.hypothesis: t for t in tests}
-    num = lambda t: f"{t.estimate:+.3f} [{t.lo:+.3f}, {t.hi:+.3f}] ({t.verdict})"
     said = {"P": "Primary test P: per prompt, Spearman over heads between the step-0 entropy change and the "
                  "whole clean path's divergence",
             "S1": "mean accuracy change per ablated head", "S2": "share of heads that change the text minus 1/2"}
-    return ("Every single head zero-ablated through a whole TEMPO generation: " + "; ".join(
-        f"{said[h]} {num(by[h])}" for h in said if h in by) + ".")
+    return "Every single head zero-ablated through a whole TEMPO generation: " + wording.listed(tests, said) + "."

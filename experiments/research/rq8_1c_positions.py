@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.research import rq8_1_positions as R
+from experiments.research import wording
 from tempo_jax.research import Design, Hypothesis, Output
 
 MARGIN = R.MARGIN  # log 1.1
@@ -111,9 +112,6 @@ def _figure(ctx, rows) -> None:
 
 
 def answer(tests, design) -> str:
-    by = {t.hypothesis: t for t in tests}
-    num = lambda t: f"{t.estimate:+.3f} [{t.lo:+.3f}, {t.hi:+.3f}] ({t.verdict})"
     said = {"P": "Primary test P: dev-learned member offsets vs shared positions, log KL ratio of the readout",
             "S1": "hierarchical vs shared", "S2": "conditional vs shared", "S3": "learned vs hierarchical"}
-    return "Reading a forced top-5 set from P + 1: " + "; ".join(
-        f"{said[h]} {num(by[h])}" for h in said if h in by) + "."
+    return "Reading a forced top-5 set from P + 1: " + wording.listed(tests, said) + "."

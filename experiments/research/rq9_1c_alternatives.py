@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from experiments.research import wording
 from experiments.research.rq4_3_error_correction import generate_forced
 from tempo_jax.engine import GenerationConfig
 from tempo_jax.research import Design, Hypothesis, Output, quality_of
@@ -127,12 +128,7 @@ def run(ctx) -> Output:
 
 
 def answer(tests, design) -> str:
-    by = {t.hypothesis: t for t in tests}
-    num = lambda t: f"{100 * t.estimate:+.1f} points [{100 * t.lo:+.1f}, {100 * t.hi:+.1f}] ({t.verdict})"
-    out = []
-    if "P" in by:
-        out.append("Primary test P: among wrong facts answers, forcing one of TEMPO's kept step-0 alternatives "
-                   f"fixes the answer more often than forcing as many next-ranked discarded tokens by {num(by['P'])}")
-    if "S1" in by:
-        out.append(f"retroactive pruning changes accuracy by {num(by['S1'])}")
-    return "; ".join(out) + "."
+    said = {"P": "Primary test P: among wrong facts answers, forcing one of TEMPO's kept step-0 alternatives "
+                 "fixes the answer more often than forcing as many next-ranked discarded tokens by",
+            "S1": "retroactive pruning changes accuracy by"}
+    return wording.listed(tests, said, lambda t: wording.ci(t, 1, 100, " points")) + "."

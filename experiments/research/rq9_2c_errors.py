@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.research import rq10_2c_drift as F
+from experiments.research import wording
 from experiments.research.rq1_3bc_boost_forced import BANDS, bands
 from experiments.research.rq3_1c_reference import reference_ids
 from tempo_jax import stats as S
@@ -151,10 +152,7 @@ def run(ctx) -> Output:
 
 
 def answer(tests, design) -> str:
-    by = {t.hypothesis: t for t in tests}
-    num = lambda t: f"{t.estimate:+.3f} [{t.lo:+.3f}, {t.hi:+.3f}] ({t.verdict})"
     said = {"P": "Primary test P: per prompt, within-prompt AUROC for the steps where the model's top-1 misses the "
                  "human token, probabilities + TEMPO attention minus probabilities alone",
             "S1": "attention alone minus chance", "S2": "probabilities alone minus chance"}
-    return "Teacher-forced along the human text: " + "; ".join(
-        f"{said[h]} {num(by[h])}" for h in said if h in by) + "."
+    return "Teacher-forced along the human text: " + wording.listed(tests, said) + "."

@@ -22,3 +22,15 @@ def test_said_follows_the_harness_verdicts():
     assert [said(t, *words) for t in (up, up_inside, down, same, open_)] == ["up", "up", "down", "open", "open"]
     assert [said(t, *words, same="equal") for t in (up, down, same, open_)] == ["up", "down", "equal", "open"]
     assert (same.verdict, open_.verdict) == ("no effect within +-0.1", "cannot tell at this n")
+
+
+def test_ci_and_listed_by_hand():
+    from experiments.research.wording import ci, listed
+
+    t = dataclasses.replace(_t(0.25, 0.01, 0.9, lo=0.1, hi=0.4), hypothesis="P")
+    s = dataclasses.replace(_t(-0.05, 0.9, 0.9, lo=-0.2, hi=0.1), hypothesis="S1")
+    assert ci(t) == f"+0.250 [+0.100, +0.400] ({t.verdict})"
+    assert ci(t, 1, 100, " points") == f"+25.0 points [+10.0, +40.0] ({t.verdict})"
+    # phrases' order, missing hypotheses skipped
+    assert listed([s, t], {"P": "first", "S2": "absent", "S1": "then"}) == \
+        f"first {ci(t)}; then {ci(s)}"
