@@ -66,9 +66,9 @@ DESIGN = Design(
         "Divergence counts the clean path's common prefix: once the paths part, later steps differ by "
         "construction, so the outcome is 'how early', not 'how much'. The step-0 entropy change feeds the "
         "step-0 token, so part of the correlation is the first step's own effect.",
-        "Registered and run on SmolLM2-135M only (271 worlds per prompt, about 90 s each on 2 cores): the "
-        "issue asks for the whole-generation sweep of at least one model; Gemma 3 270M's 72 heads are left "
-        "for a session with more compute.",
+        "First registered for SmolLM2-135M only (271 worlds per prompt, about 90 s each on 2 cores); Gemma "
+        "3 270M (72 heads, 73 worlds) was added by an amendment with its own dev pilot AFTER the SmolLM2 "
+        "result had been seen; the hypotheses, margins and n are unchanged.",
         "Per-head accuracy changes are a map over few prompts (a head changes the answer of few prompts), "
         "not findings about single heads.",
     ),
