@@ -26,6 +26,7 @@ import tempfile
 import numpy as np
 from scipy import stats
 
+from experiments.research import decoding_alternatives as A
 from experiments.research import wording
 from tempo_jax import quality
 from tempo_jax.research import Design, Hypothesis, Output
@@ -106,19 +107,9 @@ def sweep(m, ids) -> dict:
 
 
 def _text_correct(m, p, ids, path) -> float:
-    cont = quality.clean_continuation_ids(_Path(path), m.cfg.eos_token_ids or ())
-    text = quality._continuation_text(m.tokenizer, ids, cont)
+    cont = A.cut_at_eos(path, eos_ids=m.cfg.eos_token_ids or ())
+    text = quality._continuation_text(m.tokenizer, ids, list(cont))
     return float(quality.clean_path_correct(text, p.reference, p.aliases))
-
-
-class _Path:
-    """The minimal trace :func:`quality.clean_continuation_ids` reads."""
-
-    def __init__(self, path):
-        self._ids = [int(t) for t in path]
-
-    def clean_ids(self):
-        return self._ids
 
 
 def _one(m, p) -> dict:

@@ -108,7 +108,7 @@ def row_of(r: dict) -> dict:
            "d_correct_prune": float(r["correct_prune"]) - float(r["correct"]), "set_n0": r["set_n0"],
            "n_alt": len(r["fix_member"]), "fix_member": np.nan, "fix_control": np.nan, "d_fix": np.nan}
     if r["fix_member"]:
-        fm, fc = float(max(r["fix_member"])), float(max(r["fix_control"]))
+        fm, fc = float(max(r["fix_member"])), float(max(r["fix_control"], default=0.0))
         row.update(fix_member=fm, fix_control=fc, d_fix=fm - fc)
     return row
 

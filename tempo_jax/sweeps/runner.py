@@ -85,15 +85,23 @@ def make_program(mcfg: ModelConfig, static: StaticSpec, capacity: int, mesh: Mes
     pspec = param_partition(params, mcfg, mesh.shape["model"])
     psh = jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), pspec,
                                  is_leaf=lambda x: isinstance(x, P))
-    dsh = NamedSharding(mesh, P("data"))
+    key = (mcfg, static, capacity, mesh, jax.tree_util.tree_structure(params))
+    if key not in _PROGRAMS:  # one jitted function per setting: a later sweep of the same shapes reuses
+        # its compiled program instead of tracing a fresh closure (a sweep per prompt, rq6.1d)
+        dsh = NamedSharding(mesh, P("data"))
 
-    def fn(params, data, prompt, plen):
-        one = lambda d, p, n: world_outputs(*run_on_device(params, mcfg, static, d, p, n, capacity,
-                                                           record=True, fit_width=False))
-        return jax.vmap(one)(data, prompt, plen)
+        def fn(params, data, prompt, plen):
+            one = lambda d, p, n: world_outputs(*run_on_device(params, mcfg, static, d, p, n, capacity,
+                                                               record=True, fit_width=False))
+            return jax.vmap(one)(data, prompt, plen)
 
-    prog = jax.jit(fn, in_shardings=(psh, dsh, dsh, dsh), out_shardings=dsh)
-    return prog, jax.device_put(params, psh)
+        if len(_PROGRAMS) >= 8:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        _PROGRAMS[key] = jax.jit(fn, in_shardings=(psh, dsh, dsh, dsh), out_shardings=dsh)
+    return _PROGRAMS[key], jax.device_put(params, psh)
+
+
+_PROGRAMS: dict = {}  # make_program's jitted functions, oldest first (at most 8)
 
 
 # --- world inputs ------------------------------------------------------------------------------

@@ -55,3 +55,9 @@ def test_sweep_world_zero_is_plain_tempo_and_every_head_has_a_world(tiny_model, 
     assert r["entropy0"][0] == pytest.approx(float(tr.arrays["entropy"][0]), rel=1e-5)
     assert r["size"][0] == pytest.approx(float(tr.arrays["set_n"].mean()))
     assert np.abs(r["entropy0"][1:] - r["entropy0"][0]).max() > 1e-4  # ablations move step 0
+    # a second prompt of the same shapes reuses the compiled sweep program (no fresh closure per prompt)
+    from tempo_jax.sweeps import runner
+
+    programs = dict(runner._PROGRAMS)
+    again = D.sweep(m, ids[::-1])
+    assert runner._PROGRAMS == programs and again["paths"].shape == r["paths"].shape
