@@ -48,25 +48,36 @@ DESIGN = Design(
 )
 
 
-def evaluate_prompt(m, p) -> dict:
-    """Parse (0/1) and forward-token cost of every method on one code prompt."""
+def evaluate_prompt(m, p, methods=METHODS, steps: int = STEPS) -> dict:
+    """Parse (0/1), forward-token cost and text of each of ``methods`` (a subset of :data:`METHODS`
+    holding the decoders an MCTS arm is matched to) on one code prompt, ``steps`` generated tokens."""
     import dataclasses
 
     from tempo_jax.engine import GenerationConfig, generate
     from tempo_jax.engine.beam import beam_search
     from tempo_jax.search.mcts import MCTSConfig, search
 
+    if not set(methods) <= set(METHODS) or ("mcts_t" in methods) > ("tempo" in methods) \
+            or ("mcts_b" in methods) > ("beam" in methods):
+        raise ValueError(f"methods {methods}: a subset of {METHODS}, with tempo for mcts_t and beam for mcts_b")
     eos = m.cfg.eos_token_ids or ()
     ids = m.tokenizer(p.prompt).input_ids
-    g = GenerationConfig(max_steps=STEPS, max_width=H.WIDTH, threshold=H.TAU)
-    tr = generate(m.params, m.cfg, ids, g)
-    gr = generate(m.params, m.cfg, ids, dataclasses.replace(g, method="greedy"))
-    bt = beam_search(m.params, m.cfg, ids, width=H.BEAM_W, max_steps=STEPS)
-    conts = {"tempo": tr.clean_ids(), "greedy": gr.clean_ids(), "beam": bt.clean_ids()}
-    cost = {"tempo": H.fed_tokens(tr), "greedy": H.fed_tokens(gr), "beam": H.beam_cost(H.BEAM_W, STEPS)}
+    g = GenerationConfig(max_steps=steps, max_width=H.WIDTH, threshold=H.TAU)
+    conts, cost = {}, {}
+    if "tempo" in methods:
+        tr = generate(m.params, m.cfg, ids, g)
+        conts["tempo"], cost["tempo"] = tr.clean_ids(), H.fed_tokens(tr)
+    if "greedy" in methods:
+        gr = generate(m.params, m.cfg, ids, dataclasses.replace(g, method="greedy"))
+        conts["greedy"], cost["greedy"] = gr.clean_ids(), H.fed_tokens(gr)
+    if "beam" in methods:
+        bt = beam_search(m.params, m.cfg, ids, width=H.BEAM_W, max_steps=steps)
+        conts["beam"], cost["beam"] = bt.clean_ids(), H.beam_cost(H.BEAM_W, steps)
     for name, comp in (("mcts_t", "tempo"), ("mcts_b", "beam")):
-        mc = MCTSConfig(budget=H.mcts_budget(cost[comp], STEPS), threshold=H.TAU, max_width=H.WIDTH,
-                        max_steps=STEPS, rollout_len=H.ROLLOUT, c_uct=H.C_UCT)
+        if name not in methods:
+            continue
+        mc = MCTSConfig(budget=H.mcts_budget(cost[comp], steps), threshold=H.TAU, max_width=H.WIDTH,
+                        max_steps=steps, rollout_len=H.ROLLOUT, c_uct=H.C_UCT)
         r = search(m.params, m.cfg, ids, mc)
         conts[name] = r.tokens
         cost[name] = int(r.total_forward_tokens)

@@ -76,3 +76,38 @@ def test_correct_and_eos_cut():
     assert H.is_correct(tok, [1], [2, 4], "Paris") == 1.0
     assert H.is_correct(tok, [1], [3, 2], "Paris") == 0.0  # the answer must come first
     assert H.is_correct(tok, [1], [3], "Paris", aliases=("Lyon",)) == 1.0
+
+
+class _CodeTok:
+    """Ids 0..9 decode to pieces of Python, the rest to one space (enough for rq8.3b's evaluate_prompt)."""
+
+    pieces = ["x", " = ", "1", "\n", "(", ")", ":", "def f", "    ", "#"]
+
+    def __call__(self, text):
+        import types
+
+        return types.SimpleNamespace(input_ids=[1, 5, 9, 13])
+
+    def decode(self, ids):
+        return "".join(self.pieces[int(i)] if int(i) < 10 else " " for i in ids)
+
+
+def test_a_subset_of_decoders_runs_and_the_hybrid_stays_within_tempos_spend(tiny_model):
+    import types
+
+    from experiments.research import rq8_3b_code as B
+    from experiments.research import rq8_3c_code as C
+
+    _, cfg, params = tiny_model
+    m = types.SimpleNamespace(params=params, cfg=cfg, tokenizer=_CodeTok())
+    p = types.SimpleNamespace(prompt="x = 1\n", id="code/x", genre="code")
+    r = B.evaluate_prompt(m, p, C.METHODS, steps=6)
+    assert set(r["parse"]) == set(C.METHODS) and set(r["cost"]) == set(C.METHODS)
+    assert r["cost"]["mcts_t"] <= r["cost"]["tempo"] and r["cost"]["greedy"] == 6
+    gr = generate(params, cfg, PROMPT, GenerationConfig(method="greedy", max_steps=6))
+    assert r["text"]["greedy"] == m.tokenizer.decode(H.cut_eos(gr.clean_ids(), cfg.eos_token_ids or ()))
+    row = C.row_of(r)
+    assert row["d_mcts_t_tempo"] == r["parse"]["mcts_t"] - r["parse"]["tempo"]
+    assert row["over_mcts_t"] == r["cost"]["mcts_t"] - r["cost"]["tempo"] <= 0
+    with pytest.raises(ValueError, match="tempo for mcts_t"):
+        B.evaluate_prompt(m, p, ("greedy", "mcts_t"), steps=6)
