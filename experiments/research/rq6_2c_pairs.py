@@ -13,14 +13,21 @@ candidates >= 0.05 (at most 8) joining it, isolated siblings; NLL_s = -log d_s(R
 next distribution. The same worlds run on the reference as ONE causal sequence (the control: same
 tokens, same heads, no parallel tokens).
 
-Per pair (u, v) and condition c in {T: TEMPO lattice, S: one sequence}, with d_x the change of the
-mean NLL (nats per token) when x is ablated: the interaction I_c = d_uv - d_u - d_v (zero if the two
-heads' effects add). Per prompt, the non-additivity fraction A_c = sum over pairs |I_c| / sum over
-pairs (|d_u| + |d_v|). ONE primary test: log(A_T / A_S) > 0 (smallest effect of interest log 1.25):
-a head pair's joint effect departs further from the sum of its single effects when siblings share a
-position. Secondary (Holm): the mean signed I_T (redundancy > 0: the pair's joint effect exceeds
-the sum; synergy-free additivity = 0) lies within +-0.01 nats per token, as rq6.2 found for KL on
-its fixed pairs.
+TEMPO's sets are chosen from each world's own distribution, so an ablation also changes WHICH
+candidates join (a discrete change that by itself makes effects non-additive). The primary contrast
+therefore holds the sets fixed: a first pass runs every world with its own sets ("O") and keeps the
+clean world's forced distribution per step; a second pass ("T") puts that distribution in every world,
+so all worlds hold the same tokens and only the heads differ.
+
+Per pair (u, v) and condition c in {T, O, S (one sequence)}, with d_x the change of the mean NLL (nats
+per token) when x is ablated: the interaction I_c = d_uv - d_u - d_v (zero if the two heads' effects
+add). Per prompt, the non-additivity fraction A_c = sum over pairs |I_c| / sum over pairs (|d_u| +
+|d_v|). ONE primary test: log(A_T / A_S) > 0 (smallest effect of interest log 1.25): with the same
+candidate sets in every world, a head pair's joint effect departs further from the sum of its single
+effects when siblings share a position than on the same reference as one sequence. Secondary (Holm):
+the mean signed I_T (> 0: the joint ablation costs more than the sum, as for redundant heads) lies
+within +-0.01 nats per token, as rq6.2 found for KL on its fixed pairs; log(A_O / A_T) > 0 (sets that
+respond to the ablation add non-additivity).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from experiments.research import attn_control as A
 from experiments.research import wording
 from experiments.research.rq2_1c_isolation import GEN, HORIZON
 from experiments.research.rq3_1c_reference import reference_ids
-from experiments.research.rq6_1c_heads import BUCKET, _force, _single_fn
+from experiments.research.rq4_3_error_correction import forced_dist
+from experiments.research.rq6_1c_heads import BUCKET, _single_fn
 from tempo_jax.research import Design, Hypothesis, Output
 
 N_PAIRS = 6
@@ -56,10 +64,13 @@ DESIGN = Design(
         Hypothesis("S1", "under TEMPO, a random pair's joint ablation effect equals the sum of its single "
                          "effects on average (within 0.01 nats per token)", "inter_T", "=0",
                    family="secondary", margin=MARGIN_I, bound=1.0),
+        Hypothesis("S2", "when each ablated world keeps its own candidate sets (the sets respond to the "
+                         "ablation), pairs depart further from additivity than with the clean sets",
+                   "log_own_vs_fixed", ">0", family="secondary"),
     ),
     margin=SESOI,
     margin_note="log 1.25 for the non-additivity ratio; 0.01 nats per token for the mean interaction",
-    metrics=("log_nonadd_ratio", "inter_T", "inter_S", "nonadd_T", "nonadd_S", "single_T", "single_S"),
+    metrics=("log_nonadd_ratio", "log_own_vs_fixed", "inter_*", "nonadd_*", "single_*"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
     n_per_genre=30,
@@ -75,7 +86,8 @@ DESIGN = Design(
     ),
     config={"generation": GEN, "horizon": HORIZON, "n_pairs": N_PAIRS,
             "pairs": "distinct heads drawn uniformly without replacement from all heads, seeded per prompt",
-            "ablation": "zero, every step's forward, prompt clean"},
+            "ablation": "zero, every step's forward, prompt clean",
+            "sets": "T: the clean world's forced sets in every world; O: each world's own"},
 )
 
 
@@ -99,9 +111,35 @@ def scales(cfg, pairs) -> np.ndarray:
     return s
 
 
-def tempo_nll(m, prompt_ids, ref_ids, scale) -> np.ndarray:
+def _hook(spec, base, ref_ids, nll, fixed=None, keep=None):
+    """A ``before_step`` hook: record -log d_s(R[s]) per world in ``nll[B,S]``, then force R[s] in as
+    member 0 (rq4.3's ``forced_dist``) of each world's own d_s, or, with ``fixed[s]`` (``[V]``), put
+    that one forced distribution in every world (the same set in all worlds). ``keep`` collects
+    world 0's forced distribution per step."""
+    import jax
+    import jax.numpy as jnp
+
+    count = jax.vmap(lambda d, t: spec.selection.count(d, t), in_axes=(0, None))
+
+    def force(s, st):
+        r = int(ref_ids[s])
+        nll[:, s] = -np.log(np.maximum(np.asarray(st.dist[:, r], np.float64), 1e-30))
+        if fixed is None:
+            fd = jax.vmap(lambda x: forced_dist(x, r))(st.dist)
+        else:
+            fd = jnp.broadcast_to(fixed[s], st.dist.shape)
+        if keep is not None:
+            keep.append(fd[0])
+        return st.replace(dist=fd, next_n=count(fd, base.thresholds[s]))
+
+    return force
+
+
+def tempo_nll(m, prompt_ids, ref_ids, scale, fixed=None, keep=None) -> np.ndarray:
     """``[B, S]``: NLL of each reference token along the forced TEMPO run, one world per ``scale[b]``
-    (``[B,L,H]``) applied in every step (one vmapped program)."""
+    (``[B,L,H]``) applied in every step (one vmapped program). Each world's sets come from its own
+    distribution, or with ``fixed`` (``[S]`` forced distributions, e.g. ``keep`` of a first call)
+    every world holds the same sets."""
     import jax.numpy as jnp
 
     from tempo_jax.engine import GenerationConfig
@@ -115,7 +153,7 @@ def tempo_nll(m, prompt_ids, ref_ids, scale) -> np.ndarray:
     inputs = [base.replace(interventions=Interventions(head_scale=jnp.asarray(s))) for s in scale]
     traces = A.bias_worlds(m.params, m.cfg, list(prompt_ids), g, B,
                            lambda s, h: np.zeros((B, m.cfg.num_layers, K), np.float32),
-                           before_step=_force(spec, base, ref_ids, nll), inputs=inputs)
+                           before_step=_hook(spec, base, ref_ids, nll, fixed, keep), inputs=inputs)
     for tr in traces:
         if not np.array_equal(np.asarray(tr.arrays["tokens"])[:steps, 0], np.asarray(ref_ids)):
             raise RuntimeError("an ablated world left the reference")
@@ -144,17 +182,22 @@ def pair_effects(nll: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return d[0::3], d[1::3], d[2::3]
 
 
-def row_of(nt: np.ndarray, ns: np.ndarray) -> dict:
-    """Per-prompt columns from the TEMPO and single-sequence NLL of every world."""
+def row_of(nll: dict[str, np.ndarray]) -> dict:
+    """Per-prompt columns from the NLL of every world (``[1 + 3J, S]``, worlds as :func:`scales`) per
+    condition: "T" TEMPO with the clean world's sets in every world, "O" TEMPO with each world's own
+    sets, "S" the reference as one sequence. A prompt whose single effects are all zero (a one-token
+    reference: its only prediction is read from the clean prompt) gives NaN ratios."""
     out = {}
-    for c, nll in (("T", nt), ("S", ns)):
-        du, dv, duv = pair_effects(nll)
+    for c, x in nll.items():
+        du, dv, duv = pair_effects(x)
         inter = duv - du - dv
         single = float(np.sum(np.abs(du) + np.abs(dv)))
         out[f"inter_{c}"] = float(inter.mean())
         out[f"single_{c}"] = single / len(du)
         out[f"nonadd_{c}"] = float(np.sum(np.abs(inter)) / single) if single > 0 else np.nan
-    out["log_nonadd_ratio"] = float(np.log(out["nonadd_T"] / out["nonadd_S"]))
+    ratio = lambda a, b: float(np.log(a / b)) if a > 0 and b > 0 else np.nan  # NaN compares False
+    out["log_nonadd_ratio"] = ratio(out["nonadd_T"], out["nonadd_S"])
+    out["log_own_vs_fixed"] = ratio(out["nonadd_O"], out["nonadd_T"])
     return out
 
 
@@ -165,19 +208,24 @@ def run(ctx) -> Output:
         pi, ri = reference_ids(m.tokenizer, p.prompt, p.reference, p.genre)
         ri = ri[:HORIZON]
         s = scales(m.cfg, draw_pairs(m.cfg, p.id, ctx.seed))
-        return tempo_nll(m, pi, ri, s), single_nll(m, pi, ri, s)
+        keep: list = []
+        own = tempo_nll(m, pi, ri, s, keep=keep)
+        return {"O": own, "T": tempo_nll(m, pi, ri, s, fixed=keep[:len(ri)]), "S": single_nll(m, pi, ri, s)}
 
-    rows = [{"prompt_id": p.id, "genre": p.genre, **row_of(nt, ns)} for p, (nt, ns) in ctx.map(one)]
+    rows = [{"prompt_id": p.id, "genre": p.genre, **row_of(n)} for p, n in ctx.map(one)]
     mean = lambda k: float(np.nanmean([r[k] for r in rows]))
-    notes = [f"{N_PAIRS} random head pairs per prompt. Mean single-head effect |d| (nats per token): "
-             f"{mean('single_T') / 2:.4f} under TEMPO, {mean('single_S') / 2:.4f} as one sequence; mean "
-             f"non-additivity fraction {mean('nonadd_T'):.3f} / {mean('nonadd_S'):.3f}; mean interaction "
-             f"{mean('inter_T'):+.4f} / {mean('inter_S'):+.4f}."]
+    cond = (("T", "TEMPO, fixed sets"), ("O", "TEMPO, own sets"), ("S", "one sequence"))
+    notes = [f"{N_PAIRS} random head pairs per prompt; {sum(np.isfinite(r['log_nonadd_ratio']) for r in rows)} "
+             f"of {len(rows)} prompts give a ratio. Mean single-head effect |d| (nats per token), non-additivity "
+             "fraction and interaction: " + "; ".join(
+                 f"{name} {mean(f'single_{c}') / 2:.4f}, {mean(f'nonadd_{c}'):.3f}, {mean(f'inter_{c}'):+.4f}"
+                 for c, name in cond) + "."]
     return Output(rows=rows, notes=notes)
 
 
 def answer(tests, design) -> str:
     said = {"P": "Primary test P: random head pairs' non-additivity (|joint - sum of singles| over the singles) "
                  "under TEMPO relative to the same tokens as one sequence, log ratio",
-            "S1": "the mean interaction under TEMPO (nats per token)"}
+            "S1": "the mean interaction under TEMPO (nats per token)",
+            "S2": "sets that follow the ablation relative to the clean sets, log ratio of non-additivity"}
     return wording.listed(tests, said, lambda t: wording.ci(t, 3, 1, "")) + "."
