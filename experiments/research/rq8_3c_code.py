@@ -48,7 +48,7 @@ DESIGN = Design(
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
     genres=("code",),
-    n_per_genre=190,
+    n_per_genre=200,  # the pilots ask for 199 (SmolLM2 and Gemma 3 dev pilots, 16 code prompts each)
     quick_n=16,
     caveats=(
         "14 generated tokens (rq8.3b's setting): a continuation is cut to whole lines before parsing, so a "
