@@ -8,7 +8,8 @@ heads are drawn uniformly from all heads of the model (seeded by the prompt id),
 value averages over its own pairs, so the bootstrap over prompts resamples pairs too. The ablation
 is an intervention that every family supports (``Interventions.head_scale = 0`` in every step's
 forward, prompt prefilled clean), on rq6.1c's teacher-forced instrument: TEMPO forced along the
-reference continuation (16 tokens; facts: the gold answer), the reference token as member 0, other
+reference continuation (16 tokens of code or prose: facts' gold answers are 1-3 tokens, too
+few ablated predictions), the reference token as member 0, other
 candidates >= 0.05 (at most 8) joining it, isolated siblings; NLL_s = -log d_s(R[s]) of member 0's
 next distribution. The same worlds run on the reference as ONE causal sequence (the control: same
 tokens, same heads, no parallel tokens).
@@ -73,8 +74,9 @@ DESIGN = Design(
     metrics=("log_nonadd_ratio", "log_own_vs_fixed", "inter_*", "nonadd_*", "single_*"),
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
+    genres=("code", "prose"),  # facts' gold answers are 1-3 tokens: with one, no ablated prediction at all
     n_per_genre=30,
-    quick_n=6,
+    quick_n=8,
     caveats=(
         "Zero ablation in every step's forward (the prompt is prefilled clean); mean ablation is not tested.",
         "Pairs are drawn uniformly from all heads, so most pairs include heads with small effects; the "
