@@ -75,7 +75,7 @@ DESIGN = Design(
     families={"primary": "holm", "secondary": "holm"},
     split="confirm",
     genres=("code", "prose"),  # facts' gold answers are 1-3 tokens: with one, no ablated prediction at all
-    n_per_genre=30,
+    n_per_genre=59,  # the pilots ask for 117 (SmolLM2 and Gemma 3 dev pilots, 16 prompts each)
     quick_n=8,
     caveats=(
         "Zero ablation in every step's forward (the prompt is prefilled clean); mean ablation is not tested.",
