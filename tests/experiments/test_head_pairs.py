@@ -64,27 +64,19 @@ def test_single_head_worlds_equal_rq6_1c_and_the_joint_world_interacts(tiny_mode
     assert np.isfinite(X.row_of({"T": t, "O": t, "S": q})["log_nonadd_ratio"])
 
 
-def test_fixed_sets_put_the_clean_worlds_set_in_every_world(tiny_model):
+def test_fixed_sets_put_the_clean_worlds_members_in_every_world(tiny_model, monkeypatch):
     m, prompt, ref = _case(tiny_model)
     s = X.scales(m.cfg, [((0, 1), (1, 3))])
     keep: list = []
     own = X.tempo_nll(m, prompt, ref, s, keep=keep)
     assert len(keep) == len(ref)
+    seen = []
+    real = X.A.bias_worlds
+    monkeypatch.setattr(X.A, "bias_worlds", lambda *a, **k: seen.extend(real(*a, **k)) or seen)
     fixed = X.tempo_nll(m, prompt, ref, s, fixed=keep)
     np.testing.assert_allclose(fixed[0], own[0], rtol=1e-6)  # the clean world is the same run
     np.testing.assert_allclose(fixed[:, 0], own[:, 0], rtol=1e-6)  # step 0 reads the clean prompt
     assert np.abs(fixed[1:] - own[1:]).max() > 1e-5  # ablated worlds' own sets differ from the clean ones
-
-
-def test_with_fixed_sets_every_world_holds_the_clean_worlds_members(tiny_model, monkeypatch):
-    m, prompt, ref = _case(tiny_model)
-    s = X.scales(m.cfg, [((0, 1), (1, 3))])
-    keep: list = []
-    X.tempo_nll(m, prompt, ref, s, keep=keep)
-    seen = []
-    real = X.A.bias_worlds
-    monkeypatch.setattr(X.A, "bias_worlds", lambda *a, **k: seen.extend(real(*a, **k)) or seen)
-    X.tempo_nll(m, prompt, ref, s, fixed=keep)
     toks = [np.asarray(tr.arrays["tokens"]) for tr in seen]
     sizes = [np.asarray(tr.arrays["set_n"]) for tr in seen]
     assert sizes[0].max() > 1  # real parallel sets
@@ -92,6 +84,8 @@ def test_with_fixed_sets_every_world_holds_the_clean_worlds_members(tiny_model, 
         np.testing.assert_array_equal(n, sizes[0])
         for step, k in enumerate(sizes[0]):
             np.testing.assert_array_equal(t[step, :k], toks[0][step, :k])
+
+
 @pytest.mark.parametrize("gemma", [False, True])
 def test_one_member_tempo_pair_worlds_equal_the_single_sequence(tiny_model, monkeypatch, gemma):
     if gemma:

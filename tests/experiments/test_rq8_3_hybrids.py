@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -84,8 +86,6 @@ class _CodeTok:
     pieces = ["x", " = ", "1", "\n", "(", ")", ":", "def f", "    ", "#"]
 
     def __call__(self, text):
-        import types
-
         return types.SimpleNamespace(input_ids=[1, 5, 9, 13])
 
     def decode(self, ids):
@@ -93,8 +93,6 @@ class _CodeTok:
 
 
 def test_a_subset_of_decoders_runs_and_the_hybrid_stays_within_tempos_spend(tiny_model):
-    import types
-
     from experiments.research import rq8_3b_code as B
     from experiments.research import rq8_3c_code as C
 
